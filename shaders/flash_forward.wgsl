@@ -1,0 +1,269 @@
+// Fused attention forward, FlashAttention-2 style.
+//
+//   O = softmax(Q·Kᵀ·scale) · V,   LSE = log Σ_j exp(Q·Kᵀ·scale)
+//
+// One workgroup owns BR query rows of one (batch, head). Each invocation owns
+// TR of those rows (rows lid, lid + WG, …, so neighbouring invocations hold
+// neighbouring rows) and keeps, in registers, its rows of Q (pre-multiplied by
+// scale·log2(e) so the softmax can use exp2), the running max m, the running
+// sum l and the unnormalised output accumulator O. K and V stream through
+// workgroup memory in blocks of BC rows; every invocation reads the same K/V
+// element at the same time (a broadcast on GPUs, a scalar load on CPU drivers),
+// so each shared load feeds TR fused multiply-adds.
+//
+// Per block:  S = Q·Kᵀ (TR × BC tile per invocation, in registers)
+//             m_new = max(m, rowmax S);  P = exp2(S − m_new)
+//             l = exp2(m − m_new)·l + rowsum P;  O = exp2(m − m_new)·O + P·V
+// and once at the end O /= l, LSE = (m + log2 l)·ln 2. No score ever leaves
+// registers.
+//
+// The host prepends the specialisation (see `FlashSpec::source` in
+// src/attention.rs):
+//   const D:  u32   head dim of Q and K
+//   const DV: u32   head dim of V and O
+//   const BR: u32   query rows per workgroup
+//   const BC: u32   key rows per K/V block
+//   const TR: u32   query rows per invocation (BR = TR · WG)
+//   const WG: u32   invocations per workgroup
+// Function-scope arrays need const (not override) sizes, hence generated source
+// rather than pipeline-overridable constants.
+
+// Head dims rounded up to whole vec4s. Padding lanes hold zeros in Q, K and V,
+// so they add nothing to dot products and are never written out.
+const D4: u32 = (D + 3u) / 4u;
+const DV4: u32 = (DV + 3u) / 4u;
+
+// Finite stand-in for −∞ inside the kernel: exp2(NEG_BIG − x) is 0 for any
+// real score x, and NEG_BIG − NEG_BIG is 0 rather than NaN.
+const NEG_BIG: f32 = -3.0e38;
+const LN2: f32 = 0.6931471805599453;
+
+// Mirrors `FlashParams` in src/attention.rs field by field.
+struct Params {
+    batch: u32,
+    heads: u32,
+    kv_heads: u32,
+    n_q: u32,
+    n_kv: u32,
+    // 1 when kv_len holds one key length per batch entry.
+    has_kv_len: u32,
+    // ⌈n_q / BR⌉.
+    q_blocks: u32,
+    // Workgroups along x of the (possibly folded) dispatch grid.
+    grid_x: u32,
+    // Element strides: batch, row (sequence position), head.
+    q_stride_b: u32,
+    q_stride_s: u32,
+    q_stride_h: u32,
+    k_stride_b: u32,
+    k_stride_s: u32,
+    k_stride_h: u32,
+    v_stride_b: u32,
+    v_stride_s: u32,
+    v_stride_h: u32,
+    o_stride_b: u32,
+    o_stride_s: u32,
+    o_stride_h: u32,
+    // scale · log2(e).
+    scale_log2: f32,
+    // Query heads per key/value head (H / H_kv).
+    group: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> k: array<f32>;
+@group(0) @binding(3) var<storage, read> v: array<f32>;
+@group(0) @binding(4) var<storage, read> kv_len: array<u32>;
+@group(0) @binding(5) var<storage, read_write> o: array<f32>;
+@group(0) @binding(6) var<storage, read_write> lse: array<f32>;
+
+var<workgroup> k_tile: array<vec4<f32>, BC * D4>;
+var<workgroup> v_tile: array<vec4<f32>, BC * DV4>;
+var<workgroup> wg_n_valid: u32;
+
+var<private> q_reg: array<vec4<f32>, TR * D4>;
+var<private> acc: array<vec4<f32>, TR * DV4>;
+var<private> m: array<f32, TR>;
+var<private> l: array<f32, TR>;
+
+// One element of q (0), k (1) or v (2). `which` is a literal at every call
+// site, so the switch folds away once inlined. (WGSL cannot pass storage
+// pointers to functions.)
+fn elem(which: u32, i: u32) -> f32 {
+    switch which {
+        case 0u: { return q[i]; }
+        case 1u: { return k[i]; }
+        default: { return v[i]; }
+    }
+}
+
+// Loads elements 4c … 4c+3 of a row of `len` elements starting at `base`,
+// zero-filling past the row's end: no element of the next row is ever read.
+// When the head dim is a multiple of 4 the guard is constant and folds away.
+fn load4(which: u32, base: u32, c: u32, len: u32) -> vec4<f32> {
+    let e = c * 4u;
+    var r = vec4<f32>(0.0);
+    if (len % 4u == 0u || e + 3u < len) {
+        r = vec4<f32>(elem(which, base + e), elem(which, base + e + 1u), elem(which, base + e + 2u), elem(which, base + e + 3u));
+    } else {
+        for (var i = 0u; i < 4u; i++) {
+            if (e + i < len) {
+                r[i] = elem(which, base + e + i);
+            }
+        }
+    }
+    return r;
+}
+
+// Streams one K/V block of `count` valid rows starting at key `kv0` and folds
+// it into the running softmax state. `ragged` is a literal at each call site,
+// so the aligned path compiles without any per-key bounds checks.
+fn process_block(lid: u32, k_base: u32, v_base: u32, kv0: u32, count: u32, ragged: bool) {
+    // Everyone is done reading the previous block.
+    workgroupBarrier();
+    for (var i = lid; i < BC * D4; i += WG) {
+        let j = i / D4;
+        var val = vec4<f32>(0.0);
+        if (!ragged || j < count) {
+            val = load4(1u, k_base + (kv0 + j) * p.k_stride_s, i % D4, D);
+        }
+        k_tile[i] = val;
+    }
+    for (var i = lid; i < BC * DV4; i += WG) {
+        let j = i / DV4;
+        var val = vec4<f32>(0.0);
+        if (!ragged || j < count) {
+            val = load4(2u, v_base + (kv0 + j) * p.v_stride_s, i % DV4, DV);
+        }
+        v_tile[i] = val;
+    }
+    workgroupBarrier();
+
+    // S = Q·Kᵀ for this invocation's TR rows and all BC keys.
+    var s: array<f32, TR * BC>;
+    for (var j = 0u; j < BC; j++) {
+        var dot_acc: array<f32, TR>;
+        for (var c = 0u; c < D4; c++) {
+            let kk = k_tile[j * D4 + c];
+            for (var t = 0u; t < TR; t++) {
+                dot_acc[t] += dot(q_reg[t * D4 + c], kk);
+            }
+        }
+        for (var t = 0u; t < TR; t++) {
+            s[t * BC + j] = dot_acc[t];
+        }
+    }
+
+    // Online softmax: new row max, rescale factor, P in place of S.
+    for (var t = 0u; t < TR; t++) {
+        var m_new = m[t];
+        for (var j = 0u; j < BC; j++) {
+            if (!ragged || j < count) {
+                m_new = max(m_new, s[t * BC + j]);
+            }
+        }
+        let alpha = exp2(m[t] - m_new);
+        var row_sum = 0.0;
+        for (var j = 0u; j < BC; j++) {
+            var pj = exp2(s[t * BC + j] - m_new);
+            if (ragged && j >= count) {
+                pj = 0.0;
+            }
+            s[t * BC + j] = pj;
+            row_sum += pj;
+        }
+        l[t] = l[t] * alpha + row_sum;
+        m[t] = m_new;
+        for (var c = 0u; c < DV4; c++) {
+            acc[t * DV4 + c] *= alpha;
+        }
+    }
+
+    // O += P·V.
+    for (var j = 0u; j < BC; j++) {
+        for (var c = 0u; c < DV4; c++) {
+            let vv = v_tile[j * DV4 + c];
+            for (var t = 0u; t < TR; t++) {
+                acc[t * DV4 + c] = fma(vec4<f32>(s[t * BC + j]), vv, acc[t * DV4 + c]);
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let linear = wid.x + wid.y * p.grid_x;
+    let total = p.q_blocks * p.batch * p.heads;
+    if (linear >= total) {
+        // Padding workgroups of a folded grid; uniform across the workgroup.
+        return;
+    }
+    let qb = linear % p.q_blocks;
+    let bh = linear / p.q_blocks;
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let hk = h / p.group;
+
+    // Key padding: keys at or past kv_len[b] do not exist for this batch entry.
+    // Read once and broadcast so the block loop bound is workgroup-uniform.
+    if (lid == 0u) {
+        var n = p.n_kv;
+        if (p.has_kv_len != 0u) {
+            n = min(kv_len[b], p.n_kv);
+        }
+        wg_n_valid = n;
+    }
+    let n_valid = workgroupUniformLoad(&wg_n_valid);
+
+    for (var t = 0u; t < TR; t++) {
+        let qi = qb * BR + lid + t * WG;
+        let base = b * p.q_stride_b + qi * p.q_stride_s + h * p.q_stride_h;
+        for (var c = 0u; c < D4; c++) {
+            var val = vec4<f32>(0.0);
+            if (qi < p.n_q) {
+                val = load4(0u, base, c, D) * p.scale_log2;
+            }
+            q_reg[t * D4 + c] = val;
+        }
+        for (var c = 0u; c < DV4; c++) {
+            acc[t * DV4 + c] = vec4<f32>(0.0);
+        }
+        m[t] = NEG_BIG;
+        l[t] = 0.0;
+    }
+
+    let k_base = b * p.k_stride_b + hk * p.k_stride_h;
+    let v_base = b * p.v_stride_b + hk * p.v_stride_h;
+    let full_blocks = n_valid / BC;
+    for (var blk = 0u; blk < full_blocks; blk++) {
+        process_block(lid, k_base, v_base, blk * BC, BC, false);
+    }
+    let tail = n_valid % BC;
+    if (tail != 0u) {
+        process_block(lid, k_base, v_base, full_blocks * BC, tail, true);
+    }
+
+    // Deferred normalisation. A row with no visible key has l = 0: O = 0 and
+    // LSE = −∞ rather than 0/0.
+    let neg_inf = bitcast<f32>(0xff800000u);
+    for (var t = 0u; t < TR; t++) {
+        let qi = qb * BR + lid + t * WG;
+        if (qi < p.n_q) {
+            let empty = l[t] == 0.0;
+            let inv = select(1.0 / l[t], 0.0, empty);
+            let base = b * p.o_stride_b + qi * p.o_stride_s + h * p.o_stride_h;
+            for (var c = 0u; c < DV4; c++) {
+                let val = acc[t * DV4 + c] * inv;
+                for (var e = 0u; e < 4u; e++) {
+                    if (DV % 4u == 0u || c * 4u + e < DV) {
+                        o[base + c * 4u + e] = val[e];
+                    }
+                }
+            }
+            lse[(b * p.heads + h) * p.n_q + qi] = select((m[t] + log2(l[t])) * LN2, neg_inf, empty);
+        }
+    }
+}

@@ -1,0 +1,693 @@
+//! The problem description, its validation, planning and dispatch of the fused
+//! kernel (`shaders/flash_forward.wgsl`).
+//!
+//! Problem → plan → dispatch: an [`AttentionProblem`] holds no data; its
+//! [`validate`](AttentionProblem::validate) turns every inconsistency into an
+//! [`Error`]; [`plan`] picks tile sizes for a device; [`FlashAttention`] holds
+//! the compiled pipeline and records dispatches into any command encoder.
+
+use std::sync::Arc;
+
+use crate::context::{Binding, Context, DeviceCaps, Kernel, PipelineKey};
+use crate::error::{Error, Result};
+
+/// Largest head dim (of Q/K or of V) the kernels support.
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// One cross-attention forward problem, without data.
+///
+/// Layout is BSHD, row-major, as in flash-attn:
+/// q `[B, n_q, H, d]`, k `[B, n_kv, H_kv, d]`, v `[B, n_kv, H_kv, d_v]`,
+/// o `[B, n_q, H, d_v]`, lse `[B, H, n_q]` (natural log).
+/// Query head `h` reads key/value head `h / (H / H_kv)` (GQA/MQA).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionProblem {
+    /// Batch size B.
+    pub batch: usize,
+    /// Query heads H.
+    pub heads: usize,
+    /// Key/value heads H_kv; H must be a multiple of it.
+    pub kv_heads: usize,
+    /// Query rows per batch entry.
+    pub n_q: usize,
+    /// Key/value rows per batch entry.
+    pub n_kv: usize,
+    /// Head dim of Q and K.
+    pub head_dim: usize,
+    /// Head dim of V and O.
+    pub head_dim_v: usize,
+    /// Softmax scale; `None` means 1/√d. T5 uses 1.0.
+    pub scale: Option<f32>,
+    /// Whether a per-batch key length (`[B]`, u32) is supplied: keys at or past
+    /// `kv_lens[b]` are masked out (key padding mask). A batch entry with length
+    /// 0 gets O = 0 and LSE = −∞.
+    pub kv_lens: bool,
+}
+
+impl AttentionProblem {
+    /// Multi-head attention with H_kv = H, d_v = d, scale 1/√d, no key lengths.
+    pub fn new(batch: usize, heads: usize, n_q: usize, n_kv: usize, head_dim: usize) -> Self {
+        Self {
+            batch,
+            heads,
+            kv_heads: heads,
+            n_q,
+            n_kv,
+            head_dim,
+            head_dim_v: head_dim,
+            scale: None,
+            kv_lens: false,
+        }
+    }
+
+    /// Sets the number of key/value heads (GQA when 1 < H_kv < H, MQA when 1).
+    pub fn with_kv_heads(mut self, kv_heads: usize) -> Self {
+        self.kv_heads = kv_heads;
+        self
+    }
+
+    /// Sets the head dim of V (and O).
+    pub fn with_head_dim_v(mut self, head_dim_v: usize) -> Self {
+        self.head_dim_v = head_dim_v;
+        self
+    }
+
+    /// Overrides the softmax scale.
+    pub fn with_scale(mut self, scale: f32) -> Self {
+        self.scale = Some(scale);
+        self
+    }
+
+    /// Declares that per-batch key lengths will be supplied.
+    pub fn with_kv_lens(mut self, on: bool) -> Self {
+        self.kv_lens = on;
+        self
+    }
+
+    /// The softmax scale in use.
+    pub fn scale(&self) -> f32 {
+        self.scale
+            .unwrap_or_else(|| 1.0 / (self.head_dim as f32).sqrt())
+    }
+
+    /// Elements of q.
+    pub fn q_len(&self) -> usize {
+        self.batch * self.n_q * self.heads * self.head_dim
+    }
+    /// Elements of k.
+    pub fn k_len(&self) -> usize {
+        self.batch * self.n_kv * self.kv_heads * self.head_dim
+    }
+    /// Elements of v.
+    pub fn v_len(&self) -> usize {
+        self.batch * self.n_kv * self.kv_heads * self.head_dim_v
+    }
+    /// Elements of o.
+    pub fn o_len(&self) -> usize {
+        self.batch * self.n_q * self.heads * self.head_dim_v
+    }
+    /// Elements of lse.
+    pub fn lse_len(&self) -> usize {
+        self.batch * self.heads * self.n_q
+    }
+
+    /// FLOPs of one forward pass, 2·B·H·n_q·n_kv·(d + d_v) (4·B·H·n_q·n_kv·d
+    /// when d_v = d; exp and softmax not counted).
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.batch * self.heads) as f64
+            * self.n_q as f64
+            * self.n_kv as f64
+            * (self.head_dim + self.head_dim_v) as f64
+    }
+
+    /// The tensors' names, shapes and element counts, in binding order.
+    pub fn tensors(&self) -> [(&'static str, [usize; 4], usize); 5] {
+        let (b, h, hk) = (self.batch, self.heads, self.kv_heads);
+        [
+            ("q", [b, self.n_q, h, self.head_dim], self.q_len()),
+            ("k", [b, self.n_kv, hk, self.head_dim], self.k_len()),
+            ("v", [b, self.n_kv, hk, self.head_dim_v], self.v_len()),
+            ("o", [b, self.n_q, h, self.head_dim_v], self.o_len()),
+            ("lse", [b, h, self.n_q, 1], self.lse_len()),
+        ]
+    }
+
+    /// Checks every dimension and relation; the first inconsistency found is
+    /// returned as a typed error.
+    pub fn validate(&self) -> Result<()> {
+        for (name, v) in [
+            ("batch", self.batch),
+            ("heads", self.heads),
+            ("kv_heads", self.kv_heads),
+            ("n_q", self.n_q),
+        ] {
+            if v == 0 {
+                return Err(Error::ZeroDim { name });
+            }
+        }
+        for (name, v) in [("head_dim", self.head_dim), ("head_dim_v", self.head_dim_v)] {
+            if v == 0 || v > MAX_HEAD_DIM {
+                return Err(Error::HeadDim {
+                    name,
+                    got: v,
+                    max: MAX_HEAD_DIM,
+                });
+            }
+        }
+        if self.heads % self.kv_heads != 0 {
+            return Err(Error::HeadsMismatch {
+                heads: self.heads,
+                kv_heads: self.kv_heads,
+            });
+        }
+        if !self.scale().is_finite() {
+            return Err(Error::BadScale { got: self.scale() });
+        }
+        for (name, _, n) in self.tensors() {
+            if n as u64 > u32::MAX as u64 {
+                return Err(Error::TooManyElements {
+                    name,
+                    elements: n as u64,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks host key lengths against the problem.
+    pub fn validate_kv_lens(&self, kv_lens: Option<&[u32]>) -> Result<()> {
+        match kv_lens {
+            None if self.kv_lens => Err(Error::KvLensCount {
+                got: 0,
+                expected: self.batch,
+            }),
+            Some(l) if l.len() != self.batch => Err(Error::KvLensCount {
+                got: l.len(),
+                expected: self.batch,
+            }),
+            Some(l) => match l.iter().position(|&x| x as usize > self.n_kv) {
+                Some(b) => Err(Error::KvLenTooLong {
+                    batch: b,
+                    got: l[b] as i64,
+                    n_kv: self.n_kv,
+                }),
+                None => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Checks that each tensor fits one storage binding on this device.
+    pub fn validate_limits(&self, caps: &DeviceCaps) -> Result<()> {
+        for (name, _, n) in self.tensors() {
+            let bytes = 4 * n as u64;
+            let limit = caps.max_storage_binding.min(caps.max_buffer_size);
+            if bytes > limit {
+                return Err(Error::BindingTooLarge { name, bytes, limit });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Tile sizes and grid of one fused-kernel launch, with the reason for each
+/// choice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlashPlan {
+    /// Query rows per workgroup (Br).
+    pub br: u32,
+    /// Key rows per K/V block (Bc).
+    pub bc: u32,
+    /// Query rows per invocation.
+    pub tr: u32,
+    /// Invocations per workgroup.
+    pub wg: u32,
+    /// Workgroup memory used, bytes.
+    pub workgroup_bytes: u32,
+    /// ⌈n_q / Br⌉.
+    pub q_blocks: u32,
+    /// Dispatch grid (x, y); x·y ≥ q_blocks·B·H, the excess returns at once.
+    pub grid: (u32, u32),
+    /// Why these tiles, in words.
+    pub why: String,
+}
+
+impl FlashPlan {
+    fn spec(&self, p: &AttentionProblem) -> Vec<(&'static str, u32)> {
+        vec![
+            ("D", p.head_dim as u32),
+            ("DV", p.head_dim_v as u32),
+            ("BR", self.br),
+            ("BC", self.bc),
+            ("TR", self.tr),
+            ("WG", self.wg),
+        ]
+    }
+}
+
+/// Tiles a caller may force instead of the heuristic (benchmarks, tuning).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TileOverride {
+    /// Key rows per block (power of two).
+    pub bc: Option<u32>,
+    /// Query rows per invocation.
+    pub tr: Option<u32>,
+    /// Invocations per workgroup.
+    pub wg: Option<u32>,
+}
+
+fn div_ceil(a: usize, b: usize) -> usize {
+    a.div_ceil(b)
+}
+
+/// Workgroup bytes the fused kernel needs for `bc` key rows.
+fn flash_workgroup_bytes(p: &AttentionProblem, bc: u32) -> u32 {
+    let d4 = div_ceil(p.head_dim, 4) as u32;
+    let dv4 = div_ceil(p.head_dim_v, 4) as u32;
+    bc * (d4 + dv4) * 16 + 16
+}
+
+/// Splits `total` workgroups into an (x, y) grid within the per-dimension limit.
+pub(crate) fn fold_grid(
+    total: usize,
+    max_per_dim: u32,
+    kernel: &'static str,
+) -> Result<(u32, u32)> {
+    let max = max_per_dim.max(1) as usize;
+    let x = total.clamp(1, max);
+    let y = div_ceil(total.max(1), x);
+    if y > max {
+        return Err(Error::Unplannable {
+            kernel,
+            reason: format!("{total} workgroups exceed a {max}×{max} grid"),
+        });
+    }
+    Ok((x as u32, y as u32))
+}
+
+/// Picks the fused kernel's tiles for `problem` on a device with `caps`.
+///
+/// Heuristic (see README "Tiling"):
+/// - TR (rows per invocation): on CPU adapters (lavapipe) 2, since every
+///   invocation is a SIMD lane and each broadcast K/V load then feeds two
+///   FMAs; on GPUs 1, to keep Q, O and the score row in registers
+///   (4·(⌈d/4⌉+⌈d_v/4⌉)+Bc registers).
+/// - WG: 64 invocations (two NVIDIA warps, one AMD wave), fewer when n_q is
+///   small so short query sets do not leave most rows idle; never under 16.
+/// - Bc: the largest of 64, 32, …, 4 whose K and V tiles fit the device's
+///   workgroup memory (WebGPU's default 16 KiB gives Bc = 32 at d = 64).
+pub fn plan(
+    problem: &AttentionProblem,
+    caps: &DeviceCaps,
+    force: TileOverride,
+) -> Result<FlashPlan> {
+    problem.validate()?;
+    let cpu = caps.info.device_type == wgpu::DeviceType::Cpu;
+    let tr = force.tr.unwrap_or(if cpu { 2 } else { 1 });
+    let rows_per_tr = div_ceil(problem.n_q, tr as usize).next_power_of_two() as u32;
+    let wg = force.wg.unwrap_or(rows_per_tr.clamp(16, 64));
+    if tr == 0 || wg == 0 || wg > caps.max_invocations {
+        return Err(Error::Unplannable {
+            kernel: "flash_forward",
+            reason: format!(
+                "{wg} invocations × {tr} rows is not a usable workgroup (device allows {} invocations)",
+                caps.max_invocations
+            ),
+        });
+    }
+    let bc_cap = if cpu { 64 } else { 32 };
+    let candidates: Vec<u32> = match force.bc {
+        Some(bc) => vec![bc],
+        None => [64u32, 32, 16, 8, 4]
+            .into_iter()
+            .filter(|&b| b <= bc_cap)
+            .collect(),
+    };
+    let bc = candidates
+        .iter()
+        .copied()
+        .find(|&bc| bc > 0 && flash_workgroup_bytes(problem, bc) <= caps.max_workgroup_storage)
+        .ok_or_else(|| Error::Unplannable {
+            kernel: "flash_forward",
+            reason: format!(
+                "K/V tiles of {} rows at d = {}, d_v = {} need {} bytes of workgroup memory, \
+                 the device has {}",
+                candidates.last().copied().unwrap_or(0),
+                problem.head_dim,
+                problem.head_dim_v,
+                flash_workgroup_bytes(problem, candidates.last().copied().unwrap_or(0)),
+                caps.max_workgroup_storage
+            ),
+        })?;
+    let br = tr * wg;
+    let q_blocks = div_ceil(problem.n_q, br as usize);
+    let total = q_blocks * problem.batch * problem.heads;
+    let grid = fold_grid(total, caps.max_workgroups_per_dim, "flash_forward")?;
+    let why = format!(
+        "{} adapter: TR = {tr}, WG = {wg} for n_q = {}; Bc = {bc}, the largest K/V block in {} B of workgroup memory",
+        if cpu { "CPU" } else { "GPU" },
+        problem.n_q,
+        caps.max_workgroup_storage
+    );
+    Ok(FlashPlan {
+        br,
+        bc,
+        tr,
+        wg,
+        workgroup_bytes: flash_workgroup_bytes(problem, bc),
+        q_blocks: q_blocks as u32,
+        grid,
+        why,
+    })
+}
+
+/// Uniform parameters of `flash_forward.wgsl`, mirrored field by field by its
+/// `Params` struct. Strides are in elements.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FlashParams {
+    /// Batch size B.
+    pub batch: u32,
+    /// Query heads H.
+    pub heads: u32,
+    /// Key/value heads H_kv.
+    pub kv_heads: u32,
+    /// Query rows.
+    pub n_q: u32,
+    /// Key rows.
+    pub n_kv: u32,
+    /// 1 when the kv_len binding holds per-batch key lengths.
+    pub has_kv_len: u32,
+    /// ⌈n_q / Br⌉.
+    pub q_blocks: u32,
+    /// Workgroups along x of the folded grid.
+    pub grid_x: u32,
+    /// q stride between batch entries.
+    pub q_stride_b: u32,
+    /// q stride between sequence positions.
+    pub q_stride_s: u32,
+    /// q stride between heads.
+    pub q_stride_h: u32,
+    /// k stride between batch entries.
+    pub k_stride_b: u32,
+    /// k stride between sequence positions.
+    pub k_stride_s: u32,
+    /// k stride between heads.
+    pub k_stride_h: u32,
+    /// v stride between batch entries.
+    pub v_stride_b: u32,
+    /// v stride between sequence positions.
+    pub v_stride_s: u32,
+    /// v stride between heads.
+    pub v_stride_h: u32,
+    /// o stride between batch entries.
+    pub o_stride_b: u32,
+    /// o stride between sequence positions.
+    pub o_stride_s: u32,
+    /// o stride between heads.
+    pub o_stride_h: u32,
+    /// scale · log2(e), folded into Q so the softmax uses exp2.
+    pub scale_log2: f32,
+    /// Query heads per key/value head.
+    pub group: u32,
+    /// Padding to 16 bytes.
+    pub _pad0: u32,
+    /// Padding to 16 bytes.
+    pub _pad1: u32,
+}
+
+impl FlashParams {
+    /// Parameters for contiguous BSHD tensors.
+    pub fn new(p: &AttentionProblem, plan: &FlashPlan) -> Self {
+        let (h, hk, d, dv) = (
+            p.heads as u32,
+            p.kv_heads as u32,
+            p.head_dim as u32,
+            p.head_dim_v as u32,
+        );
+        let (nq, nkv) = (p.n_q as u32, p.n_kv as u32);
+        Self {
+            batch: p.batch as u32,
+            heads: h,
+            kv_heads: hk,
+            n_q: nq,
+            n_kv: nkv,
+            has_kv_len: p.kv_lens as u32,
+            q_blocks: plan.q_blocks,
+            grid_x: plan.grid.0,
+            q_stride_b: nq * h * d,
+            q_stride_s: h * d,
+            q_stride_h: d,
+            k_stride_b: nkv * hk * d,
+            k_stride_s: hk * d,
+            k_stride_h: d,
+            v_stride_b: nkv * hk * dv,
+            v_stride_s: hk * dv,
+            v_stride_h: dv,
+            o_stride_b: nq * h * dv,
+            o_stride_s: h * dv,
+            o_stride_h: dv,
+            scale_log2: p.scale() * std::f32::consts::LOG2_E,
+            group: h / hk,
+            _pad0: 0,
+            _pad1: 0,
+        }
+    }
+}
+
+/// WGSL source of the fused kernel.
+pub const FLASH_FORWARD_WGSL: &str = include_str!("../shaders/flash_forward.wgsl");
+
+/// Prepends `const NAME: u32 = V;` lines to a shader body.
+pub(crate) fn specialise(body: &str, spec: &[(&'static str, u32)]) -> String {
+    let mut s = String::with_capacity(body.len() + 64 * spec.len());
+    for (name, value) in spec {
+        s.push_str(&format!("const {name}: u32 = {value}u;\n"));
+    }
+    s.push_str(body);
+    s
+}
+
+/// The device buffers of one launch. Any buffer with `STORAGE` usage and at
+/// least the problem's element count (f32) works; `kv_lens` holds u32.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionBuffers<'a> {
+    /// `[B, n_q, H, d]`.
+    pub q: &'a wgpu::Buffer,
+    /// `[B, n_kv, H_kv, d]`.
+    pub k: &'a wgpu::Buffer,
+    /// `[B, n_kv, H_kv, d_v]`.
+    pub v: &'a wgpu::Buffer,
+    /// `[B]` key lengths, required iff the problem says `kv_lens`. Values past
+    /// n_kv are clamped to n_kv by the kernel.
+    pub kv_lens: Option<&'a wgpu::Buffer>,
+    /// `[B, n_q, H, d_v]`, written.
+    pub o: &'a wgpu::Buffer,
+    /// `[B, H, n_q]`, written (natural log).
+    pub lse: &'a wgpu::Buffer,
+}
+
+impl AttentionBuffers<'_> {
+    /// Checks buffer sizes against the problem.
+    pub fn validate(&self, p: &AttentionProblem) -> Result<()> {
+        let bufs = [self.q, self.k, self.v, self.o, self.lse];
+        for ((name, shape, n), buf) in p.tensors().into_iter().zip(bufs) {
+            let got = buf.size() / 4;
+            if got < n as u64 {
+                return Err(Error::SizeMismatch {
+                    name,
+                    got,
+                    expected: n as u64,
+                    shape: format!("{shape:?}"),
+                });
+            }
+        }
+        match (p.kv_lens, self.kv_lens) {
+            (true, None) => Err(Error::KvLensCount {
+                got: 0,
+                expected: p.batch,
+            }),
+            (true, Some(b)) if b.size() / 4 < p.batch as u64 => Err(Error::KvLensCount {
+                got: (b.size() / 4) as usize,
+                expected: p.batch,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Result of the simple API: O and LSE on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionOutput {
+    /// `[B, n_q, H, d_v]`.
+    pub o: Vec<f32>,
+    /// `[B, H, n_q]`, natural log; −∞ for rows with no visible key.
+    pub lse: Vec<f32>,
+}
+
+/// Checks host slices against the problem.
+pub(crate) fn validate_host(
+    p: &AttentionProblem,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    kv_lens: Option<&[u32]>,
+) -> Result<()> {
+    for ((name, shape, n), got) in p.tensors().into_iter().zip([q.len(), k.len(), v.len()]) {
+        if got != n {
+            return Err(Error::SizeMismatch {
+                name,
+                got: got as u64,
+                expected: n as u64,
+                shape: format!("{shape:?}"),
+            });
+        }
+    }
+    p.validate_kv_lens(kv_lens)
+}
+
+/// The fused kernel, planned and compiled for one problem. Cheap to keep and
+/// reuse: recording a launch costs one uniform buffer and one bind group.
+#[derive(Debug)]
+pub struct FlashAttention<'c> {
+    ctx: &'c Context,
+    problem: AttentionProblem,
+    plan: FlashPlan,
+    kernel: Arc<Kernel>,
+    params: wgpu::Buffer,
+}
+
+impl<'c> FlashAttention<'c> {
+    /// Validates, plans with the default heuristic and compiles (or fetches from
+    /// the cache) the pipeline.
+    pub fn new(ctx: &'c Context, problem: &AttentionProblem) -> Result<Self> {
+        Self::with_tiles(ctx, problem, TileOverride::default())
+    }
+
+    /// As [`FlashAttention::new`], with tiles forced where `force` says.
+    pub fn with_tiles(
+        ctx: &'c Context,
+        problem: &AttentionProblem,
+        force: TileOverride,
+    ) -> Result<Self> {
+        problem.validate()?;
+        problem.validate_limits(ctx.caps())?;
+        let plan = plan(problem, ctx.caps(), force)?;
+        let spec = plan.spec(problem);
+        let kernel = ctx.pipeline(
+            PipelineKey {
+                kernel: "flash_forward",
+                entry: "main",
+                spec: spec.clone(),
+            },
+            &FLASH_BINDINGS,
+            || specialise(FLASH_FORWARD_WGSL, &spec),
+        )?;
+        let params = ctx.upload_uniform("flash params", &FlashParams::new(problem, &plan));
+        Ok(Self {
+            ctx,
+            problem: *problem,
+            plan,
+            kernel,
+            params,
+        })
+    }
+
+    /// The plan in use.
+    pub fn plan(&self) -> &FlashPlan {
+        &self.plan
+    }
+
+    /// The problem planned for.
+    pub fn problem(&self) -> &AttentionProblem {
+        &self.problem
+    }
+
+    /// Records the launch into the caller's encoder (integration API). Nothing
+    /// is submitted.
+    pub fn record(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        bufs: &AttentionBuffers<'_>,
+    ) -> Result<()> {
+        self.record_timed(encoder, bufs, None)
+    }
+
+    /// As [`FlashAttention::record`], with optional timestamp writes around the pass.
+    pub fn record_timed(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        bufs: &AttentionBuffers<'_>,
+        timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) -> Result<()> {
+        bufs.validate(&self.problem)?;
+        let kv = bufs.kv_lens.unwrap_or(self.ctx.dummy_buffer());
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("flash_forward"),
+            timestamp_writes: timestamps,
+        });
+        self.kernel.dispatch(
+            self.ctx.device(),
+            &mut pass,
+            &[&self.params, bufs.q, bufs.k, bufs.v, kv, bufs.o, bufs.lse],
+            self.plan.grid,
+        );
+        Ok(())
+    }
+
+    /// Simple API: uploads, runs, waits and downloads.
+    pub fn run(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        kv_lens: Option<&[u32]>,
+    ) -> Result<AttentionOutput> {
+        let p = &self.problem;
+        validate_host(p, q, k, v, kv_lens)?;
+        let ctx = self.ctx;
+        let (qb, kb, vb) = (ctx.upload("q", q), ctx.upload("k", k), ctx.upload("v", v));
+        let lb = kv_lens.map(|l| ctx.upload("kv_lens", l));
+        let ob = ctx.storage("o", 4 * p.o_len() as u64);
+        let lseb = ctx.storage("lse", 4 * p.lse_len() as u64);
+        let bufs = AttentionBuffers {
+            q: &qb,
+            k: &kb,
+            v: &vb,
+            kv_lens: lb.as_ref(),
+            o: &ob,
+            lse: &lseb,
+        };
+        ctx.submit(|enc| self.record(enc, &bufs))?;
+        Ok(AttentionOutput {
+            o: ctx.download(&ob, p.o_len())?,
+            lse: ctx.download(&lseb, p.lse_len())?,
+        })
+    }
+}
+
+/// Bind group 0 of `flash_forward.wgsl`: params, q, k, v, kv_len, o, lse.
+const FLASH_BINDINGS: [Binding; 7] = [
+    Binding::Uniform,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+];
+
+impl Context {
+    /// Runs the fused kernel on host data: `softmax(Q·Kᵀ·scale)·V` with LSE.
+    /// Shapes as in [`AttentionProblem`]; `kv_lens` iff `problem.kv_lens`.
+    pub fn attention(
+        &self,
+        problem: &AttentionProblem,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        kv_lens: Option<&[u32]>,
+    ) -> Result<AttentionOutput> {
+        FlashAttention::new(self, problem)?.run(q, k, v, kv_lens)
+    }
+}

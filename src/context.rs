@@ -1,0 +1,512 @@
+//! [`Context`]: adapter choice, device features and limits, the pipeline cache,
+//! and the few host-side helpers (upload, readback, serialised polling) that
+//! every kernel shares.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+
+/// What the library knows about the device it runs on: the numbers the planner
+/// reads. Taken from the device (not the adapter's defaults) so that a caller's
+/// own device with raised limits is planned for correctly.
+#[derive(Debug, Clone)]
+pub struct DeviceCaps {
+    /// Adapter name, backend, driver.
+    pub info: wgpu::AdapterInfo,
+    /// `SHADER_F16` is enabled on the device.
+    pub shader_f16: bool,
+    /// `SUBGROUP` is enabled on the device.
+    pub subgroups: bool,
+    /// `TIMESTAMP_QUERY` is enabled on the device.
+    pub timestamps: bool,
+    /// Smallest subgroup size the adapter may use (0 when unknown).
+    pub subgroup_min_size: u32,
+    /// Largest subgroup size the adapter may use (0 when unknown).
+    pub subgroup_max_size: u32,
+    /// Bytes of workgroup memory one workgroup may use.
+    pub max_workgroup_storage: u32,
+    /// Invocations one workgroup may have.
+    pub max_invocations: u32,
+    /// Largest storage binding, bytes.
+    pub max_storage_binding: u64,
+    /// Largest buffer, bytes.
+    pub max_buffer_size: u64,
+    /// Largest dispatch extent per dimension.
+    pub max_workgroups_per_dim: u32,
+}
+
+impl DeviceCaps {
+    fn from_device(device: &wgpu::Device) -> Self {
+        let f = device.features();
+        let l = device.limits();
+        let info = device.adapter_info();
+        let subgroups = f.contains(wgpu::Features::SUBGROUP);
+        Self {
+            shader_f16: f.contains(wgpu::Features::SHADER_F16),
+            subgroups,
+            timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
+            subgroup_min_size: if subgroups { info.subgroup_min_size } else { 0 },
+            subgroup_max_size: if subgroups { info.subgroup_max_size } else { 0 },
+            max_workgroup_storage: l.max_compute_workgroup_storage_size,
+            max_invocations: l.max_compute_invocations_per_workgroup,
+            max_storage_binding: l.max_storage_buffer_binding_size,
+            max_buffer_size: l.max_buffer_size,
+            max_workgroups_per_dim: l.max_compute_workgroups_per_dimension,
+            info,
+        }
+    }
+
+    /// A device with WebGPU's default limits and no optional features: what the
+    /// planner must always be able to serve. Used by tests and `xattn info`.
+    pub fn webgpu_defaults(info: wgpu::AdapterInfo) -> Self {
+        let l = wgpu::Limits::default();
+        Self {
+            info,
+            shader_f16: false,
+            subgroups: false,
+            timestamps: false,
+            subgroup_min_size: 0,
+            subgroup_max_size: 0,
+            max_workgroup_storage: l.max_compute_workgroup_storage_size,
+            max_invocations: l.max_compute_invocations_per_workgroup,
+            max_storage_binding: l.max_storage_buffer_binding_size,
+            max_buffer_size: l.max_buffer_size,
+            max_workgroups_per_dim: l.max_compute_workgroups_per_dimension,
+        }
+    }
+}
+
+/// How [`Context::with_options`] picks an adapter. Every field defaults from
+/// wgpu's own environment variables, so `WGPU_BACKEND=gl`,
+/// `WGPU_ADAPTER_NAME=llvmpipe` and `WGPU_POWER_PREF=low` work unchanged.
+#[derive(Debug, Clone)]
+pub struct ContextOptions {
+    /// Backends to search (`WGPU_BACKEND`, default: all compiled in).
+    pub backends: wgpu::Backends,
+    /// Case-insensitive substring of the adapter name (`WGPU_ADAPTER_NAME`).
+    pub adapter_name: Option<String>,
+    /// Power preference (`WGPU_POWER_PREF`), breaks ties between hardware adapters.
+    pub power_preference: wgpu::PowerPreference,
+}
+
+impl Default for ContextOptions {
+    fn default() -> Self {
+        Self {
+            backends: wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()),
+            adapter_name: std::env::var("WGPU_ADAPTER_NAME")
+                .ok()
+                .filter(|s| !s.is_empty()),
+            power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
+        }
+    }
+}
+
+/// Identifies one compiled pipeline: the kernel family and every value that
+/// changes its generated source. Heuristic choices (which tile to use) live in
+/// the planner; only their result appears here.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct PipelineKey {
+    pub kernel: &'static str,
+    pub entry: &'static str,
+    pub spec: Vec<(&'static str, u32)>,
+}
+
+/// How a kernel binds one buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Binding {
+    Uniform,
+    Read,
+    ReadWrite,
+}
+
+/// A compiled pipeline and the explicit layout of its bind group 0 (explicit
+/// so that every entry point of a family shares one layout, whatever it uses).
+#[derive(Debug)]
+pub(crate) struct Kernel {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+impl Kernel {
+    /// Records one dispatch of this kernel with `buffers` bound in order.
+    pub fn dispatch(
+        &self,
+        device: &wgpu::Device,
+        pass: &mut wgpu::ComputePass<'_>,
+        buffers: &[&wgpu::Buffer],
+        grid: (u32, u32),
+    ) {
+        let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &self.layout,
+            entries: &entries,
+        });
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(grid.0, grid.1, 1);
+    }
+}
+
+/// A device, its queue, what it can do, and the compiled pipelines.
+///
+/// Build one per process (it is `Send + Sync`; share it behind an `Arc`) and
+/// reuse it: pipelines are compiled on first use and cached by key.
+pub struct Context {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    caps: DeviceCaps,
+    pipelines: RwLock<HashMap<PipelineKey, Arc<Kernel>>>,
+    /// wgpu-core 30 can assert when two threads poll one device at once
+    /// (gfx-rs/wgpu#9958); every wait goes through this lock.
+    poll_lock: Mutex<()>,
+    /// Bound where a kernel's optional input (key lengths) is absent.
+    dummy: wgpu::Buffer,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("caps", &self.caps).finish()
+    }
+}
+
+/// Rank for adapter choice: hardware first, software last.
+fn device_type_rank(t: wgpu::DeviceType, pref: wgpu::PowerPreference) -> u32 {
+    use wgpu::DeviceType::*;
+    match (t, pref) {
+        (IntegratedGpu, wgpu::PowerPreference::LowPower) => 0,
+        (DiscreteGpu, _) => 0,
+        (IntegratedGpu, _) => 1,
+        (VirtualGpu, _) => 2,
+        (Other, _) => 3,
+        (Cpu, _) => 4,
+    }
+}
+
+/// Rank for backends: native compute APIs before GL.
+fn backend_rank(b: wgpu::Backend) -> u32 {
+    match b {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        wgpu::Backend::Gl => 1,
+        _ => 2,
+    }
+}
+
+impl Context {
+    /// Picks an adapter as [`ContextOptions::default`] says (wgpu's environment
+    /// variables honoured): a hardware adapter if there is one, else any
+    /// (lavapipe, llvmpipe through GL).
+    pub fn new() -> Result<Self> {
+        Self::with_options(&ContextOptions::default())
+    }
+
+    /// Every adapter wgpu can see with these backends, in the order
+    /// [`Context::with_options`] prefers them.
+    pub fn adapters(options: &ContextOptions) -> Vec<wgpu::Adapter> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle().with_env();
+        desc.backends = options.backends;
+        let instance = wgpu::Instance::new(desc);
+        let mut adapters = pollster::block_on(instance.enumerate_adapters(options.backends));
+        adapters.sort_by_key(|a| {
+            let i = a.get_info();
+            (
+                device_type_rank(i.device_type, options.power_preference),
+                backend_rank(i.backend),
+            )
+        });
+        adapters
+    }
+
+    /// Picks an adapter by `options`, then creates the device with the optional
+    /// features xattn can use and the adapter's own limits (not WebGPU's
+    /// defaults: more workgroup memory means bigger tiles).
+    pub fn with_options(options: &ContextOptions) -> Result<Self> {
+        let adapters = Self::adapters(options);
+        let adapter = match &options.adapter_name {
+            Some(name) => {
+                let want = name.to_lowercase();
+                adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&want))
+                    .ok_or_else(|| Error::NoAdapter {
+                        detail: format!(" matching WGPU_ADAPTER_NAME={name:?}"),
+                    })?
+            }
+            None => adapters
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::NoAdapter {
+                    detail: format!(" for backends {:?}", options.backends),
+                })?,
+        };
+        let wanted =
+            wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
+        let features = adapter.features() & wanted;
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("xattn"),
+            required_features: features,
+            required_limits: adapter.limits(),
+            ..Default::default()
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
+            Error::DeviceRequest {
+                adapter: adapter.get_info().name,
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(Self::from_device(device, queue))
+    }
+
+    /// Wraps a device and queue the caller already owns. The planner reads the
+    /// features and limits the device was created with.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        let caps = DeviceCaps::from_device(&device);
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("xattn dummy"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Self {
+            device,
+            queue,
+            caps,
+            pipelines: RwLock::new(HashMap::new()),
+            poll_lock: Mutex::new(()),
+            dummy,
+        }
+    }
+
+    /// The device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// Features and limits the planner works from.
+    pub fn caps(&self) -> &DeviceCaps {
+        &self.caps
+    }
+
+    /// Number of pipelines compiled so far (for tests and diagnostics).
+    pub fn cached_pipelines(&self) -> usize {
+        self.pipelines.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub(crate) fn dummy_buffer(&self) -> &wgpu::Buffer {
+        &self.dummy
+    }
+
+    /// Returns the pipeline for `key`, compiling `source()` on first use. The
+    /// read lock serves the common case; the write path checks again so two
+    /// threads racing on a new key compile it once.
+    pub(crate) fn pipeline(
+        &self,
+        key: PipelineKey,
+        bindings: &[Binding],
+        source: impl FnOnce() -> String,
+    ) -> Result<Arc<Kernel>> {
+        if let Some(p) = self.pipelines.read().expect("pipeline cache").get(&key) {
+            return Ok(p.clone());
+        }
+        let mut map = self.pipelines.write().expect("pipeline cache");
+        if let Some(p) = map.get(&key) {
+            return Ok(p.clone());
+        }
+        let src = source();
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        // SAFETY: the kernels index only within bounds that `validate` has
+        // checked against the bound buffers, and every loop has a bound that the
+        // host computed. Loop bounding is off because the counters it adds stop
+        // the backend compilers from unrolling the register-tile loops. Bounds
+        // checks stay on: they cost little once loops are unrolled.
+        let module = unsafe {
+            self.device.create_shader_module_trusted(
+                wgpu::ShaderModuleDescriptor {
+                    label: Some(key.kernel),
+                    source: wgpu::ShaderSource::Wgsl(src.into()),
+                },
+                wgpu::ShaderRuntimeChecks {
+                    bounds_checks: true,
+                    force_loop_bounding: false,
+                    ..wgpu::ShaderRuntimeChecks::checked()
+                },
+            )
+        };
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: match b {
+                        Binding::Uniform => wgpu::BufferBindingType::Uniform,
+                        Binding::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                        Binding::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(key.kernel),
+                entries: &entries,
+            });
+        let pipeline_layout = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(key.kernel),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(key.kernel),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(key.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &[],
+                    // Every tile is written before it is read.
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Device(format!(
+                "compiling {}::{} {:?}: {e}",
+                key.kernel, key.entry, key.spec
+            )));
+        }
+        let kernel = Arc::new(Kernel { pipeline, layout });
+        map.insert(key, kernel.clone());
+        Ok(kernel)
+    }
+
+    /// Blocks until all submitted work is done. Serialised across threads.
+    pub fn wait(&self) -> Result<()> {
+        let _g = self.poll_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Device(e.to_string()))
+    }
+
+    /// A storage buffer holding `data` (also usable as a copy source).
+    pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        // wgpu rejects zero-sized bindings; keep at least one word.
+        let padded;
+        let contents = if bytes.len() < 4 {
+            padded = [0u8; 4];
+            &padded[..]
+        } else {
+            bytes
+        };
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    /// A uniform buffer holding `value`.
+    pub fn upload_uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::bytes_of(value),
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    /// Records with `f` into a fresh encoder, submits it, and waits. Device
+    /// validation errors raised meanwhile come back as [`Error::Device`].
+    pub fn submit(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>) -> Result<()> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+        let recorded = f(&mut enc);
+        if recorded.is_ok() {
+            self.queue.submit([enc.finish()]);
+        }
+        let err = pollster::block_on(scope.pop());
+        recorded?;
+        if let Some(e) = err {
+            return Err(Error::Device(e.to_string()));
+        }
+        self.wait()
+    }
+
+    /// An uninitialised storage buffer of `bytes` bytes (at least 4).
+    pub fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Copies the first `len` elements of `buffer` back to the host.
+    pub fn download<T: bytemuck::Pod>(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<T>> {
+        let bytes = (len * std::mem::size_of::<T>()) as u64;
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let size = bytes.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("xattn readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+        enc.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
+        self.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        rx.recv()
+            .map_err(|e| Error::Device(e.to_string()))?
+            .map_err(|e| Error::Device(e.to_string()))?;
+        let view = staging
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| Error::Device(e.to_string()))?;
+        let out = bytemuck::cast_slice::<u8, T>(&view[..bytes as usize]).to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+}

@@ -1,0 +1,44 @@
+//! # xattn
+//!
+//! Fused, flash-style cross-attention kernels in WGSL for wgpu.
+//!
+//! `softmax(Q·Kᵀ·scale)·V` where queries and keys come from different
+//! sequences (n_q ≠ n_kv), multi-head, GQA/MQA, with per-batch key lengths.
+//! The fused kernel streams K/V blocks through workgroup memory with an
+//! online softmax (FlashAttention-2), so no n_q × n_kv score matrix is ever
+//! written. It runs on every wgpu backend, including Mesa's software Vulkan
+//! (lavapipe) on machines with no GPU, and is checked against an f64 CPU
+//! reference ([`reference::attention`]).
+//!
+//! ```no_run
+//! use xattn::{AttentionProblem, Context};
+//! let ctx = Context::new()?;
+//! // 2 batch entries, 8 heads, 4096 image latents attending to 77 text tokens, d = 40.
+//! let p = AttentionProblem::new(2, 8, 4096, 77, 40);
+//! let (q, k, v) = (vec![0.0f32; p.q_len()], vec![0.0f32; p.k_len()], vec![0.0f32; p.v_len()]);
+//! let out = ctx.attention(&p, &q, &k, &v, None)?;
+//! assert_eq!(out.o.len(), p.o_len());
+//! # Ok::<(), xattn::Error>(())
+//! ```
+//!
+//! Problem → plan → dispatch: [`AttentionProblem`] describes the shapes,
+//! [`plan`] picks tiles for the device, [`FlashAttention`] compiles once and
+//! records into your own `wgpu::CommandEncoder` ([`FlashAttention::record`])
+//! or runs on host slices ([`FlashAttention::run`]).
+
+#![warn(missing_docs)]
+
+pub mod attention;
+pub mod context;
+pub mod error;
+pub mod naive;
+pub mod npy;
+pub mod reference;
+
+pub use attention::{
+    plan, AttentionBuffers, AttentionOutput, AttentionProblem, FlashAttention, FlashParams,
+    FlashPlan, TileOverride, MAX_HEAD_DIM,
+};
+pub use context::{Context, ContextOptions, DeviceCaps};
+pub use error::{Error, Result};
+pub use naive::{NaiveAttention, NaiveParams};

@@ -1,0 +1,206 @@
+//! The naive, unfused baseline (`shaders/naive.wgsl`): scores, softmax and
+//! P·V as three dispatches with the n_q × n_kv score matrix in device memory.
+//! It exists to be measured against, and to set the tests' tolerance.
+
+use std::sync::Arc;
+
+use crate::attention::{fold_grid, validate_host, AttentionOutput, AttentionProblem};
+use crate::context::{Binding, Context, Kernel, PipelineKey};
+use crate::error::{Error, Result};
+
+/// WGSL source of the naive kernels.
+pub const NAIVE_WGSL: &str = include_str!("../shaders/naive.wgsl");
+
+const WG: usize = 64;
+
+/// Bind group 0 of `naive.wgsl`: params, q, k, v, kv_len, scores, o, lse.
+const NAIVE_BINDINGS: [Binding; 8] = [
+    Binding::Uniform,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+];
+
+/// Uniform parameters of `naive.wgsl`, mirrored by its `Params` struct.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct NaiveParams {
+    /// Batch size B.
+    pub batch: u32,
+    /// Query heads H.
+    pub heads: u32,
+    /// Query heads per key/value head.
+    pub group: u32,
+    /// Query rows.
+    pub n_q: u32,
+    /// Key rows.
+    pub n_kv: u32,
+    /// 1 when per-batch key lengths are bound.
+    pub has_kv_len: u32,
+    /// Head dim of Q and K.
+    pub d: u32,
+    /// Head dim of V and O.
+    pub dv: u32,
+    /// Softmax scale.
+    pub scale: f32,
+    /// Workgroups along x for the scores kernel.
+    pub grid_x_scores: u32,
+    /// Workgroups along x for the softmax kernel.
+    pub grid_x_rows: u32,
+    /// Workgroups along x for the P·V kernel.
+    pub grid_x_out: u32,
+}
+
+/// The three naive kernels, ready to run one problem.
+#[derive(Debug)]
+pub struct NaiveAttention<'c> {
+    ctx: &'c Context,
+    problem: AttentionProblem,
+    kernels: [Arc<Kernel>; 3],
+    grids: [(u32, u32); 3],
+    params: wgpu::Buffer,
+}
+
+impl<'c> NaiveAttention<'c> {
+    /// Validates the problem and that its score matrix fits one storage
+    /// binding; compiles (or fetches) the three pipelines.
+    pub fn new(ctx: &'c Context, problem: &AttentionProblem) -> Result<Self> {
+        problem.validate()?;
+        problem.validate_limits(ctx.caps())?;
+        let s_bytes = 4 * Self::score_elements(problem) as u64;
+        let limit = ctx
+            .caps()
+            .max_storage_binding
+            .min(ctx.caps().max_buffer_size);
+        if s_bytes > limit {
+            return Err(Error::BindingTooLarge {
+                name: "naive score matrix",
+                bytes: s_bytes,
+                limit,
+            });
+        }
+        let max = ctx.caps().max_workgroups_per_dim;
+        let counts = [
+            Self::score_elements(problem),
+            problem.lse_len(),
+            problem.o_len(),
+        ];
+        let mut grids = [(1, 1); 3];
+        for (g, n) in grids.iter_mut().zip(counts) {
+            *g = fold_grid(n.div_ceil(WG), max, "naive")?;
+        }
+        let pipelines = ["scores", "softmax", "pv"].map(|e| {
+            ctx.pipeline(
+                PipelineKey {
+                    kernel: "naive",
+                    entry: e,
+                    spec: Vec::new(),
+                },
+                &NAIVE_BINDINGS,
+                || NAIVE_WGSL.to_string(),
+            )
+        });
+        let [a, b, c] = pipelines;
+        let kernels = [a?, b?, c?];
+        let params = NaiveParams {
+            batch: problem.batch as u32,
+            heads: problem.heads as u32,
+            group: (problem.heads / problem.kv_heads) as u32,
+            n_q: problem.n_q as u32,
+            n_kv: problem.n_kv as u32,
+            has_kv_len: problem.kv_lens as u32,
+            d: problem.head_dim as u32,
+            dv: problem.head_dim_v as u32,
+            scale: problem.scale(),
+            grid_x_scores: grids[0].0,
+            grid_x_rows: grids[1].0,
+            grid_x_out: grids[2].0,
+        };
+        Ok(Self {
+            ctx,
+            problem: *problem,
+            kernels,
+            grids,
+            params: ctx.upload_uniform("naive params", &params),
+        })
+    }
+
+    /// Elements of the materialised score matrix, B·H·n_q·n_kv.
+    pub fn score_elements(p: &AttentionProblem) -> usize {
+        p.batch * p.heads * p.n_q * p.n_kv
+    }
+
+    /// Device bytes the naive path allocates beyond the inputs and outputs.
+    pub fn scratch_bytes(p: &AttentionProblem) -> u64 {
+        4 * Self::score_elements(p) as u64
+    }
+
+    /// Records the three dispatches; `scores` must hold
+    /// [`NaiveAttention::score_elements`] f32.
+    pub fn record(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        bufs: &crate::attention::AttentionBuffers<'_>,
+        scores: &wgpu::Buffer,
+    ) -> Result<()> {
+        bufs.validate(&self.problem)?;
+        let kv = bufs.kv_lens.unwrap_or(self.ctx.dummy_buffer());
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("naive"),
+            timestamp_writes: None,
+        });
+        for (kernel, grid) in self.kernels.iter().zip(self.grids) {
+            kernel.dispatch(
+                self.ctx.device(),
+                &mut pass,
+                &[
+                    &self.params,
+                    bufs.q,
+                    bufs.k,
+                    bufs.v,
+                    kv,
+                    scores,
+                    bufs.o,
+                    bufs.lse,
+                ],
+                grid,
+            );
+        }
+        Ok(())
+    }
+
+    /// Simple API: uploads, runs, waits and downloads.
+    pub fn run(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        kv_lens: Option<&[u32]>,
+    ) -> Result<AttentionOutput> {
+        let p = &self.problem;
+        validate_host(p, q, k, v, kv_lens)?;
+        let ctx = self.ctx;
+        let (qb, kb, vb) = (ctx.upload("q", q), ctx.upload("k", k), ctx.upload("v", v));
+        let lb = kv_lens.map(|l| ctx.upload("kv_lens", l));
+        let ob = ctx.storage("o", 4 * p.o_len() as u64);
+        let lseb = ctx.storage("lse", 4 * p.lse_len() as u64);
+        let sb = ctx.storage("scores", Self::scratch_bytes(p));
+        let bufs = crate::attention::AttentionBuffers {
+            q: &qb,
+            k: &kb,
+            v: &vb,
+            kv_lens: lb.as_ref(),
+            o: &ob,
+            lse: &lseb,
+        };
+        ctx.submit(|enc| self.record(enc, &bufs, &sb))?;
+        Ok(AttentionOutput {
+            o: ctx.download(&ob, p.o_len())?,
+            lse: ctx.download(&lseb, p.lse_len())?,
+        })
+    }
+}
