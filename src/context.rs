@@ -341,7 +341,7 @@ impl Context {
                     source: wgpu::ShaderSource::Wgsl(src.into()),
                 },
                 wgpu::ShaderRuntimeChecks {
-                    bounds_checks: true,
+                    bounds_checks: false,
                     force_loop_bounding: false,
                     ..wgpu::ShaderRuntimeChecks::checked()
                 },

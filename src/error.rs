@@ -139,6 +139,15 @@ pub enum Error {
         value: f32,
     },
 
+    /// A .npy file could not be read or written, or holds the wrong thing.
+    #[error("{path}: {reason}")]
+    Npy {
+        /// The file.
+        path: String,
+        /// What is wrong and what was expected.
+        reason: String,
+    },
+
     /// The device reported an error (validation, out of memory, lost device).
     #[error("device error: {0}")]
     Device(String),

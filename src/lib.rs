@@ -29,6 +29,8 @@
 #![warn(missing_docs)]
 
 pub mod attention;
+pub mod bench;
+pub mod check;
 pub mod context;
 pub mod error;
 pub mod naive;

@@ -147,11 +147,34 @@ impl<'c> NaiveAttention<'c> {
         bufs: &crate::attention::AttentionBuffers<'_>,
         scores: &wgpu::Buffer,
     ) -> Result<()> {
+        self.record_timed(encoder, bufs, scores, None)
+    }
+
+    /// As [`NaiveAttention::record`], with optional timestamp writes around the
+    /// one pass that holds all three dispatches.
+    pub fn record_timed(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        bufs: &crate::attention::AttentionBuffers<'_>,
+        scores: &wgpu::Buffer,
+        timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) -> Result<()> {
         bufs.validate(&self.problem)?;
+        if scores.size() < Self::scratch_bytes(&self.problem) {
+            return Err(Error::SizeMismatch {
+                name: "naive scores",
+                got: scores.size() / 4,
+                expected: Self::score_elements(&self.problem) as u64,
+                shape: format!(
+                    "[{}, {}, {}, {}]",
+                    self.problem.batch, self.problem.heads, self.problem.n_q, self.problem.n_kv
+                ),
+            });
+        }
         let kv = bufs.kv_lens.unwrap_or(self.ctx.dummy_buffer());
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("naive"),
-            timestamp_writes: None,
+            timestamp_writes: timestamps,
         });
         for (kernel, grid) in self.kernels.iter().zip(self.grids) {
             kernel.dispatch(

@@ -1,0 +1,374 @@
+//! Timing and device probes shared by the CLI's bench harness and the
+//! Criterion benches.
+
+use crate::attention::{
+    fold_grid, AttentionBuffers, AttentionProblem, FlashAttention, FlashPlan, TileOverride,
+};
+use crate::context::{Binding, Context, PipelineKey};
+use crate::error::{Error, Result};
+use crate::naive::NaiveAttention;
+
+/// WGSL source of the probes.
+pub const PROBE_WGSL: &str = include_str!("../shaders/probe.wgsl");
+
+/// Records one timed run: the closure gets the encoder and, where the device
+/// has timestamp queries, the pass timestamp writes to attach to its pass.
+pub type RecordFn<'a> = dyn Fn(&mut wgpu::CommandEncoder, Option<wgpu::ComputePassTimestampWrites<'_>>) -> Result<()>
+    + 'a;
+
+/// Milliseconds of each of `runs` runs after `warmup` untimed ones. Uses
+/// timestamp queries around the pass where the device has them (GPU time
+/// only), else wall-clock time around submit and a full device wait.
+pub fn time_runs(
+    ctx: &Context,
+    warmup: usize,
+    runs: usize,
+    record: &RecordFn<'_>,
+) -> Result<Vec<f64>> {
+    for _ in 0..warmup {
+        ctx.submit(|enc| record(enc, None))?;
+    }
+    let mut out = Vec::with_capacity(runs);
+    if !ctx.caps().timestamps {
+        for _ in 0..runs {
+            let t = std::time::Instant::now();
+            ctx.submit(|enc| record(enc, None))?;
+            out.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        return Ok(out);
+    }
+    let device = ctx.device();
+    let set = device.create_query_set(&wgpu::QuerySetDescriptor {
+        label: Some("xattn timestamps"),
+        ty: wgpu::QueryType::Timestamp,
+        count: 2,
+    });
+    let resolve = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("xattn timestamp resolve"),
+        size: 16,
+        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let period_ns = ctx.queue().get_timestamp_period() as f64;
+    for _ in 0..runs {
+        ctx.submit(|enc| {
+            record(
+                enc,
+                Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &set,
+                    beginning_of_pass_write_index: Some(0),
+                    end_of_pass_write_index: Some(1),
+                }),
+            )?;
+            enc.resolve_query_set(&set, 0..2, &resolve, 0);
+            Ok(())
+        })?;
+        let ticks: Vec<u64> = ctx.download(&resolve, 2)?;
+        out.push(ticks[1].wrapping_sub(ticks[0]) as f64 * period_ns * 1e-6);
+    }
+    Ok(out)
+}
+
+/// Median and (max − min) / median of a sample.
+pub fn median_spread(xs: &[f64]) -> (f64, f64) {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let med = if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        0.5 * (v[v.len() / 2 - 1] + v[v.len() / 2])
+    };
+    (med, (v[v.len() - 1] - v[0]) / med)
+}
+
+/// What the probes measured on this adapter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Probe {
+    /// Peak f32 FMA throughput, GFLOP/s (2 flops per FMA).
+    pub fma_gflops: f64,
+    /// Copy bandwidth, GB/s (bytes read + bytes written).
+    pub copy_gbps: f64,
+}
+
+const PROBE_BINDINGS: [Binding; 2] = [Binding::Read, Binding::ReadWrite];
+
+/// Runs the FMA and copy probes (about a second on lavapipe).
+pub fn probe(ctx: &Context) -> Result<Probe> {
+    let kernel = |entry| {
+        ctx.pipeline(
+            PipelineKey {
+                kernel: "probe",
+                entry,
+                spec: Vec::new(),
+            },
+            &PROBE_BINDINGS,
+            || PROBE_WGSL.to_string(),
+        )
+    };
+    let (fma, copy) = (kernel("fma_peak")?, kernel("copy")?);
+    let max = ctx.caps().max_workgroups_per_dim;
+
+    // FMA: enough invocations to fill any device several times over, scaled
+    // down on CPU adapters so the probe stays short.
+    let cpu = ctx.caps().info.device_type == wgpu::DeviceType::Cpu;
+    let invocations: usize = if cpu { 64 * 256 } else { 64 * 65536 };
+    let small = ctx.upload("probe src", &vec![1.0f32; 4 * 1024]);
+    let sink = ctx.storage("probe sink", 16 * 1024);
+    let grid = fold_grid(invocations / 64, max, "probe")?;
+    let rec_fma = |enc: &mut wgpu::CommandEncoder,
+                   ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("fma probe"),
+            timestamp_writes: ts,
+        });
+        fma.dispatch(ctx.device(), &mut pass, &[&small, &sink], grid);
+        Ok(())
+    };
+    let (ms, _) = median_spread(&time_runs(ctx, 1, 5, &rec_fma)?);
+    let flops = invocations as f64 * 1024.0 * 8.0 * 4.0 * 2.0;
+    let fma_gflops = flops / (ms * 1e-3) / 1e9;
+
+    // Copy: 64 MiB each way on GPUs, 16 MiB on CPU adapters (past their caches).
+    let bytes: u64 = if cpu { 16 << 20 } else { 256 << 20 };
+    let bytes = bytes.min(ctx.caps().max_storage_binding / 2 * 2);
+    let src = ctx.storage("probe copy src", bytes);
+    let dst = ctx.storage("probe copy dst", bytes);
+    let n_vec4 = (bytes / 16) as usize;
+    let grid = fold_grid(n_vec4.div_ceil(64), max, "probe")?;
+    let rec_copy = |enc: &mut wgpu::CommandEncoder,
+                    ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("copy probe"),
+            timestamp_writes: ts,
+        });
+        copy.dispatch(ctx.device(), &mut pass, &[&src, &dst], grid);
+        Ok(())
+    };
+    let (ms, _) = median_spread(&time_runs(ctx, 1, 5, &rec_copy)?);
+    let copy_gbps = 2.0 * bytes as f64 / (ms * 1e-3) / 1e9;
+    if !fma_gflops.is_finite() || !copy_gbps.is_finite() {
+        return Err(Error::Device("probe timing failed".into()));
+    }
+    Ok(Probe {
+        fma_gflops,
+        copy_gbps,
+    })
+}
+
+/// How [`bench_problem`] measures.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchOptions {
+    /// Untimed runs first.
+    pub warmup: usize,
+    /// Timed runs (the median is reported).
+    pub runs: usize,
+    /// Tiles forced instead of the planner's.
+    pub tiles: TileOverride,
+    /// Also time the naive kernel (where its score matrix fits).
+    pub naive: bool,
+    /// Time the CPU reference only below this many FLOPs.
+    pub cpu_flop_budget: f64,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            warmup: 1,
+            runs: 5,
+            tiles: TileOverride::default(),
+            naive: true,
+            cpu_flop_budget: 2e9,
+        }
+    }
+}
+
+/// One shape's measurements.
+#[derive(Debug, Clone)]
+pub struct BenchRow {
+    /// The problem.
+    pub problem: AttentionProblem,
+    /// The fused kernel's plan.
+    pub plan: FlashPlan,
+    /// Fused kernel: median ms and relative spread.
+    pub fused_ms: f64,
+    /// (max − min) / median of the fused runs.
+    pub fused_spread: f64,
+    /// Naive kernel median ms, or why it was not run.
+    pub naive_ms: std::result::Result<f64, String>,
+    /// CPU reference ms (one run), or why it was not run.
+    pub cpu_ms: std::result::Result<f64, String>,
+    /// Max |fused − ref_f64| on the checked slice (O).
+    pub check_err: f64,
+    /// Max |naive-order f32 − ref_f64| … the bound is 2× this + 1e-5.
+    pub check_bound: f64,
+    /// Device bytes of the fused launch (inputs, outputs).
+    pub fused_bytes: u64,
+    /// Device bytes of the naive launch (adds the score matrix).
+    pub naive_bytes: u64,
+}
+
+impl BenchRow {
+    /// Fused GFLOP/s.
+    pub fn fused_gflops(&self) -> f64 {
+        self.problem.flops() / (self.fused_ms * 1e-3) / 1e9
+    }
+}
+
+/// The first `n` query rows of head 0 of batch entry 0, as its own problem.
+fn first_slice(
+    p: &AttentionProblem,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    n: usize,
+) -> (AttentionProblem, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let sub = AttentionProblem {
+        batch: 1,
+        heads: 1,
+        kv_heads: 1,
+        n_q: n,
+        kv_lens: false,
+        ..*p
+    };
+    let rows = |x: &[f32], count: usize, stride: usize, d: usize| -> Vec<f32> {
+        (0..count)
+            .flat_map(|i| x[i * stride..i * stride + d].iter().copied())
+            .collect()
+    };
+    let (d, dv) = (p.head_dim, p.head_dim_v);
+    (
+        sub,
+        rows(q, n, p.heads * d, d),
+        rows(k, p.n_kv, p.kv_heads * d, d),
+        rows(v, p.n_kv, p.kv_heads * dv, dv),
+    )
+}
+
+/// Checks, then times, the fused kernel, the naive kernel and the CPU reference
+/// on one problem (no key lengths; seeded normal × 3 inputs).
+pub fn bench_problem(ctx: &Context, p: &AttentionProblem, opt: &BenchOptions) -> Result<BenchRow> {
+    let flash = FlashAttention::with_tiles(ctx, p, opt.tiles)?;
+    let (q, k, v) = crate::check::inputs(p, 1);
+    let (qb, kb, vb) = (
+        ctx.upload("q", &q),
+        ctx.upload("k", &k),
+        ctx.upload("v", &v),
+    );
+    let ob = ctx.storage("o", 4 * p.o_len() as u64);
+    let lb = ctx.storage("lse", 4 * p.lse_len() as u64);
+    let bufs = AttentionBuffers {
+        q: &qb,
+        k: &kb,
+        v: &vb,
+        kv_lens: None,
+        o: &ob,
+        lse: &lb,
+    };
+
+    // Correctness first, on the first rows of (batch 0, head 0): the fused
+    // output of the full launch against the reference and a naive-order f32
+    // computation of that slice.
+    ctx.submit(|enc| flash.record(enc, &bufs))?;
+    let n_check = p.n_q.min(64);
+    let (sub, sq, sk, sv) = first_slice(p, &q, &k, &v, n_check);
+    let reference = crate::reference::attention(&sub, &sq, &sk, &sv, None)?;
+    let o_all: Vec<f32> = ctx.download(&ob, p.o_len())?;
+    let dv = p.head_dim_v;
+    let got: Vec<f32> = (0..n_check)
+        .flat_map(|i| {
+            o_all[i * p.heads * dv..i * p.heads * dv + dv]
+                .iter()
+                .copied()
+        })
+        .collect();
+    let naive_f32 = crate::reference::attention_f32(&sub, &sq, &sk, &sv, None)?;
+    let err = |a: &[f32]| {
+        a.iter()
+            .zip(&reference.o)
+            .map(|(&x, &y)| (x as f64 - y).abs())
+            .fold(0.0, f64::max)
+    };
+    let (check_err, naive_err) = (err(&got), err(&naive_f32.o));
+    let check_bound = 2.0 * naive_err + 1e-5;
+    if check_err.is_nan() || check_err > check_bound {
+        return Err(Error::Device(format!(
+            "fused kernel failed its check on {p:?}: max error {check_err:.3e} > bound {check_bound:.3e}"
+        )));
+    }
+
+    let record = |enc: &mut wgpu::CommandEncoder,
+                  ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
+        flash.record_timed(enc, &bufs, ts)
+    };
+    let (fused_ms, fused_spread) = median_spread(&time_runs(ctx, opt.warmup, opt.runs, &record)?);
+
+    let io_bytes = 4 * (p.q_len() + p.k_len() + p.v_len() + p.o_len() + p.lse_len()) as u64;
+    let scratch = NaiveAttention::scratch_bytes(p);
+    let naive_ms = if !opt.naive {
+        Err("not asked for".to_string())
+    } else {
+        match NaiveAttention::new(ctx, p) {
+            Ok(naive) => {
+                let sb = ctx.storage("scores", scratch);
+                let record =
+                    |enc: &mut wgpu::CommandEncoder,
+                     ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
+                        naive.record_timed(enc, &bufs, &sb, ts)
+                    };
+                let runs = opt.runs.min(3);
+                Ok(median_spread(&time_runs(ctx, 1, runs, &record)?).0)
+            }
+            Err(e @ Error::BindingTooLarge { .. }) => Err(format!("skipped: {e}")),
+            Err(e) => return Err(e),
+        }
+    };
+    let cpu_ms = if p.flops() <= opt.cpu_flop_budget {
+        let t = std::time::Instant::now();
+        crate::reference::attention(p, &q, &k, &v, None)?;
+        Ok(t.elapsed().as_secs_f64() * 1e3)
+    } else {
+        Err(format!(
+            "skipped: {:.1} GFLOP is over the CPU budget of {:.1}",
+            p.flops() / 1e9,
+            opt.cpu_flop_budget / 1e9
+        ))
+    };
+    Ok(BenchRow {
+        problem: *p,
+        plan: flash.plan().clone(),
+        fused_ms,
+        fused_spread,
+        naive_ms,
+        cpu_ms,
+        check_err,
+        check_bound,
+        fused_bytes: io_bytes,
+        naive_bytes: io_bytes + scratch,
+    })
+}
+
+/// The seed workloads of the cross-attention literature, named.
+pub fn seeds() -> Vec<(String, AttentionProblem)> {
+    let p = AttentionProblem::new;
+    [
+        ("SD1.5 64² (4096×77)", p(2, 8, 4096, 77, 40)),
+        ("SD1.5 32² (1024×77)", p(2, 8, 1024, 77, 80)),
+        ("SD1.5 16² (256×77)", p(2, 8, 256, 77, 160)),
+        ("SD1.5 8² (64×77)", p(2, 8, 64, 77, 160)),
+        ("SDXL 4096×77", p(2, 10, 4096, 77, 64)),
+        ("SDXL 1024×77", p(2, 20, 1024, 77, 64)),
+        ("Whisper decode step", p(1, 20, 1, 1500, 64)),
+        ("Whisper teacher-forced", p(1, 20, 448, 1500, 64)),
+        ("T5-base 512×512", p(1, 12, 512, 512, 64).with_scale(1.0)),
+        ("BLIP-2 Q-Former", p(4, 12, 32, 257, 64)),
+        ("Flamingo resampler", p(1, 8, 64, 4096, 64)),
+        ("Perceiver IO", p(1, 1, 512, 50176, 64)),
+        ("square 2k", p(1, 8, 2048, 2048, 64)),
+    ]
+    .into_iter()
+    .map(|(n, p)| (n.to_string(), p))
+    .collect()
+}

@@ -1,0 +1,267 @@
+//! Cross-checking kernels against the f64 reference: seeded inputs, the error
+//! metric and the tolerance rule (design.md): the fused kernel's max error
+//! against the f64 reference must be at most 2× the naive kernel's (same
+//! storage precision) plus [`SLACK`]. Shared by the tests and `xattn check`.
+
+use crate::attention::{AttentionOutput, AttentionProblem};
+use crate::context::Context;
+use crate::error::Result;
+use crate::naive::NaiveAttention;
+use crate::reference::{self, ReferenceOutput};
+
+/// Absolute slack on top of twice the naive error: covers cases where the
+/// naive kernel happens to be exact (n_kv = 1, O = V) while the fused kernel's
+/// exp2/log2 route rounds differently by a few ulps of values of order 10.
+pub const SLACK: f64 = 1e-5;
+
+/// splitmix64 with Box–Muller: small, seeded, reproducible test data.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in (0, 1].
+    pub fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+    /// Standard normal.
+    pub fn normal(&mut self) -> f64 {
+        let (u1, u2) = (self.uniform(), self.uniform());
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+    /// `n` normals times `scale`, as f32.
+    pub fn normals(&mut self, n: usize, scale: f64) -> Vec<f32> {
+        (0..n).map(|_| (self.normal() * scale) as f32).collect()
+    }
+    /// Uniform integer in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+/// Seeded q, k, v for a problem: normal × 3, as design.md asks.
+pub fn inputs(p: &AttentionProblem, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut r = Rng::new(seed);
+    (
+        r.normals(p.q_len(), 3.0),
+        r.normals(p.k_len(), 3.0),
+        r.normals(p.v_len(), 3.0),
+    )
+}
+
+/// Max |got − want|. NaN anywhere, or −∞ on one side only, is an infinite
+/// error; matching infinities are exact.
+pub fn max_err(got: &[f32], want: &[f64]) -> f64 {
+    if got.len() != want.len() {
+        return f64::INFINITY;
+    }
+    got.iter()
+        .zip(want)
+        .map(|(&g, &w)| {
+            let g = g as f64;
+            if g.is_nan() || w.is_nan() {
+                f64::INFINITY
+            } else if g.is_infinite() || w.is_infinite() {
+                if g == w {
+                    0.0
+                } else {
+                    f64::INFINITY
+                }
+            } else {
+                (g - w).abs()
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
+/// Max errors of one output against the reference.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Errors {
+    /// On O.
+    pub o: f64,
+    /// On LSE.
+    pub lse: f64,
+}
+
+impl Errors {
+    /// Errors of `out` against `r`.
+    pub fn of(out: &AttentionOutput, r: &ReferenceOutput) -> Self {
+        Self {
+            o: max_err(&out.o, &r.o),
+            lse: max_err(&out.lse, &r.lse),
+        }
+    }
+}
+
+/// The outcome of one case.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CheckReport {
+    /// Fused kernel errors.
+    pub fused: Errors,
+    /// Naive kernel errors (the tolerance's base).
+    pub naive: Errors,
+}
+
+impl CheckReport {
+    /// Bound on the fused O error.
+    pub fn o_bound(&self) -> f64 {
+        2.0 * self.naive.o + SLACK
+    }
+    /// Bound on the fused LSE error.
+    pub fn lse_bound(&self) -> f64 {
+        2.0 * self.naive.lse + SLACK
+    }
+    /// Whether the fused kernel is within both bounds.
+    pub fn passed(&self) -> bool {
+        self.fused.o <= self.o_bound() && self.fused.lse <= self.lse_bound()
+    }
+}
+
+/// Runs `fused` (any implementation of the fused forward), the naive kernel
+/// and the f64 reference on seeded inputs and compares.
+pub fn check_with(
+    ctx: &Context,
+    p: &AttentionProblem,
+    kv_lens: Option<&[u32]>,
+    seed: u64,
+    fused: impl FnOnce(&[f32], &[f32], &[f32]) -> Result<AttentionOutput>,
+) -> Result<CheckReport> {
+    let (q, k, v) = inputs(p, seed);
+    let r = reference::attention(p, &q, &k, &v, kv_lens)?;
+    let f = fused(&q, &k, &v)?;
+    let n = NaiveAttention::new(ctx, p)?.run(&q, &k, &v, kv_lens)?;
+    Ok(CheckReport {
+        fused: Errors::of(&f, &r),
+        naive: Errors::of(&n, &r),
+    })
+}
+
+/// [`check_with`] the default fused kernel.
+pub fn check(
+    ctx: &Context,
+    p: &AttentionProblem,
+    kv_lens: Option<&[u32]>,
+    seed: u64,
+) -> Result<CheckReport> {
+    check_with(ctx, p, kv_lens, seed, |q, k, v| {
+        ctx.attention(p, q, k, v, kv_lens)
+    })
+}
+
+/// One case of a check grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Case {
+    /// The problem.
+    pub problem: AttentionProblem,
+    /// Key lengths, when the problem uses them.
+    pub kv_lens: Option<Vec<u32>>,
+    /// Input seed.
+    pub seed: u64,
+}
+
+impl Case {
+    /// A one-line name: B, H, H_kv, n_q, n_kv, d, d_v, scale, key lengths.
+    pub fn name(&self) -> String {
+        let p = &self.problem;
+        let mut s = format!(
+            "B{} H{}:{} {}x{} d{}",
+            p.batch, p.heads, p.kv_heads, p.n_q, p.n_kv, p.head_dim
+        );
+        if p.head_dim_v != p.head_dim {
+            s += &format!(" dv{}", p.head_dim_v);
+        }
+        if let Some(sc) = p.scale {
+            s += &format!(" scale{sc}");
+        }
+        if let Some(l) = &self.kv_lens {
+            s += &format!(" kv_lens{l:?}");
+        }
+        s
+    }
+}
+
+/// The (n_q, n_kv) pairs of FlashAttention's own test suite, plus the
+/// cross-attention shapes that matter (1×1500 Whisper decode, 4096×77 SD).
+pub const SEQ_PAIRS: [(usize, usize); 13] = [
+    (1, 1),
+    (1, 77),
+    (1, 1500),
+    (3, 799),
+    (113, 203),
+    (128, 217),
+    (108, 256),
+    (256, 512),
+    (512, 256),
+    (127, 513),
+    (1023, 1024),
+    (1024, 1023),
+    (4096, 77),
+];
+
+/// Head dims of the grid, odd ones included.
+pub const HEAD_DIMS: [usize; 10] = [32, 40, 59, 64, 80, 96, 111, 128, 160, 256];
+
+/// A sampled grid: every sequence pair and every head dim appears, with
+/// batch 1–3, H 1–8, GQA 8:2, MQA 8:1, d_v ≠ d, custom scale and key lengths
+/// (including 0 and n_kv). Large pairs get few heads so the grid stays fast
+/// on a 2-core CPU adapter. `quick` keeps every third case.
+pub fn grid(quick: bool) -> Vec<Case> {
+    let mut rng = Rng::new(2024);
+    let mut cases = Vec::new();
+    for (i, &(n_q, n_kv)) in SEQ_PAIRS.iter().enumerate() {
+        for (j, &d) in HEAD_DIMS.iter().enumerate() {
+            // Latin-square style sampling: 3 head dims per pair, rotating.
+            if (j + i) % 4 != 0 {
+                continue;
+            }
+            let n = cases.len();
+            let work = n_q * n_kv * d;
+            let (batch, heads, kv_heads) = match n % 4 {
+                _ if work > 20_000_000 => (1, 1, 1),
+                0 => (2, 8, 2),
+                1 => (3, 8, 1),
+                2 => (1, 4, 4),
+                _ => (2, 2, 2),
+            };
+            let mut p = AttentionProblem::new(batch, heads, n_q, n_kv, d).with_kv_heads(kv_heads);
+            if n % 3 == 1 {
+                p = p.with_head_dim_v(HEAD_DIMS[(j + 3) % HEAD_DIMS.len()]);
+            }
+            if n % 5 == 2 {
+                p = p.with_scale(1.0);
+            }
+            let kv_lens = (n % 2 == 1).then(|| {
+                (0..batch)
+                    .map(|b| match b {
+                        0 => 0,
+                        1 => n_kv as u32,
+                        _ => rng.below(n_kv as u64 + 1) as u32,
+                    })
+                    .collect::<Vec<u32>>()
+            });
+            if kv_lens.is_some() {
+                p = p.with_kv_lens(true);
+            }
+            cases.push(Case {
+                problem: p,
+                kv_lens,
+                seed: (i * 100 + j) as u64,
+            });
+        }
+    }
+    if quick {
+        cases = cases.into_iter().step_by(3).collect();
+    }
+    cases
+}
