@@ -21,6 +21,9 @@
 // src/attention.rs):
 //   const D:  u32   head dim of Q and K
 //   const DV: u32   head dim of V and O
+//   const D4, DV4   the head dims in whole vec4s, ⌈D/4⌉ and ⌈DV/4⌉; padding
+//                   lanes hold zeros in Q, K and V, so they add nothing to dot
+//                   products, and are never written out
 //   const BR: u32   query rows per workgroup
 //   const BC: u32   key rows per K/V block
 //   const TR: u32   query rows per invocation (BR = TR · WG)
@@ -28,10 +31,6 @@
 // Function-scope arrays need const (not override) sizes, hence generated source
 // rather than pipeline-overridable constants.
 
-// Head dims rounded up to whole vec4s. Padding lanes hold zeros in Q, K and V,
-// so they add nothing to dot products and are never written out.
-const D4: u32 = (D + 3u) / 4u;
-const DV4: u32 = (DV + 3u) / 4u;
 
 // Finite stand-in for −∞ inside the kernel: exp2(NEG_BIG − x) is 0 for any
 // real score x, and NEG_BIG − NEG_BIG is 0 rather than NaN.
@@ -68,8 +67,19 @@ struct Params {
     scale_log2: f32,
     // Query heads per key/value head (H / H_kv).
     group: u32,
+    // This launch covers keys [kv_begin, kv_end) (clamped to the batch
+    // entry's key length). Long key ranges are cut into several launches on
+    // adapters that bound a shader's total loop iterations (see `chunk_keys`
+    // in src/attention.rs); the softmax state is carried between them.
+    kv_begin: u32,
+    kv_end: u32,
+    // Bit 0: first launch of the range (start from m = −∞, l = 0, O = 0).
+    // Bit 1: last launch (normalise, write O and LSE). Otherwise the state
+    // (m, l, unnormalised O) is read from / written to `state`.
+    flags: u32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -79,6 +89,8 @@ struct Params {
 @group(0) @binding(4) var<storage, read> kv_len: array<u32>;
 @group(0) @binding(5) var<storage, read_write> o: array<f32>;
 @group(0) @binding(6) var<storage, read_write> lse: array<f32>;
+// Per row (b·H + h)·n_q + i: m, l, then DV4 vec4s of unnormalised O.
+@group(0) @binding(7) var<storage, read_write> state: array<f32>;
 
 var<workgroup> k_tile: array<vec4<f32>, BC * D4>;
 var<workgroup> v_tile: array<vec4<f32>, BC * DV4>;
@@ -142,18 +154,22 @@ fn process_block(lid: u32, k_base: u32, v_base: u32, kv0: u32, count: u32, ragge
     }
     workgroupBarrier();
 
-    // S = Q·Kᵀ for this invocation's TR rows and all BC keys.
+    // S = Q·Kᵀ for this invocation's TR rows and all BC keys. Each (row, key)
+    // accumulates a vec4 of partial products (pure FMAs) and folds it once.
     var s: array<f32, TR * BC>;
     for (var j = 0u; j < BC; j++) {
-        var dot_acc: array<f32, TR>;
+        var part: array<vec4<f32>, TR>;
+        for (var t = 0u; t < TR; t++) {
+            part[t] = vec4<f32>(0.0);
+        }
         for (var c = 0u; c < D4; c++) {
             let kk = k_tile[j * D4 + c];
             for (var t = 0u; t < TR; t++) {
-                dot_acc[t] += dot(q_reg[t * D4 + c], kk);
+                part[t] = fma(q_reg[t * D4 + c], kk, part[t]);
             }
         }
         for (var t = 0u; t < TR; t++) {
-            s[t * BC + j] = dot_acc[t];
+            s[t * BC + j] = (part[t].x + part[t].y) + (part[t].z + part[t].w);
         }
     }
 
@@ -182,9 +198,10 @@ fn process_block(lid: u32, k_base: u32, v_base: u32, kv0: u32, count: u32, ragge
         }
     }
 
-    // O += P·V.
-    for (var j = 0u; j < BC; j++) {
-        for (var c = 0u; c < DV4; c++) {
+    // O += P·V, one output chunk at a time so its accumulator stays in a
+    // register across all BC keys.
+    for (var c = 0u; c < DV4; c++) {
+        for (var j = 0u; j < BC; j++) {
             let vv = v_tile[j * DV4 + c];
             for (var t = 0u; t < TR; t++) {
                 acc[t * DV4 + c] = fma(vec4<f32>(s[t * BC + j]), vv, acc[t * DV4 + c]);
@@ -218,6 +235,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     let n_valid = workgroupUniformLoad(&wg_n_valid);
 
+    let first = (p.flags & 1u) != 0u;
+    let last = (p.flags & 2u) != 0u;
+    let row_words = 2u + 4u * DV4;
     for (var t = 0u; t < TR; t++) {
         let qi = qb * BR + lid + t * WG;
         let base = b * p.q_stride_b + qi * p.q_stride_s + h * p.q_stride_h;
@@ -228,22 +248,54 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
             q_reg[t * D4 + c] = val;
         }
-        for (var c = 0u; c < DV4; c++) {
-            acc[t * DV4 + c] = vec4<f32>(0.0);
+        let sb = ((b * p.heads + h) * p.n_q + qi) * row_words;
+        if (first || qi >= p.n_q) {
+            for (var c = 0u; c < DV4; c++) {
+                acc[t * DV4 + c] = vec4<f32>(0.0);
+            }
+            m[t] = NEG_BIG;
+            l[t] = 0.0;
+        } else {
+            m[t] = state[sb];
+            l[t] = state[sb + 1u];
+            for (var c = 0u; c < DV4; c++) {
+                let e = sb + 2u + 4u * c;
+                acc[t * DV4 + c] = vec4<f32>(state[e], state[e + 1u], state[e + 2u], state[e + 3u]);
+            }
         }
-        m[t] = NEG_BIG;
-        l[t] = 0.0;
     }
 
     let k_base = b * p.k_stride_b + hk * p.k_stride_h;
     let v_base = b * p.v_stride_b + hk * p.v_stride_h;
-    let full_blocks = n_valid / BC;
+    let kv_end = min(p.kv_end, n_valid);
+    let kv_begin = min(p.kv_begin, kv_end);
+    let full_blocks = (kv_end - kv_begin) / BC;
     for (var blk = 0u; blk < full_blocks; blk++) {
-        process_block(lid, k_base, v_base, blk * BC, BC, false);
+        process_block(lid, k_base, v_base, kv_begin + blk * BC, BC, false);
     }
-    let tail = n_valid % BC;
+    let tail = (kv_end - kv_begin) % BC;
     if (tail != 0u) {
-        process_block(lid, k_base, v_base, full_blocks * BC, tail, true);
+        process_block(lid, k_base, v_base, kv_begin + full_blocks * BC, tail, true);
+    }
+
+    if (!last) {
+        for (var t = 0u; t < TR; t++) {
+            let qi = qb * BR + lid + t * WG;
+            if (qi < p.n_q) {
+                let sb = ((b * p.heads + h) * p.n_q + qi) * row_words;
+                state[sb] = m[t];
+                state[sb + 1u] = l[t];
+                for (var c = 0u; c < DV4; c++) {
+                    let e = sb + 2u + 4u * c;
+                    let a = acc[t * DV4 + c];
+                    state[e] = a.x;
+                    state[e + 1u] = a.y;
+                    state[e + 2u] = a.z;
+                    state[e + 3u] = a.w;
+                }
+            }
+        }
+        return;
     }
 
     // Deferred normalisation. A row with no visible key has l = 0: O = 0 and

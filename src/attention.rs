@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::context::{Binding, Context, DeviceCaps, Kernel, PipelineKey};
 use crate::error::{Error, Result};
+use crate::tensor::AttentionTensors;
 
 /// Largest head dim (of Q/K or of V) the kernels support.
 pub const MAX_HEAD_DIM: usize = 256;
@@ -154,7 +155,7 @@ impl AttentionProblem {
                 });
             }
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(Error::HeadsMismatch {
                 heads: self.heads,
                 kv_heads: self.kv_heads,
@@ -228,6 +229,10 @@ pub struct FlashPlan {
     pub q_blocks: u32,
     /// Dispatch grid (x, y); x·y ≥ q_blocks·B·H, the excess returns at once.
     pub grid: (u32, u32),
+    /// Keys per launch: the key range is cut into ⌈n_kv / chunk_keys⌉
+    /// dispatches that carry the softmax state between them (one dispatch on
+    /// GPUs; see [`loop_safe_keys`]).
+    pub chunk_keys: u32,
     /// Why these tiles, in words.
     pub why: String,
 }
@@ -237,6 +242,8 @@ impl FlashPlan {
         vec![
             ("D", p.head_dim as u32),
             ("DV", p.head_dim_v as u32),
+            ("D4", p.head_dim.div_ceil(4) as u32),
+            ("DV4", p.head_dim_v.div_ceil(4) as u32),
             ("BR", self.br),
             ("BC", self.bc),
             ("TR", self.tr),
@@ -254,6 +261,8 @@ pub struct TileOverride {
     pub tr: Option<u32>,
     /// Invocations per workgroup.
     pub wg: Option<u32>,
+    /// Keys per launch (cuts the key range into several dispatches).
+    pub chunk_keys: Option<u32>,
 }
 
 fn div_ceil(a: usize, b: usize) -> usize {
@@ -265,6 +274,32 @@ fn flash_workgroup_bytes(p: &AttentionProblem, bc: u32) -> u32 {
     let d4 = div_ceil(p.head_dim, 4) as u32;
     let dv4 = div_ceil(p.head_dim_v, 4) as u32;
     bc * (d4 + dv4) * 16 + 16
+}
+
+/// lavapipe and llvmpipe end every loop of a shader once the loops together
+/// have run 65 535 iterations in one invocation (gallivm's
+/// `LP_MAX_TGSI_LOOP_ITERATIONS`, shared between all loops), silently. On such
+/// CPU adapters the fused kernel is launched over key ranges short enough to
+/// stay under that count, with the softmax state carried between launches.
+/// Measured here before this existed: 2×64×4096, d = 64, TR = 4 gave errors
+/// of 10 (every row wrong) from about 3 000 keys on.
+///
+/// The count assumes the driver unrolls nothing; it returns whole blocks.
+pub fn loop_safe_keys(p: &AttentionProblem, bc: u32, tr: u32, wg: u32) -> u32 {
+    const BUDGET: u64 = 60_000;
+    let (d4, dv4) = (
+        p.head_dim.div_ceil(4) as u64,
+        p.head_dim_v.div_ceil(4) as u64,
+    );
+    let (bc, tr, wg) = (bc as u64, tr as u64, wg as u64);
+    let per_block = (bc * d4).div_ceil(wg)
+        + (bc * dv4).div_ceil(wg)
+        + bc * (1 + d4 * (1 + tr))
+        + tr * (2 * bc + dv4 + 3)
+        + dv4 * (1 + bc * (1 + tr));
+    let fixed = tr * (2 * d4 + 3 * dv4 + 8) + 100;
+    let blocks = (BUDGET.saturating_sub(fixed) / per_block).max(1);
+    (blocks * bc).min(u32::MAX as u64) as u32
 }
 
 /// Splits `total` workgroups into an (x, y) grid within the per-dimension limit.
@@ -287,15 +322,20 @@ pub(crate) fn fold_grid(
 
 /// Picks the fused kernel's tiles for `problem` on a device with `caps`.
 ///
-/// Heuristic (see README "Tiling"):
-/// - TR (rows per invocation): on CPU adapters (lavapipe) 2, since every
-///   invocation is a SIMD lane and each broadcast K/V load then feeds two
-///   FMAs; on GPUs 1, to keep Q, O and the score row in registers
-///   (4·(⌈d/4⌉+⌈d_v/4⌉)+Bc registers).
-/// - WG: 64 invocations (two NVIDIA warps, one AMD wave), fewer when n_q is
-///   small so short query sets do not leave most rows idle; never under 16.
-/// - Bc: the largest of 64, 32, …, 4 whose K and V tiles fit the device's
-///   workgroup memory (WebGPU's default 16 KiB gives Bc = 32 at d = 64).
+/// Heuristic (see README "Tiling" for the measurements):
+/// - TR (rows per invocation): on GPUs 1, to keep Q, O and the score row in
+///   registers (4·(⌈d/4⌉+⌈d_v/4⌉)+Bc registers, 144 at d = 64). On CPU
+///   adapters (lavapipe) 2: every invocation is a SIMD lane and each K/V
+///   load from workgroup memory then feeds two FMAs; TR = 1 ran 1.8× slower,
+///   TR = 4 about as fast as 2 but took twice as long to compile.
+/// - WG: 64 invocations on GPUs (two NVIDIA warps, one AMD wave), 32 on CPU
+///   adapters; fewer when n_q is small so short query sets do not leave most
+///   rows idle; never under 16.
+/// - Bc: the largest of 32, 16, 8, 4 (16 on CPU adapters) whose K and V
+///   tiles fit the device's workgroup memory (WebGPU's default 16 KiB gives
+///   Bc = 32 at d = 64).
+/// - chunk_keys: on CPU adapters, [`loop_safe_keys`]; elsewhere the whole
+///   key range in one launch.
 pub fn plan(
     problem: &AttentionProblem,
     caps: &DeviceCaps,
@@ -305,7 +345,9 @@ pub fn plan(
     let cpu = caps.info.device_type == wgpu::DeviceType::Cpu;
     let tr = force.tr.unwrap_or(if cpu { 2 } else { 1 });
     let rows_per_tr = div_ceil(problem.n_q, tr as usize).next_power_of_two() as u32;
-    let wg = force.wg.unwrap_or(rows_per_tr.clamp(16, 64));
+    let wg = force
+        .wg
+        .unwrap_or(rows_per_tr.clamp(16, if cpu { 32 } else { 64 }));
     if tr == 0 || wg == 0 || wg > caps.max_invocations {
         return Err(Error::Unplannable {
             kernel: "flash_forward",
@@ -315,7 +357,7 @@ pub fn plan(
             ),
         });
     }
-    let bc_cap = if cpu { 64 } else { 32 };
+    let bc_cap = if cpu { 16 } else { 32 };
     let candidates: Vec<u32> = match force.bc {
         Some(bc) => vec![bc],
         None => [64u32, 32, 16, 8, 4]
@@ -343,11 +385,21 @@ pub fn plan(
     let q_blocks = div_ceil(problem.n_q, br as usize);
     let total = q_blocks * problem.batch * problem.heads;
     let grid = fold_grid(total, caps.max_workgroups_per_dim, "flash_forward")?;
+    let chunk_keys = match force.chunk_keys {
+        Some(c) => c.max(1),
+        None if cpu => loop_safe_keys(problem, bc, tr, wg),
+        None => u32::MAX,
+    };
     let why = format!(
-        "{} adapter: TR = {tr}, WG = {wg} for n_q = {}; Bc = {bc}, the largest K/V block in {} B of workgroup memory",
+        "{} adapter: TR = {tr}, WG = {wg} for n_q = {}; Bc = {bc}, the largest K/V block in {} B of workgroup memory{}",
         if cpu { "CPU" } else { "GPU" },
         problem.n_q,
-        caps.max_workgroup_storage
+        caps.max_workgroup_storage,
+        if (chunk_keys as usize) < problem.n_kv {
+            format!("; {chunk_keys} keys per launch (driver loop limit)")
+        } else {
+            String::new()
+        }
     );
     Ok(FlashPlan {
         br,
@@ -357,6 +409,7 @@ pub fn plan(
         workgroup_bytes: flash_workgroup_bytes(problem, bc),
         q_blocks: q_blocks as u32,
         grid,
+        chunk_keys,
         why,
     })
 }
@@ -410,10 +463,18 @@ pub struct FlashParams {
     pub scale_log2: f32,
     /// Query heads per key/value head.
     pub group: u32,
-    /// Padding to 16 bytes.
+    /// First key of this launch's range.
+    pub kv_begin: u32,
+    /// One past the last key of this launch's range.
+    pub kv_end: u32,
+    /// Bit 0: first launch of the key range; bit 1: last launch.
+    pub flags: u32,
+    /// Padding to a multiple of 16 bytes.
     pub _pad0: u32,
-    /// Padding to 16 bytes.
+    /// Padding.
     pub _pad1: u32,
+    /// Padding.
+    pub _pad2: u32,
 }
 
 impl FlashParams {
@@ -449,8 +510,12 @@ impl FlashParams {
             o_stride_h: dv,
             scale_log2: p.scale() * std::f32::consts::LOG2_E,
             group: h / hk,
+            kv_begin: 0,
+            kv_end: nkv,
+            flags: 3,
             _pad0: 0,
             _pad1: 0,
+            _pad2: 0,
         }
     }
 }
@@ -458,8 +523,9 @@ impl FlashParams {
 /// WGSL source of the fused kernel.
 pub const FLASH_FORWARD_WGSL: &str = include_str!("../shaders/flash_forward.wgsl");
 
-/// Prepends `const NAME: u32 = V;` lines to a shader body.
-pub(crate) fn specialise(body: &str, spec: &[(&'static str, u32)]) -> String {
+/// The source the device compiles for a specialisation: `const NAME: u32 = V;`
+/// lines, then the shader body.
+pub fn specialise(body: &str, spec: &[(&'static str, u32)]) -> String {
     let mut s = String::with_capacity(body.len() + 64 * spec.len());
     for (name, value) in spec {
         s.push_str(&format!("const {name}: u32 = {value}u;\n"));
@@ -554,7 +620,10 @@ pub struct FlashAttention<'c> {
     problem: AttentionProblem,
     plan: FlashPlan,
     kernel: Arc<Kernel>,
-    params: wgpu::Buffer,
+    /// One uniform buffer per key-range launch.
+    params: Vec<wgpu::Buffer>,
+    /// Softmax state carried between launches (absent for one launch).
+    state: Option<wgpu::Buffer>,
 }
 
 impl<'c> FlashAttention<'c> {
@@ -583,13 +652,33 @@ impl<'c> FlashAttention<'c> {
             &FLASH_BINDINGS,
             || specialise(FLASH_FORWARD_WGSL, &spec),
         )?;
-        let params = ctx.upload_uniform("flash params", &FlashParams::new(problem, &plan));
+        let base = FlashParams::new(problem, &plan);
+        let chunk = plan.chunk_keys as usize;
+        let launches = problem.n_kv.div_ceil(chunk).max(1);
+        let params = (0..launches)
+            .map(|i| {
+                let first = (i == 0) as u32;
+                let last = ((i + 1 == launches) as u32) << 1;
+                let p = FlashParams {
+                    kv_begin: (i * chunk) as u32,
+                    kv_end: ((i + 1) * chunk).min(problem.n_kv) as u32,
+                    flags: first | last,
+                    ..base
+                };
+                ctx.upload_uniform("flash params", &p)
+            })
+            .collect();
+        let state = (launches > 1).then(|| {
+            let row_words = 2 + 4 * problem.head_dim_v.div_ceil(4);
+            ctx.storage("flash state", 4 * (problem.lse_len() * row_words) as u64)
+        });
         Ok(Self {
             ctx,
             problem: *problem,
             plan,
             kernel,
             params,
+            state,
         })
     }
 
@@ -626,12 +715,16 @@ impl<'c> FlashAttention<'c> {
             label: Some("flash_forward"),
             timestamp_writes: timestamps,
         });
-        self.kernel.dispatch(
-            self.ctx.device(),
-            &mut pass,
-            &[&self.params, bufs.q, bufs.k, bufs.v, kv, bufs.o, bufs.lse],
-            self.plan.grid,
-        );
+        let state = self.state.as_ref().unwrap_or(self.ctx.dummy_rw_buffer());
+        // Dispatches in one pass are ordered and see each other's writes.
+        for params in &self.params {
+            self.kernel.dispatch(
+                self.ctx.device(),
+                &mut pass,
+                &[params, bufs.q, bufs.k, bufs.v, kv, bufs.o, bufs.lse, state],
+                self.plan.grid,
+            );
+        }
         Ok(())
     }
 
@@ -643,36 +736,20 @@ impl<'c> FlashAttention<'c> {
         v: &[f32],
         kv_lens: Option<&[u32]>,
     ) -> Result<AttentionOutput> {
-        let p = &self.problem;
-        validate_host(p, q, k, v, kv_lens)?;
-        let ctx = self.ctx;
-        let (qb, kb, vb) = (ctx.upload("q", q), ctx.upload("k", k), ctx.upload("v", v));
-        let lb = kv_lens.map(|l| ctx.upload("kv_lens", l));
-        let ob = ctx.storage("o", 4 * p.o_len() as u64);
-        let lseb = ctx.storage("lse", 4 * p.lse_len() as u64);
-        let bufs = AttentionBuffers {
-            q: &qb,
-            k: &kb,
-            v: &vb,
-            kv_lens: lb.as_ref(),
-            o: &ob,
-            lse: &lseb,
-        };
-        ctx.submit(|enc| self.record(enc, &bufs))?;
-        Ok(AttentionOutput {
-            o: ctx.download(&ob, p.o_len())?,
-            lse: ctx.download(&lseb, p.lse_len())?,
-        })
+        let t = AttentionTensors::upload(self.ctx, &self.problem, q, k, v, kv_lens)?;
+        self.ctx.submit(|enc| self.record(enc, &t.buffers()))?;
+        t.download(self.ctx)
     }
 }
 
-/// Bind group 0 of `flash_forward.wgsl`: params, q, k, v, kv_len, o, lse.
-const FLASH_BINDINGS: [Binding; 7] = [
+/// Bind group 0 of `flash_forward.wgsl`: params, q, k, v, kv_len, o, lse, state.
+const FLASH_BINDINGS: [Binding; 8] = [
     Binding::Uniform,
     Binding::Read,
     Binding::Read,
     Binding::Read,
     Binding::Read,
+    Binding::ReadWrite,
     Binding::ReadWrite,
     Binding::ReadWrite,
 ];

@@ -1,12 +1,11 @@
 //! Timing and device probes shared by the CLI's bench harness and the
 //! Criterion benches.
 
-use crate::attention::{
-    fold_grid, AttentionBuffers, AttentionProblem, FlashAttention, FlashPlan, TileOverride,
-};
+use crate::attention::{fold_grid, AttentionProblem, FlashAttention, FlashPlan, TileOverride};
 use crate::context::{Binding, Context, PipelineKey};
 use crate::error::{Error, Result};
 use crate::naive::NaiveAttention;
+use crate::tensor::AttentionTensors;
 
 /// WGSL source of the probes.
 pub const PROBE_WGSL: &str = include_str!("../shaders/probe.wgsl");
@@ -252,21 +251,8 @@ fn first_slice(
 pub fn bench_problem(ctx: &Context, p: &AttentionProblem, opt: &BenchOptions) -> Result<BenchRow> {
     let flash = FlashAttention::with_tiles(ctx, p, opt.tiles)?;
     let (q, k, v) = crate::check::inputs(p, 1);
-    let (qb, kb, vb) = (
-        ctx.upload("q", &q),
-        ctx.upload("k", &k),
-        ctx.upload("v", &v),
-    );
-    let ob = ctx.storage("o", 4 * p.o_len() as u64);
-    let lb = ctx.storage("lse", 4 * p.lse_len() as u64);
-    let bufs = AttentionBuffers {
-        q: &qb,
-        k: &kb,
-        v: &vb,
-        kv_lens: None,
-        o: &ob,
-        lse: &lb,
-    };
+    let tensors = AttentionTensors::upload(ctx, p, &q, &k, &v, None)?;
+    let bufs = tensors.buffers();
 
     // Correctness first, on the first rows of (batch 0, head 0): the fused
     // output of the full launch against the reference and a naive-order f32
@@ -275,7 +261,7 @@ pub fn bench_problem(ctx: &Context, p: &AttentionProblem, opt: &BenchOptions) ->
     let n_check = p.n_q.min(64);
     let (sub, sq, sk, sv) = first_slice(p, &q, &k, &v, n_check);
     let reference = crate::reference::attention(&sub, &sq, &sk, &sv, None)?;
-    let o_all: Vec<f32> = ctx.download(&ob, p.o_len())?;
+    let o_all = tensors.download(ctx)?.o;
     let dv = p.head_dim_v;
     let got: Vec<f32> = (0..n_check)
         .flat_map(|i| {
@@ -305,7 +291,7 @@ pub fn bench_problem(ctx: &Context, p: &AttentionProblem, opt: &BenchOptions) ->
     };
     let (fused_ms, fused_spread) = median_spread(&time_runs(ctx, opt.warmup, opt.runs, &record)?);
 
-    let io_bytes = 4 * (p.q_len() + p.k_len() + p.v_len() + p.o_len() + p.lse_len()) as u64;
+    let io_bytes = tensors.bytes();
     let scratch = NaiveAttention::scratch_bytes(p);
     let naive_ms = if !opt.naive {
         Err("not asked for".to_string())
@@ -321,7 +307,9 @@ pub fn bench_problem(ctx: &Context, p: &AttentionProblem, opt: &BenchOptions) ->
                 let runs = opt.runs.min(3);
                 Ok(median_spread(&time_runs(ctx, 1, runs, &record)?).0)
             }
-            Err(e @ Error::BindingTooLarge { .. }) => Err(format!("skipped: {e}")),
+            Err(e @ (Error::BindingTooLarge { .. } | Error::Unplannable { .. })) => {
+                Err(format!("skipped: {e}"))
+            }
             Err(e) => return Err(e),
         }
     };

@@ -172,6 +172,9 @@ pub struct Context {
     poll_lock: Mutex<()>,
     /// Bound where a kernel's optional input (key lengths) is absent.
     dummy: wgpu::Buffer,
+    /// Bound where a kernel's optional scratch (carried state) is absent; a
+    /// buffer may not be read-only and read-write in one dispatch.
+    dummy_rw: wgpu::Buffer,
 }
 
 impl std::fmt::Debug for Context {
@@ -271,12 +274,15 @@ impl Context {
     /// features and limits the device was created with.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
         let caps = DeviceCaps::from_device(&device);
-        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("xattn dummy"),
-            size: 16,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        });
+        let dummy_buffer = |label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        let (dummy, dummy_rw) = (dummy_buffer("xattn dummy"), dummy_buffer("xattn dummy rw"));
         Self {
             device,
             queue,
@@ -284,6 +290,7 @@ impl Context {
             pipelines: RwLock::new(HashMap::new()),
             poll_lock: Mutex::new(()),
             dummy,
+            dummy_rw,
         }
     }
 
@@ -309,6 +316,10 @@ impl Context {
 
     pub(crate) fn dummy_buffer(&self) -> &wgpu::Buffer {
         &self.dummy
+    }
+
+    pub(crate) fn dummy_rw_buffer(&self) -> &wgpu::Buffer {
+        &self.dummy_rw
     }
 
     /// Returns the pipeline for `key`, compiling `source()` on first use. The

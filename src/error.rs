@@ -153,5 +153,5 @@ pub enum Error {
     Device(String),
 }
 
-/// Shorthand for results with [`Error`].
+/// Shorthand for results with [`enum@Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -36,6 +36,7 @@ pub mod error;
 pub mod naive;
 pub mod npy;
 pub mod reference;
+pub mod tensor;
 
 pub use attention::{
     plan, AttentionBuffers, AttentionOutput, AttentionProblem, FlashAttention, FlashParams,
@@ -44,3 +45,6 @@ pub use attention::{
 pub use context::{Context, ContextOptions, DeviceCaps};
 pub use error::{Error, Result};
 pub use naive::{NaiveAttention, NaiveParams};
+pub use tensor::AttentionTensors;
+/// The wgpu this crate is built against, for callers of the integration API.
+pub use wgpu;

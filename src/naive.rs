@@ -4,9 +4,10 @@
 
 use std::sync::Arc;
 
-use crate::attention::{fold_grid, validate_host, AttentionOutput, AttentionProblem};
+use crate::attention::{fold_grid, AttentionOutput, AttentionProblem};
 use crate::context::{Binding, Context, Kernel, PipelineKey};
 use crate::error::{Error, Result};
+use crate::tensor::AttentionTensors;
 
 /// WGSL source of the naive kernels.
 pub const NAIVE_WGSL: &str = include_str!("../shaders/naive.wgsl");
@@ -81,6 +82,21 @@ impl<'c> NaiveAttention<'c> {
                 name: "naive score matrix",
                 bytes: s_bytes,
                 limit,
+            });
+        }
+        // The softmax kernel loops over a row three times; CPU drivers stop a
+        // shader's loops after 65 535 iterations in total (see
+        // `attention::loop_safe_keys`), which would silently truncate rows.
+        if ctx.caps().info.device_type == wgpu::DeviceType::Cpu
+            && 3 * problem.n_kv + problem.head_dim.max(problem.head_dim_v) > 60_000
+        {
+            return Err(Error::Unplannable {
+                kernel: "naive",
+                reason: format!(
+                    "n_kv = {} needs more loop iterations per row than this CPU driver runs \
+                     (65 535 per invocation)",
+                    problem.n_kv
+                ),
             });
         }
         let max = ctx.caps().max_workgroups_per_dim;
@@ -204,26 +220,12 @@ impl<'c> NaiveAttention<'c> {
         v: &[f32],
         kv_lens: Option<&[u32]>,
     ) -> Result<AttentionOutput> {
-        let p = &self.problem;
-        validate_host(p, q, k, v, kv_lens)?;
-        let ctx = self.ctx;
-        let (qb, kb, vb) = (ctx.upload("q", q), ctx.upload("k", k), ctx.upload("v", v));
-        let lb = kv_lens.map(|l| ctx.upload("kv_lens", l));
-        let ob = ctx.storage("o", 4 * p.o_len() as u64);
-        let lseb = ctx.storage("lse", 4 * p.lse_len() as u64);
-        let sb = ctx.storage("scores", Self::scratch_bytes(p));
-        let bufs = crate::attention::AttentionBuffers {
-            q: &qb,
-            k: &kb,
-            v: &vb,
-            kv_lens: lb.as_ref(),
-            o: &ob,
-            lse: &lseb,
-        };
-        ctx.submit(|enc| self.record(enc, &bufs, &sb))?;
-        Ok(AttentionOutput {
-            o: ctx.download(&ob, p.o_len())?,
-            lse: ctx.download(&lseb, p.lse_len())?,
-        })
+        let t = AttentionTensors::upload(self.ctx, &self.problem, q, k, v, kv_lens)?;
+        let scores = self
+            .ctx
+            .storage("scores", Self::scratch_bytes(&self.problem));
+        self.ctx
+            .submit(|enc| self.record(enc, &t.buffers(), &scores))?;
+        t.download(self.ctx)
     }
 }

@@ -116,7 +116,17 @@ fn main() -> ExitCode {
             tr,
             wg,
             no_naive,
-        } => bench_cmd(shape, runs, TileOverride { bc, tr, wg }, !no_naive),
+        } => bench_cmd(
+            shape,
+            runs,
+            TileOverride {
+                bc,
+                tr,
+                wg,
+                chunk_keys: None,
+            },
+            !no_naive,
+        ),
     };
     match r {
         Ok(code) => code,

@@ -1,0 +1,73 @@
+//! Device tensors of one attention launch: the inputs uploaded, the outputs
+//! allocated, and the way back to the host.
+
+use crate::attention::{validate_host, AttentionBuffers, AttentionOutput, AttentionProblem};
+use crate::context::Context;
+use crate::error::Result;
+
+/// The buffers of one problem, owned: q, k, v (and key lengths) uploaded from
+/// host slices, o and lse allocated. [`AttentionTensors::buffers`] lends them
+/// to any kernel's `record`.
+#[derive(Debug)]
+pub struct AttentionTensors {
+    problem: AttentionProblem,
+    q: wgpu::Buffer,
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    kv_lens: Option<wgpu::Buffer>,
+    o: wgpu::Buffer,
+    lse: wgpu::Buffer,
+}
+
+impl AttentionTensors {
+    /// Validates the host slices against `problem` and uploads them.
+    pub fn upload(
+        ctx: &Context,
+        problem: &AttentionProblem,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        kv_lens: Option<&[u32]>,
+    ) -> Result<Self> {
+        problem.validate()?;
+        validate_host(problem, q, k, v, kv_lens)?;
+        Ok(Self {
+            problem: *problem,
+            q: ctx.upload("q", q),
+            k: ctx.upload("k", k),
+            v: ctx.upload("v", v),
+            kv_lens: kv_lens.map(|l| ctx.upload("kv_lens", l)),
+            o: ctx.storage("o", 4 * problem.o_len() as u64),
+            lse: ctx.storage("lse", 4 * problem.lse_len() as u64),
+        })
+    }
+
+    /// The buffers, borrowed for recording.
+    pub fn buffers(&self) -> AttentionBuffers<'_> {
+        AttentionBuffers {
+            q: &self.q,
+            k: &self.k,
+            v: &self.v,
+            kv_lens: self.kv_lens.as_ref(),
+            o: &self.o,
+            lse: &self.lse,
+        }
+    }
+
+    /// Bytes of device memory these tensors hold.
+    pub fn bytes(&self) -> u64 {
+        [&self.q, &self.k, &self.v, &self.o, &self.lse]
+            .iter()
+            .map(|b| b.size())
+            .sum::<u64>()
+            + self.kv_lens.as_ref().map_or(0, |b| b.size())
+    }
+
+    /// Copies O and LSE back to the host.
+    pub fn download(&self, ctx: &Context) -> Result<AttentionOutput> {
+        Ok(AttentionOutput {
+            o: ctx.download(&self.o, self.problem.o_len())?,
+            lse: ctx.download(&self.lse, self.problem.lse_len())?,
+        })
+    }
+}

@@ -1,0 +1,230 @@
+//! The command-line tool: `run` on .npy files, its errors and exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use xattn::check::{inputs, max_err};
+use xattn::npy;
+use xattn::AttentionProblem;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_xattn"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("xattn-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn write(path: &Path, shape: &[usize], data: &[f32]) {
+    npy::write_f32(path, shape, data).unwrap();
+}
+
+#[test]
+fn run_matches_the_reference_and_writes_lse() {
+    let p = AttentionProblem::new(2, 4, 33, 70, 40)
+        .with_kv_heads(2)
+        .with_kv_lens(true);
+    let (q, k, v) = inputs(&p, 21);
+    let (qp, kp, vp, op, lp, lensp) = (
+        tmp("q.npy"),
+        tmp("k.npy"),
+        tmp("v.npy"),
+        tmp("o.npy"),
+        tmp("lse.npy"),
+        tmp("lens.npy"),
+    );
+    write(&qp, &[2, 33, 4, 40], &q);
+    write(&kp, &[2, 70, 2, 40], &k);
+    write(&vp, &[2, 70, 2, 40], &v);
+    npyz::to_file_1d(&lensp, [5i64, 70]).unwrap();
+    let status = bin()
+        .args(["run", "--q"])
+        .arg(&qp)
+        .arg("--k")
+        .arg(&kp)
+        .arg("--v")
+        .arg(&vp)
+        .arg("--out")
+        .arg(&op)
+        .arg("--lse")
+        .arg(&lp)
+        .arg("--kv-lens")
+        .arg(&lensp)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let o = npy::read_f32(&op).unwrap();
+    assert_eq!(o.shape, [2, 33, 4, 40]);
+    let lse = npy::read_f32(&lp).unwrap();
+    assert_eq!(lse.shape, [2, 4, 33]);
+    let r = xattn::reference::attention(&p, &q, &k, &v, Some(&[5, 70])).unwrap();
+    assert!(max_err(&o.data, &r.o) < 1e-4);
+    assert!(max_err(&lse.data, &r.lse) < 1e-4);
+
+    // --reference gives the same within f32 rounding.
+    let status = bin()
+        .args(["run", "--reference", "--q"])
+        .arg(&qp)
+        .arg("--k")
+        .arg(&kp)
+        .arg("--v")
+        .arg(&vp)
+        .arg("--out")
+        .arg(&op)
+        .arg("--kv-lens")
+        .arg(&lensp)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let o = npy::read_f32(&op).unwrap();
+    assert!(max_err(&o.data, &r.o) < 1e-5);
+}
+
+fn run_err(
+    q_shape: &[usize],
+    k_shape: &[usize],
+    v_shape: &[usize],
+    tag: &str,
+) -> (i32, String, bool) {
+    let n = |s: &[usize]| s.iter().product::<usize>();
+    let (qp, kp, vp, op) = (
+        tmp(&format!("{tag}q.npy")),
+        tmp(&format!("{tag}k.npy")),
+        tmp(&format!("{tag}v.npy")),
+        tmp(&format!("{tag}o.npy")),
+    );
+    write(&qp, q_shape, &vec![0.5; n(q_shape)]);
+    write(&kp, k_shape, &vec![0.5; n(k_shape)]);
+    write(&vp, v_shape, &vec![0.5; n(v_shape)]);
+    let _ = std::fs::remove_file(&op);
+    let out = bin()
+        .args(["run", "--q"])
+        .arg(&qp)
+        .arg("--k")
+        .arg(&kp)
+        .arg("--v")
+        .arg(&vp)
+        .arg("--out")
+        .arg(&op)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        op.exists(),
+    )
+}
+
+#[test]
+fn wrong_rank_is_exit_2_naming_the_array() {
+    let (code, err, wrote) = run_err(&[2, 3, 4], &[2, 5, 1, 4], &[2, 5, 1, 4], "rank");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("q") && err.contains("[B, n_q, H, d]"), "{err}");
+    assert!(!wrote, "no output may be written on error");
+}
+
+#[test]
+fn mismatched_head_dim_is_exit_2() {
+    let (code, err, wrote) = run_err(&[1, 3, 2, 8], &[1, 5, 1, 6], &[1, 5, 1, 6], "dim");
+    assert_eq!(code, 2);
+    assert!(err.contains("k") && err.contains("8"), "{err}");
+    assert!(!wrote);
+}
+
+#[test]
+fn heads_not_a_multiple_is_exit_2() {
+    let (code, err, wrote) = run_err(&[1, 3, 3, 8], &[1, 5, 2, 8], &[1, 5, 2, 8], "heads");
+    assert_eq!(code, 2);
+    assert!(err.contains("multiple"), "{err}");
+    assert!(!wrote);
+}
+
+#[test]
+fn v_rows_not_matching_k_is_exit_2() {
+    let (code, err, wrote) = run_err(&[1, 3, 2, 8], &[1, 5, 2, 8], &[1, 6, 2, 8], "vrows");
+    assert_eq!(code, 2);
+    assert!(err.contains("v"), "{err}");
+    assert!(!wrote);
+}
+
+#[test]
+fn non_float_input_and_missing_file_are_exit_2() {
+    let qp = tmp("int_q.npy");
+    npyz::to_file_1d(&qp, [1i32, 2, 3]).unwrap();
+    let out = bin()
+        .args(["run", "--q"])
+        .arg(&qp)
+        .args([
+            "--k",
+            "/nonexistent/k.npy",
+            "--v",
+            "/nonexistent/v.npy",
+            "--out",
+        ])
+        .arg(tmp("never.npy"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("float32"), "{err}");
+    let out = bin()
+        .args([
+            "run",
+            "--q",
+            "/nonexistent/q.npy",
+            "--k",
+            "/x",
+            "--v",
+            "/y",
+            "--out",
+            "/z",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open"));
+}
+
+#[test]
+fn key_length_past_n_kv_is_exit_2() {
+    let (qp, kp, vp, lp) = (tmp("lq.npy"), tmp("lk.npy"), tmp("lv.npy"), tmp("ll.npy"));
+    write(&qp, &[1, 2, 1, 4], &[0.1; 8]);
+    write(&kp, &[1, 3, 1, 4], &[0.1; 12]);
+    write(&vp, &[1, 3, 1, 4], &[0.1; 12]);
+    npyz::to_file_1d(&lp, [4i32]).unwrap();
+    let out = bin()
+        .args(["run", "--q"])
+        .arg(&qp)
+        .arg("--k")
+        .arg(&kp)
+        .arg("--v")
+        .arg(&vp)
+        .arg("--kv-lens")
+        .arg(&lp)
+        .arg("--out")
+        .arg(tmp("lo.npy"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exceeds n_kv = 3"));
+}
+
+#[test]
+fn tiny_bench_runs_and_prints_a_row() {
+    let out = bin()
+        .args(["bench", "--shape", "1,2,1,16,40,32", "--runs", "2"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("FMA probe") && text.contains("16×40 d32"),
+        "{text}"
+    );
+}

@@ -1,0 +1,178 @@
+//! Every shader parses and validates with naga for each specialisation used,
+//! and each host params struct matches its WGSL mirror field by field.
+
+use std::mem::{offset_of, size_of};
+
+use xattn::wgpu;
+
+use xattn::attention::{specialise, FLASH_FORWARD_WGSL};
+use xattn::check::grid;
+use xattn::naive::NAIVE_WGSL;
+use xattn::{plan, AttentionProblem, DeviceCaps, FlashParams, NaiveParams, TileOverride};
+
+fn validate(src: &str, what: &str) -> naga::Module {
+    let module = naga::front::wgsl::parse_str(src)
+        .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(src)));
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .validate(&module)
+    .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(src)));
+    module
+}
+
+fn caps(device_type: wgpu::DeviceType, workgroup_bytes: u32) -> DeviceCaps {
+    let mut c =
+        DeviceCaps::webgpu_defaults(wgpu::AdapterInfo::new(device_type, wgpu::Backend::Noop));
+    c.max_workgroup_storage = workgroup_bytes;
+    c
+}
+
+#[test]
+fn flash_forward_validates_for_every_planned_specialisation() {
+    let mut seen = std::collections::HashSet::new();
+    let devices = [
+        caps(wgpu::DeviceType::Cpu, 32768),
+        caps(wgpu::DeviceType::DiscreteGpu, 49152),
+        caps(wgpu::DeviceType::DiscreteGpu, 16384),
+    ];
+    let extra = [
+        AttentionProblem::new(1, 1, 1, 1, 1),
+        AttentionProblem::new(1, 1, 1, 1, 256),
+        AttentionProblem::new(1, 1, 4096, 77, 40),
+    ];
+    let problems: Vec<AttentionProblem> = grid(false)
+        .into_iter()
+        .map(|c| c.problem)
+        .chain(extra)
+        .collect();
+    for dev in &devices {
+        for p in &problems {
+            let plan = plan(p, dev, TileOverride::default()).unwrap();
+            assert!(plan.workgroup_bytes <= dev.max_workgroup_storage);
+            assert!(plan.wg <= dev.max_invocations);
+            let spec = [
+                ("D", p.head_dim as u32),
+                ("DV", p.head_dim_v as u32),
+                ("D4", p.head_dim.div_ceil(4) as u32),
+                ("DV4", p.head_dim_v.div_ceil(4) as u32),
+                ("BR", plan.br),
+                ("BC", plan.bc),
+                ("TR", plan.tr),
+                ("WG", plan.wg),
+            ];
+            if seen.insert(spec) {
+                validate(&specialise(FLASH_FORWARD_WGSL, &spec), &format!("{spec:?}"));
+            }
+        }
+    }
+    assert!(seen.len() > 10);
+}
+
+#[test]
+fn naive_and_probe_validate() {
+    validate(NAIVE_WGSL, "naive");
+    validate(xattn::bench::PROBE_WGSL, "probe");
+}
+
+/// (name, offset) of each member of the WGSL struct `Params`, and its size.
+fn wgsl_layout(module: &naga::Module) -> (Vec<(String, u32)>, u32) {
+    for (_, ty) in module.types.iter() {
+        if ty.name.as_deref() == Some("Params") {
+            if let naga::TypeInner::Struct { members, span } = &ty.inner {
+                return (
+                    members
+                        .iter()
+                        .map(|m| (m.name.clone().unwrap(), m.offset))
+                        .collect(),
+                    *span,
+                );
+            }
+        }
+    }
+    panic!("no struct Params");
+}
+
+macro_rules! layout {
+    ($t:ty, $($f:ident),* $(,)?) => {
+        vec![$((stringify!($f).to_string(), offset_of!($t, $f) as u32)),*]
+    };
+}
+
+#[test]
+fn flash_params_match_the_wgsl_struct() {
+    let spec = [
+        ("D", 64),
+        ("DV", 64),
+        ("D4", 16),
+        ("DV4", 16),
+        ("BR", 64),
+        ("BC", 16),
+        ("TR", 4),
+        ("WG", 16),
+    ];
+    let module = validate(&specialise(FLASH_FORWARD_WGSL, &spec), "flash");
+    let (members, span) = wgsl_layout(&module);
+    let host = layout!(
+        FlashParams,
+        batch,
+        heads,
+        kv_heads,
+        n_q,
+        n_kv,
+        has_kv_len,
+        q_blocks,
+        grid_x,
+        q_stride_b,
+        q_stride_s,
+        q_stride_h,
+        k_stride_b,
+        k_stride_s,
+        k_stride_h,
+        v_stride_b,
+        v_stride_s,
+        v_stride_h,
+        o_stride_b,
+        o_stride_s,
+        o_stride_h,
+        scale_log2,
+        group,
+        kv_begin,
+        kv_end,
+        flags,
+        _pad0,
+        _pad1,
+        _pad2
+    );
+    assert_eq!(members, host);
+    assert_eq!(span as usize, size_of::<FlashParams>());
+    assert_eq!(
+        size_of::<FlashParams>() % 16,
+        0,
+        "uniform buffers want 16-byte multiples"
+    );
+}
+
+#[test]
+fn naive_params_match_the_wgsl_struct() {
+    let module = validate(NAIVE_WGSL, "naive");
+    let (members, span) = wgsl_layout(&module);
+    let host = layout!(
+        NaiveParams,
+        batch,
+        heads,
+        group,
+        n_q,
+        n_kv,
+        has_kv_len,
+        d,
+        dv,
+        scale,
+        grid_x_scores,
+        grid_x_rows,
+        grid_x_out
+    );
+    assert_eq!(members, host);
+    assert_eq!(span as usize, size_of::<NaiveParams>());
+}
