@@ -17,8 +17,8 @@
 // and once at the end O /= l, LSE = (m + log2 l)·ln 2. No score ever leaves
 // registers.
 //
-// The host prepends the specialisation (see `FlashSpec::source` in
-// src/attention.rs):
+// The host prepends the specialisation and flash_common.wgsl (params,
+// bindings, row loads; see `FlashVariant::specialised` in src/attention.rs):
 //   const D:  u32   head dim of Q and K
 //   const DV: u32   head dim of V and O
 //   const D4, DV4   the head dims in whole vec4s, ⌈D/4⌉ and ⌈DV/4⌉; padding
@@ -32,66 +32,6 @@
 // rather than pipeline-overridable constants.
 
 
-// Finite stand-in for −∞ inside the kernel: exp2(NEG_BIG − x) is 0 for any
-// real score x, and NEG_BIG − NEG_BIG is 0 rather than NaN.
-const NEG_BIG: f32 = -3.0e38;
-const LN2: f32 = 0.6931471805599453;
-
-// Mirrors `FlashParams` in src/attention.rs field by field.
-struct Params {
-    batch: u32,
-    heads: u32,
-    kv_heads: u32,
-    n_q: u32,
-    n_kv: u32,
-    // 1 when kv_len holds one key length per batch entry.
-    has_kv_len: u32,
-    // ⌈n_q / BR⌉.
-    q_blocks: u32,
-    // Workgroups along x of the (possibly folded) dispatch grid.
-    grid_x: u32,
-    // Element strides: batch, row (sequence position), head.
-    q_stride_b: u32,
-    q_stride_s: u32,
-    q_stride_h: u32,
-    k_stride_b: u32,
-    k_stride_s: u32,
-    k_stride_h: u32,
-    v_stride_b: u32,
-    v_stride_s: u32,
-    v_stride_h: u32,
-    o_stride_b: u32,
-    o_stride_s: u32,
-    o_stride_h: u32,
-    // scale · log2(e).
-    scale_log2: f32,
-    // Query heads per key/value head (H / H_kv).
-    group: u32,
-    // This launch covers keys [kv_begin, kv_end) (clamped to the batch
-    // entry's key length). Long key ranges are cut into several launches on
-    // adapters that bound a shader's total loop iterations (see `chunk_keys`
-    // in src/attention.rs); the softmax state is carried between them.
-    kv_begin: u32,
-    kv_end: u32,
-    // Bit 0: first launch of the range (start from m = −∞, l = 0, O = 0).
-    // Bit 1: last launch (normalise, write O and LSE). Otherwise the state
-    // (m, l, unnormalised O) is read from / written to `state`.
-    flags: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k: array<f32>;
-@group(0) @binding(3) var<storage, read> v: array<f32>;
-@group(0) @binding(4) var<storage, read> kv_len: array<u32>;
-@group(0) @binding(5) var<storage, read_write> o: array<f32>;
-@group(0) @binding(6) var<storage, read_write> lse: array<f32>;
-// Per row (b·H + h)·n_q + i: m, l, then DV4 vec4s of unnormalised O.
-@group(0) @binding(7) var<storage, read_write> state: array<f32>;
-
 var<workgroup> k_tile: array<vec4<f32>, BC * D4>;
 var<workgroup> v_tile: array<vec4<f32>, BC * DV4>;
 var<workgroup> wg_n_valid: u32;
@@ -100,35 +40,6 @@ var<private> q_reg: array<vec4<f32>, TR * D4>;
 var<private> acc: array<vec4<f32>, TR * DV4>;
 var<private> m: array<f32, TR>;
 var<private> l: array<f32, TR>;
-
-// One element of q (0), k (1) or v (2). `which` is a literal at every call
-// site, so the switch folds away once inlined. (WGSL cannot pass storage
-// pointers to functions.)
-fn elem(which: u32, i: u32) -> f32 {
-    switch which {
-        case 0u: { return q[i]; }
-        case 1u: { return k[i]; }
-        default: { return v[i]; }
-    }
-}
-
-// Loads elements 4c … 4c+3 of a row of `len` elements starting at `base`,
-// zero-filling past the row's end: no element of the next row is ever read.
-// When the head dim is a multiple of 4 the guard is constant and folds away.
-fn load4(which: u32, base: u32, c: u32, len: u32) -> vec4<f32> {
-    let e = c * 4u;
-    var r = vec4<f32>(0.0);
-    if (len % 4u == 0u || e + 3u < len) {
-        r = vec4<f32>(elem(which, base + e), elem(which, base + e + 1u), elem(which, base + e + 2u), elem(which, base + e + 3u));
-    } else {
-        for (var i = 0u; i < 4u; i++) {
-            if (e + i < len) {
-                r[i] = elem(which, base + e + i);
-            }
-        }
-    }
-    return r;
-}
 
 // Streams one K/V block of `count` valid rows starting at key `kv0` and folds
 // it into the running softmax state. `ragged` is a literal at each call site,

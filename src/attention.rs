@@ -215,6 +215,8 @@ impl AttentionProblem {
 /// choice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlashPlan {
+    /// Which kernel of the family.
+    pub variant: FlashVariant,
     /// Query rows per workgroup (Br).
     pub br: u32,
     /// Key rows per K/V block (Bc).
@@ -237,18 +239,49 @@ pub struct FlashPlan {
     pub why: String,
 }
 
+/// The two kernels of the fused family, sharing params, bindings and
+/// semantics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FlashVariant {
+    /// `flash_forward.wgsl`: K/V tiles in workgroup memory, each invocation
+    /// owns TR query rows. Every adapter.
+    Tiled,
+    /// `flash_lanes.wgsl`: one subgroup per workgroup, each lane owns one key
+    /// of every block and all Br query rows; subgroup reductions, no
+    /// workgroup memory. CPU adapters with a fixed subgroup size (lavapipe).
+    Lanes,
+}
+
+impl FlashVariant {
+    /// Kernel name and WGSL body (compiled after [`FLASH_COMMON_WGSL`]).
+    pub fn source(self) -> (&'static str, &'static str) {
+        match self {
+            FlashVariant::Tiled => ("flash_forward", FLASH_FORWARD_WGSL),
+            FlashVariant::Lanes => ("flash_lanes", FLASH_LANES_WGSL),
+        }
+    }
+
+    /// The full source the device compiles for `spec`.
+    pub fn specialised(self, spec: &[(&'static str, u32)]) -> String {
+        specialise(&format!("{FLASH_COMMON_WGSL}\n{}", self.source().1), spec)
+    }
+}
+
 impl FlashPlan {
-    fn spec(&self, p: &AttentionProblem) -> Vec<(&'static str, u32)> {
-        vec![
+    /// The specialisation constants the shader is compiled with.
+    pub fn spec(&self, p: &AttentionProblem) -> Vec<(&'static str, u32)> {
+        let mut spec = vec![
             ("D", p.head_dim as u32),
             ("DV", p.head_dim_v as u32),
             ("D4", p.head_dim.div_ceil(4) as u32),
             ("DV4", p.head_dim_v.div_ceil(4) as u32),
             ("BR", self.br),
-            ("BC", self.bc),
-            ("TR", self.tr),
-            ("WG", self.wg),
-        ]
+        ];
+        match self.variant {
+            FlashVariant::Tiled => spec.extend([("BC", self.bc), ("TR", self.tr), ("WG", self.wg)]),
+            FlashVariant::Lanes => spec.extend([("SG", self.wg), ("KPL", self.bc / self.wg)]),
+        }
+        spec
     }
 }
 
@@ -263,6 +296,8 @@ pub struct TileOverride {
     pub wg: Option<u32>,
     /// Keys per launch (cuts the key range into several dispatches).
     pub chunk_keys: Option<u32>,
+    /// Kernel variant.
+    pub variant: Option<FlashVariant>,
 }
 
 fn div_ceil(a: usize, b: usize) -> usize {
@@ -343,6 +378,17 @@ pub fn plan(
 ) -> Result<FlashPlan> {
     problem.validate()?;
     let cpu = caps.info.device_type == wgpu::DeviceType::Cpu;
+    let fixed_subgroup = caps.subgroups
+        && caps.subgroup_min_size == caps.subgroup_max_size
+        && (4..=caps.max_invocations).contains(&caps.subgroup_min_size);
+    // The lane-per-key kernel is opt-in: on lavapipe its cold compile takes
+    // 40–95 s per head dim (the tiled kernel's: 5–15 s), which the test grid's
+    // dozens of head dims cannot afford, and in its current form it is faster
+    // only on decode-like shapes (see README).
+    let variant = force.variant.unwrap_or(FlashVariant::Tiled);
+    if variant == FlashVariant::Lanes {
+        return plan_lanes(problem, caps, force, fixed_subgroup);
+    }
     let tr = force.tr.unwrap_or(if cpu { 2 } else { 1 });
     let rows_per_tr = div_ceil(problem.n_q, tr as usize).next_power_of_two() as u32;
     let wg = force
@@ -402,6 +448,7 @@ pub fn plan(
         }
     );
     Ok(FlashPlan {
+        variant,
         br,
         bc,
         tr,
@@ -411,6 +458,82 @@ pub fn plan(
         grid,
         chunk_keys,
         why,
+    })
+}
+
+/// Query rows per workgroup for the lanes kernel: 8, or fewer so that
+/// Br·(⌈d/4⌉+⌈d_v/4⌉) ≤ 256 vec4s of registers per lane.
+fn lanes_rows(p: &AttentionProblem) -> u32 {
+    let width = (p.head_dim.div_ceil(4) + p.head_dim_v.div_ceil(4)) as u32;
+    let rows = (256 / width).min(8);
+    if rows == 0 {
+        0
+    } else {
+        1 << (31 - rows.leading_zeros())
+    }
+}
+
+/// The lane-per-key plan: one subgroup per workgroup, every lane holding all
+/// Br query rows (TR = Br) and one key of each block (Bc = subgroup size).
+fn plan_lanes(
+    problem: &AttentionProblem,
+    caps: &DeviceCaps,
+    force: TileOverride,
+    fixed_subgroup: bool,
+) -> Result<FlashPlan> {
+    if !fixed_subgroup {
+        return Err(Error::Unplannable {
+            kernel: "flash_lanes",
+            reason: format!(
+                "needs subgroups of one fixed size (adapter: subgroups {}, sizes {}..{})",
+                caps.subgroups, caps.subgroup_min_size, caps.subgroup_max_size
+            ),
+        });
+    }
+    let sg = caps.subgroup_min_size;
+    let br = force
+        .tr
+        .unwrap_or(lanes_rows(problem).max(1))
+        .min(problem.n_q.next_power_of_two() as u32)
+        .max(1);
+    // Keys per lane per block: 1 by default. With 4 (one rescale of O per 32
+    // keys) and the loops unrolled it ran 9.0 GFLOP/s against 8.7 at 8×1024²,
+    // d = 64, but a cold compile took 95 s instead of seconds.
+    let kpl = force.bc.map_or(1, |bc| (bc / sg).max(1));
+    let q_blocks = div_ceil(problem.n_q, br as usize);
+    let grid = fold_grid(
+        q_blocks * problem.batch * problem.heads,
+        caps.max_workgroups_per_dim,
+        "flash_lanes",
+    )?;
+    let (d4, dv4) = (
+        problem.head_dim.div_ceil(4) as u64,
+        problem.head_dim_v.div_ceil(4) as u64,
+    );
+    // Loop iterations per SG-key block if nothing is unrolled: the K and V
+    // row loads, then per row the dot product and the P·V update.
+    let kpl64 = kpl as u64;
+    let per_block = kpl64 * (d4 + dv4) + 1 + br as u64 * (kpl64 * (d4 + 3) + dv4 * (1 + kpl64) + 2);
+    let fixed = br as u64 * (2 * d4 + 3 * dv4 + 4) + 100;
+    let blocks = (60_000u64.saturating_sub(fixed) / per_block).max(1);
+    let chunk_keys = force
+        .chunk_keys
+        .unwrap_or((blocks * (sg * kpl) as u64).min(u32::MAX as u64) as u32)
+        .max(1);
+    Ok(FlashPlan {
+        variant: FlashVariant::Lanes,
+        br,
+        bc: sg * kpl,
+        tr: br,
+        wg: sg,
+        workgroup_bytes: 4,
+        q_blocks: q_blocks as u32,
+        grid,
+        chunk_keys,
+        why: format!(
+            "CPU adapter with fixed subgroups of {sg}: lane-per-key kernel, {br} query rows per \
+             workgroup in every lane, {chunk_keys} keys per launch (driver loop limit)"
+        ),
     })
 }
 
@@ -522,6 +645,12 @@ impl FlashParams {
 
 /// WGSL source of the fused kernel.
 pub const FLASH_FORWARD_WGSL: &str = include_str!("../shaders/flash_forward.wgsl");
+
+/// WGSL shared by both variants: params, bindings, row loads.
+pub const FLASH_COMMON_WGSL: &str = include_str!("../shaders/flash_common.wgsl");
+
+/// WGSL source of the lane-per-key variant.
+pub const FLASH_LANES_WGSL: &str = include_str!("../shaders/flash_lanes.wgsl");
 
 /// The source the device compiles for a specialisation: `const NAME: u32 = V;`
 /// lines, then the shader body.
@@ -645,12 +774,12 @@ impl<'c> FlashAttention<'c> {
         let spec = plan.spec(problem);
         let kernel = ctx.pipeline(
             PipelineKey {
-                kernel: "flash_forward",
+                kernel: plan.variant.source().0,
                 entry: "main",
                 spec: spec.clone(),
             },
             &FLASH_BINDINGS,
-            || specialise(FLASH_FORWARD_WGSL, &spec),
+            || plan.variant.specialised(&spec),
         )?;
         let base = FlashParams::new(problem, &plan);
         let chunk = plan.chunk_keys as usize;

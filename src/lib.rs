@@ -40,7 +40,7 @@ pub mod tensor;
 
 pub use attention::{
     plan, AttentionBuffers, AttentionOutput, AttentionProblem, FlashAttention, FlashParams,
-    FlashPlan, TileOverride, MAX_HEAD_DIM,
+    FlashPlan, FlashVariant, TileOverride, MAX_HEAD_DIM,
 };
 pub use context::{Context, ContextOptions, DeviceCaps};
 pub use error::{Error, Result};

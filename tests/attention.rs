@@ -5,7 +5,7 @@ mod common;
 
 use common::{assert_close, ctx};
 use xattn::check::{grid, inputs, max_err};
-use xattn::{AttentionBuffers, AttentionProblem, FlashAttention, TileOverride};
+use xattn::{AttentionBuffers, AttentionProblem, FlashAttention, FlashVariant, TileOverride};
 
 #[test]
 fn shape_grid_matches_reference() {
@@ -165,12 +165,44 @@ fn every_tile_shape_gives_the_same_answer() {
             tr: Some(tr),
             wg: Some(wg),
             chunk_keys: None,
+            variant: None,
         };
         let out = FlashAttention::with_tiles(ctx(), &p, force)
             .and_then(|f| f.run(&q, &k, &v, None))
             .unwrap();
         let e = max_err(&out.o, &reference.o);
         assert!(e < 1e-4, "tiles Bc {bc} TR {tr} WG {wg}: O error {e:.3e}");
+    }
+}
+
+#[test]
+fn lane_per_key_variant_tiles_agree_where_the_adapter_has_it() {
+    let c = ctx();
+    // Small head dims: this kernel's cold compile on lavapipe grows with them.
+    let p = AttentionProblem::new(2, 3, 19, 141, 16)
+        .with_head_dim_v(12)
+        .with_kv_lens(true);
+    let lens = [141u32, 33];
+    let (q, k, v) = inputs(&p, 18);
+    let reference = xattn::reference::attention(&p, &q, &k, &v, Some(&lens)).unwrap();
+    let has_lanes = c.caps().subgroups && c.caps().subgroup_min_size == c.caps().subgroup_max_size;
+    for (rows, keys) in [(8, 8), (4, 16)] {
+        let force = TileOverride {
+            tr: Some(rows),
+            bc: Some(keys),
+            variant: Some(FlashVariant::Lanes),
+            ..Default::default()
+        };
+        match FlashAttention::with_tiles(c, &p, force) {
+            Ok(f) => {
+                let out = f.run(&q, &k, &v, Some(&lens)).unwrap();
+                let e = max_err(&out.o, &reference.o);
+                assert!(e < 1e-4, "lanes rows {rows} keys {keys}: O error {e:.3e}");
+                assert!(max_err(&out.lse, &reference.lse) < 1e-4);
+            }
+            // An adapter without fixed-size subgroups must say so, not run.
+            Err(e) => assert!(!has_lanes, "{e}"),
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::mem::{offset_of, size_of};
 
 use xattn::wgpu;
 
-use xattn::attention::{specialise, FLASH_FORWARD_WGSL};
+use xattn::attention::FlashVariant;
 use xattn::check::grid;
 use xattn::naive::NAIVE_WGSL;
 use xattn::{plan, AttentionProblem, DeviceCaps, FlashParams, NaiveParams, TileOverride};
@@ -22,10 +22,13 @@ fn validate(src: &str, what: &str) -> naga::Module {
     module
 }
 
-fn caps(device_type: wgpu::DeviceType, workgroup_bytes: u32) -> DeviceCaps {
+fn caps(device_type: wgpu::DeviceType, workgroup_bytes: u32, subgroup: u32) -> DeviceCaps {
     let mut c =
         DeviceCaps::webgpu_defaults(wgpu::AdapterInfo::new(device_type, wgpu::Backend::Noop));
     c.max_workgroup_storage = workgroup_bytes;
+    c.subgroups = subgroup > 0;
+    c.subgroup_min_size = subgroup;
+    c.subgroup_max_size = subgroup;
     c
 }
 
@@ -33,9 +36,10 @@ fn caps(device_type: wgpu::DeviceType, workgroup_bytes: u32) -> DeviceCaps {
 fn flash_forward_validates_for_every_planned_specialisation() {
     let mut seen = std::collections::HashSet::new();
     let devices = [
-        caps(wgpu::DeviceType::Cpu, 32768),
-        caps(wgpu::DeviceType::DiscreteGpu, 49152),
-        caps(wgpu::DeviceType::DiscreteGpu, 16384),
+        caps(wgpu::DeviceType::Cpu, 32768, 8),
+        caps(wgpu::DeviceType::Cpu, 32768, 0),
+        caps(wgpu::DeviceType::DiscreteGpu, 49152, 32),
+        caps(wgpu::DeviceType::DiscreteGpu, 16384, 0),
     ];
     let extra = [
         AttentionProblem::new(1, 1, 1, 1, 1),
@@ -49,25 +53,30 @@ fn flash_forward_validates_for_every_planned_specialisation() {
         .collect();
     for dev in &devices {
         for p in &problems {
-            let plan = plan(p, dev, TileOverride::default()).unwrap();
+            let variant = if dev.subgroups && p.head_dim <= 64 {
+                FlashVariant::Lanes
+            } else {
+                FlashVariant::Tiled
+            };
+            let force = TileOverride {
+                variant: Some(variant),
+                ..Default::default()
+            };
+            let plan = plan(p, dev, force).unwrap();
             assert!(plan.workgroup_bytes <= dev.max_workgroup_storage);
             assert!(plan.wg <= dev.max_invocations);
-            let spec = [
-                ("D", p.head_dim as u32),
-                ("DV", p.head_dim_v as u32),
-                ("D4", p.head_dim.div_ceil(4) as u32),
-                ("DV4", p.head_dim_v.div_ceil(4) as u32),
-                ("BR", plan.br),
-                ("BC", plan.bc),
-                ("TR", plan.tr),
-                ("WG", plan.wg),
-            ];
-            if seen.insert(spec) {
-                validate(&specialise(FLASH_FORWARD_WGSL, &spec), &format!("{spec:?}"));
+            let spec = plan.spec(p);
+            if seen.insert((plan.variant, spec.clone())) {
+                validate(
+                    &plan.variant.specialised(&spec),
+                    &format!("{:?} {spec:?}", plan.variant),
+                );
             }
         }
     }
     assert!(seen.len() > 10);
+    assert!(seen.iter().any(|(v, _)| *v == FlashVariant::Lanes));
+    assert!(seen.iter().any(|(v, _)| *v == FlashVariant::Tiled));
 }
 
 #[test]
@@ -112,7 +121,7 @@ fn flash_params_match_the_wgsl_struct() {
         ("TR", 4),
         ("WG", 16),
     ];
-    let module = validate(&specialise(FLASH_FORWARD_WGSL, &spec), "flash");
+    let module = validate(&FlashVariant::Tiled.specialised(&spec), "flash");
     let (members, span) = wgsl_layout(&module);
     let host = layout!(
         FlashParams,

@@ -81,6 +81,10 @@ enum Command {
         /// Skip the naive kernel.
         #[arg(long)]
         no_naive: bool,
+        /// Use the lane-per-key variant of the fused kernel (CPU adapters with
+        /// fixed-size subgroups, e.g. lavapipe).
+        #[arg(long)]
+        lanes: bool,
     },
 }
 
@@ -116,6 +120,7 @@ fn main() -> ExitCode {
             tr,
             wg,
             no_naive,
+            lanes,
         } => bench_cmd(
             shape,
             runs,
@@ -124,6 +129,7 @@ fn main() -> ExitCode {
                 tr,
                 wg,
                 chunk_keys: None,
+                variant: lanes.then_some(xattn::FlashVariant::Lanes),
             },
             !no_naive,
         ),

@@ -1,0 +1,166 @@
+
+// Lane-per-key variant for CPU adapters with a fixed subgroup size (see
+// flash_forward.wgsl for the algorithm and names). The workgroup is one
+// subgroup of SG invocations; every invocation holds all BR query rows of the
+// workgroup (the same values in every lane) and one key of each SG-key block
+// (its own K and V row, in registers). S = Q·Kᵀ then needs no loads at all in
+// its inner loop, the row max and row sum are subgroup reductions, and each
+// lane keeps a partial O over its own keys, summed across lanes once at the
+// end. No workgroup memory, one barrier (the uniform load of the key length).
+//
+// Host-prepended constants: D, DV, D4, DV4, BR (rows per workgroup), SG,
+// KPL (keys per lane per block).
+
+var<workgroup> wg_n_valid: u32;
+
+var<private> q_reg: array<vec4<f32>, BR * D4>;
+var<private> acc: array<vec4<f32>, BR * DV4>;
+var<private> m: array<f32, BR>;
+var<private> l: array<f32, BR>;
+var<private> k_row: array<vec4<f32>, KPL * D4>;
+var<private> v_row: array<vec4<f32>, KPL * DV4>;
+
+@compute @workgroup_size(SG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let linear = wid.x + wid.y * p.grid_x;
+    if (linear >= p.q_blocks * p.batch * p.heads) {
+        return;
+    }
+    let qb = linear % p.q_blocks;
+    let bh = linear / p.q_blocks;
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let hk = h / p.group;
+    if (lane == 0u) {
+        var n = p.n_kv;
+        if (p.has_kv_len != 0u) {
+            n = min(kv_len[b], p.n_kv);
+        }
+        wg_n_valid = n;
+    }
+    let n_valid = workgroupUniformLoad(&wg_n_valid);
+
+    let first = (p.flags & 1u) != 0u;
+    let last = (p.flags & 2u) != 0u;
+    let row_words = 2u + 4u * DV4;
+    for (var r = 0u; r < BR; r++) {
+        let qi = qb * BR + r;
+        let base = b * p.q_stride_b + qi * p.q_stride_s + h * p.q_stride_h;
+        for (var c = 0u; c < D4; c++) {
+            var val = vec4<f32>(0.0);
+            if (qi < p.n_q) {
+                val = load4(0u, base, c, D) * p.scale_log2;
+            }
+            q_reg[r * D4 + c] = val;
+        }
+        let sb = ((b * p.heads + h) * p.n_q + qi) * row_words;
+        m[r] = NEG_BIG;
+        l[r] = 0.0;
+        for (var c = 0u; c < DV4; c++) {
+            acc[r * DV4 + c] = vec4<f32>(0.0);
+        }
+        if (!first && qi < p.n_q) {
+            m[r] = state[sb];
+            l[r] = state[sb + 1u];
+            if (lane == 0u) {
+                for (var c = 0u; c < DV4; c++) {
+                    let e = sb + 2u + 4u * c;
+                    acc[r * DV4 + c] = vec4<f32>(state[e], state[e + 1u], state[e + 2u], state[e + 3u]);
+                }
+            }
+        }
+    }
+
+    let k_base = b * p.k_stride_b + hk * p.k_stride_h;
+    let v_base = b * p.v_stride_b + hk * p.v_stride_h;
+    let kv_end = min(p.kv_end, n_valid);
+    let kv_begin = min(p.kv_begin, kv_end);
+    // Each block is SG·KPL keys: lane ℓ takes keys kv0 + ℓ + SG·u, u < KPL, so
+    // the running max and the rescale of O happen once per SG·KPL keys.
+    for (var kv0 = kv_begin; kv0 < kv_end; kv0 += SG * KPL) {
+        for (var u = 0u; u < KPL; u++) {
+            let j = kv0 + lane + SG * u;
+            for (var c = 0u; c < D4; c++) {
+                var val = vec4<f32>(0.0);
+                if (j < kv_end) {
+                    val = load4(1u, k_base + j * p.k_stride_s, c, D);
+                }
+                k_row[u * D4 + c] = val;
+            }
+            for (var c = 0u; c < DV4; c++) {
+                var val = vec4<f32>(0.0);
+                if (j < kv_end) {
+                    val = load4(2u, v_base + j * p.v_stride_s, c, DV);
+                }
+                v_row[u * DV4 + c] = val;
+            }
+        }
+        for (var r = 0u; r < BR; r++) {
+            var s: array<f32, KPL>;
+            var s_max = NEG_BIG;
+            for (var u = 0u; u < KPL; u++) {
+                var part = vec4<f32>(0.0);
+                for (var c = 0u; c < D4; c++) {
+                    part = fma(q_reg[r * D4 + c], k_row[u * D4 + c], part);
+                }
+                s[u] = (part.x + part.y) + (part.z + part.w);
+                if (kv0 + lane + SG * u >= kv_end) {
+                    s[u] = NEG_BIG;
+                }
+                s_max = max(s_max, s[u]);
+            }
+            let m_new = max(m[r], subgroupMax(s_max));
+            let alpha = exp2(m[r] - m_new);
+            var p_sum = 0.0;
+            for (var u = 0u; u < KPL; u++) {
+                s[u] = select(0.0, exp2(s[u] - m_new), kv0 + lane + SG * u < kv_end);
+                p_sum += s[u];
+            }
+            l[r] = l[r] * alpha + subgroupAdd(p_sum);
+            m[r] = m_new;
+            for (var c = 0u; c < DV4; c++) {
+                var a = acc[r * DV4 + c] * alpha;
+                for (var u = 0u; u < KPL; u++) {
+                    a = fma(vec4<f32>(s[u]), v_row[u * DV4 + c], a);
+                }
+                acc[r * DV4 + c] = a;
+            }
+        }
+    }
+
+    let neg_inf = bitcast<f32>(0xff800000u);
+    for (var r = 0u; r < BR; r++) {
+        let qi = qb * BR + r;
+        let empty = l[r] == 0.0;
+        let inv = select(1.0 / l[r], 0.0, empty);
+        let sb = ((b * p.heads + h) * p.n_q + qi) * row_words;
+        let ob = b * p.o_stride_b + qi * p.o_stride_s + h * p.o_stride_h;
+        for (var c = 0u; c < DV4; c++) {
+            let total = subgroupAdd(acc[r * DV4 + c]);
+            if (lane == 0u && qi < p.n_q) {
+                if (last) {
+                    let val = total * inv;
+                    for (var e = 0u; e < 4u; e++) {
+                        if (DV % 4u == 0u || c * 4u + e < DV) {
+                            o[ob + c * 4u + e] = val[e];
+                        }
+                    }
+                } else {
+                    let e = sb + 2u + 4u * c;
+                    state[e] = total.x;
+                    state[e + 1u] = total.y;
+                    state[e + 2u] = total.z;
+                    state[e + 3u] = total.w;
+                }
+            }
+        }
+        if (lane == 0u && qi < p.n_q) {
+            if (last) {
+                lse[(b * p.heads + h) * p.n_q + qi] = select((m[r] + log2(l[r])) * LN2, neg_inf, empty);
+            } else {
+                state[sb] = m[r];
+                state[sb + 1u] = l[r];
+            }
+        }
+    }
+}
