@@ -2,7 +2,7 @@
 //! Criterion benches.
 
 use crate::attention::{fold_grid, AttentionProblem, FlashAttention, FlashPlan, TileOverride};
-use crate::context::{Binding, Context, PipelineKey};
+use crate::context::{Binding, Context, Kernel, PipelineKey};
 use crate::error::{Error, Result};
 use crate::naive::NaiveAttention;
 use crate::tensor::AttentionTensors;
@@ -94,6 +94,25 @@ pub struct Probe {
 
 const PROBE_BINDINGS: [Binding; 2] = [Binding::Read, Binding::ReadWrite];
 
+/// Median ms of one dispatch of `kernel` over `buffers` (1 warm-up, 5 runs).
+fn time_dispatch(
+    ctx: &Context,
+    kernel: &Kernel,
+    buffers: &[&wgpu::Buffer],
+    grid: (u32, u32),
+) -> Result<f64> {
+    let record = |enc: &mut wgpu::CommandEncoder,
+                  ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("probe"),
+            timestamp_writes: ts,
+        });
+        kernel.dispatch(ctx.device(), &mut pass, buffers, grid);
+        Ok(())
+    };
+    Ok(median_spread(&time_runs(ctx, 1, 5, &record)?).0)
+}
+
 /// Runs the FMA and copy probes (about a second on lavapipe).
 pub fn probe(ctx: &Context) -> Result<Probe> {
     let kernel = |entry| {
@@ -117,36 +136,18 @@ pub fn probe(ctx: &Context) -> Result<Probe> {
     let small = ctx.upload("probe src", &vec![1.0f32; 4 * 1024]);
     let sink = ctx.storage("probe sink", 16 * 1024);
     let grid = fold_grid(invocations / 64, max, "probe")?;
-    let rec_fma = |enc: &mut wgpu::CommandEncoder,
-                   ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("fma probe"),
-            timestamp_writes: ts,
-        });
-        fma.dispatch(ctx.device(), &mut pass, &[&small, &sink], grid);
-        Ok(())
-    };
-    let (ms, _) = median_spread(&time_runs(ctx, 1, 5, &rec_fma)?);
+    let ms = time_dispatch(ctx, &fma, &[&small, &sink], grid)?;
     let flops = invocations as f64 * 1024.0 * 8.0 * 4.0 * 2.0;
     let fma_gflops = flops / (ms * 1e-3) / 1e9;
 
-    // Copy: 64 MiB each way on GPUs, 16 MiB on CPU adapters (past their caches).
+    // Copy: 256 MiB each way on GPUs, 16 MiB on CPU adapters (past their caches).
     let bytes: u64 = if cpu { 16 << 20 } else { 256 << 20 };
-    let bytes = bytes.min(ctx.caps().max_storage_binding / 2 * 2);
+    let bytes = bytes.min(ctx.caps().max_storage_binding);
     let src = ctx.storage("probe copy src", bytes);
     let dst = ctx.storage("probe copy dst", bytes);
     let n_vec4 = (bytes / 16) as usize;
     let grid = fold_grid(n_vec4.div_ceil(64), max, "probe")?;
-    let rec_copy = |enc: &mut wgpu::CommandEncoder,
-                    ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("copy probe"),
-            timestamp_writes: ts,
-        });
-        copy.dispatch(ctx.device(), &mut pass, &[&src, &dst], grid);
-        Ok(())
-    };
-    let (ms, _) = median_spread(&time_runs(ctx, 1, 5, &rec_copy)?);
+    let ms = time_dispatch(ctx, &copy, &[&src, &dst], grid)?;
     let copy_gbps = 2.0 * bytes as f64 / (ms * 1e-3) / 1e9;
     if !fma_gflops.is_finite() || !copy_gbps.is_finite() {
         return Err(Error::Device("probe timing failed".into()));

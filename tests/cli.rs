@@ -118,35 +118,46 @@ fn run_err(
 }
 
 #[test]
-fn wrong_rank_is_exit_2_naming_the_array() {
-    let (code, err, wrote) = run_err(&[2, 3, 4], &[2, 5, 1, 4], &[2, 5, 1, 4], "rank");
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("q") && err.contains("[B, n_q, H, d]"), "{err}");
-    assert!(!wrote, "no output may be written on error");
-}
-
-#[test]
-fn mismatched_head_dim_is_exit_2() {
-    let (code, err, wrote) = run_err(&[1, 3, 2, 8], &[1, 5, 1, 6], &[1, 5, 1, 6], "dim");
-    assert_eq!(code, 2);
-    assert!(err.contains("k") && err.contains("8"), "{err}");
-    assert!(!wrote);
-}
-
-#[test]
-fn heads_not_a_multiple_is_exit_2() {
-    let (code, err, wrote) = run_err(&[1, 3, 3, 8], &[1, 5, 2, 8], &[1, 5, 2, 8], "heads");
-    assert_eq!(code, 2);
-    assert!(err.contains("multiple"), "{err}");
-    assert!(!wrote);
-}
-
-#[test]
-fn v_rows_not_matching_k_is_exit_2() {
-    let (code, err, wrote) = run_err(&[1, 3, 2, 8], &[1, 5, 2, 8], &[1, 6, 2, 8], "vrows");
-    assert_eq!(code, 2);
-    assert!(err.contains("v"), "{err}");
-    assert!(!wrote);
+fn bad_shapes_are_exit_2_naming_the_problem_and_write_nothing() {
+    type Shape = &'static [usize];
+    let cases: [(&str, Shape, Shape, Shape, &[&str]); 4] = [
+        (
+            "wrong rank",
+            &[2, 3, 4],
+            &[2, 5, 1, 4],
+            &[2, 5, 1, 4],
+            &["q", "[B, n_q, H, d]"],
+        ),
+        (
+            "head dim",
+            &[1, 3, 2, 8],
+            &[1, 5, 1, 6],
+            &[1, 5, 1, 6],
+            &["k", "8"],
+        ),
+        (
+            "heads",
+            &[1, 3, 3, 8],
+            &[1, 5, 2, 8],
+            &[1, 5, 2, 8],
+            &["multiple"],
+        ),
+        (
+            "v rows",
+            &[1, 3, 2, 8],
+            &[1, 5, 2, 8],
+            &[1, 6, 2, 8],
+            &["v", "[1, 5, 2, d_v]"],
+        ),
+    ];
+    for (i, (what, q, k, v, needles)) in cases.into_iter().enumerate() {
+        let (code, err, wrote) = run_err(q, k, v, &format!("case{i}"));
+        assert_eq!(code, 2, "{what}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{what}: {err:?} lacks {n:?}");
+        }
+        assert!(!wrote, "{what}: no output may be written on error");
+    }
 }
 
 #[test]
