@@ -90,3 +90,35 @@ fn load4(which: u32, base: u32, c: u32, len: u32) -> vec4<f32> {
     }
     return r;
 }
+
+// Which (query block, batch, head, kv head) a workgroup owns, from its index
+// in the possibly folded grid. `live` is false for the grid's padding.
+struct Tile {
+    live: bool,
+    qb: u32,
+    b: u32,
+    h: u32,
+    hk: u32,
+}
+
+fn workgroup_tile(wid: vec3<u32>) -> Tile {
+    let linear = wid.x + wid.y * p.grid_x;
+    let bh = linear / p.q_blocks;
+    return Tile(linear < p.q_blocks * p.batch * p.heads, linear % p.q_blocks, bh / p.heads, bh % p.heads, (bh % p.heads) / p.group);
+}
+
+var<workgroup> wg_n_valid: u32;
+
+// Keys of batch entry `b` that exist (key padding: keys at or past kv_len[b]
+// do not). Read by one invocation and broadcast, so loop bounds built on it
+// are workgroup-uniform.
+fn key_count(b: u32, lid: u32) -> u32 {
+    if (lid == 0u) {
+        var n = p.n_kv;
+        if (p.has_kv_len != 0u) {
+            n = min(kv_len[b], p.n_kv);
+        }
+        wg_n_valid = n;
+    }
+    return workgroupUniformLoad(&wg_n_valid);
+}

@@ -34,7 +34,6 @@
 
 var<workgroup> k_tile: array<vec4<f32>, BC * D4>;
 var<workgroup> v_tile: array<vec4<f32>, BC * DV4>;
-var<workgroup> wg_n_valid: u32;
 
 var<private> q_reg: array<vec4<f32>, TR * D4>;
 var<private> acc: array<vec4<f32>, TR * DV4>;
@@ -123,28 +122,16 @@ fn process_block(lid: u32, k_base: u32, v_base: u32, kv0: u32, count: u32, ragge
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let linear = wid.x + wid.y * p.grid_x;
-    let total = p.q_blocks * p.batch * p.heads;
-    if (linear >= total) {
+    let tile = workgroup_tile(wid);
+    if (!tile.live) {
         // Padding workgroups of a folded grid; uniform across the workgroup.
         return;
     }
-    let qb = linear % p.q_blocks;
-    let bh = linear / p.q_blocks;
-    let b = bh / p.heads;
-    let h = bh % p.heads;
-    let hk = h / p.group;
-
-    // Key padding: keys at or past kv_len[b] do not exist for this batch entry.
-    // Read once and broadcast so the block loop bound is workgroup-uniform.
-    if (lid == 0u) {
-        var n = p.n_kv;
-        if (p.has_kv_len != 0u) {
-            n = min(kv_len[b], p.n_kv);
-        }
-        wg_n_valid = n;
-    }
-    let n_valid = workgroupUniformLoad(&wg_n_valid);
+    let qb = tile.qb;
+    let b = tile.b;
+    let h = tile.h;
+    let hk = tile.hk;
+    let n_valid = key_count(b, lid);
 
     let first = (p.flags & 1u) != 0u;
     let last = (p.flags & 2u) != 0u;

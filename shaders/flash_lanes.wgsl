@@ -11,8 +11,6 @@
 // Host-prepended constants: D, DV, D4, DV4, BR (rows per workgroup), SG,
 // KPL (keys per lane per block).
 
-var<workgroup> wg_n_valid: u32;
-
 var<private> q_reg: array<vec4<f32>, BR * D4>;
 var<private> acc: array<vec4<f32>, BR * DV4>;
 var<private> m: array<f32, BR>;
@@ -22,23 +20,15 @@ var<private> v_row: array<vec4<f32>, KPL * DV4>;
 
 @compute @workgroup_size(SG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
-    let linear = wid.x + wid.y * p.grid_x;
-    if (linear >= p.q_blocks * p.batch * p.heads) {
+    let tile = workgroup_tile(wid);
+    if (!tile.live) {
         return;
     }
-    let qb = linear % p.q_blocks;
-    let bh = linear / p.q_blocks;
-    let b = bh / p.heads;
-    let h = bh % p.heads;
-    let hk = h / p.group;
-    if (lane == 0u) {
-        var n = p.n_kv;
-        if (p.has_kv_len != 0u) {
-            n = min(kv_len[b], p.n_kv);
-        }
-        wg_n_valid = n;
-    }
-    let n_valid = workgroupUniformLoad(&wg_n_valid);
+    let qb = tile.qb;
+    let b = tile.b;
+    let h = tile.h;
+    let hk = tile.hk;
+    let n_valid = key_count(b, lane);
 
     let first = (p.flags & 1u) != 0u;
     let last = (p.flags & 2u) != 0u;
