@@ -44,67 +44,70 @@ struct Params {
     kv_begin: u32,
     kv_end: u32,
     // Bit 0: first launch of the range (start from m = −∞, l = 0, O = 0).
-    // Bit 1: last launch (normalise, write O and LSE). Otherwise the state
-    // (m, l, unnormalised O) is read from / written to `state`.
+    // Bit 1: last launch. Otherwise the state (m, l, unnormalised O) is read
+    // from / written to `state`.
     flags: u32,
+    // Split-KV: the key range is cut into `splits` parts of `split_keys` keys,
+    // each owned by its own workgroups; kv_begin/kv_end are then offsets
+    // inside a split. With splits > 1 every split ends by writing its partial
+    // state, and split_combine.wgsl merges them into O and LSE.
+    splits: u32,
+    split_keys: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k: array<f32>;
-@group(0) @binding(3) var<storage, read> v: array<f32>;
+// q (binding 1), k (2), v (3) and o (5) are declared by the host-prepended
+// tensor access code (flash_io.wgsl), with their row loads q_row4, k_row4,
+// v_row4 and the row store store_o4.
 @group(0) @binding(4) var<storage, read> kv_len: array<u32>;
-@group(0) @binding(5) var<storage, read_write> o: array<f32>;
 @group(0) @binding(6) var<storage, read_write> lse: array<f32>;
-// Per row (b·H + h)·n_q + i: m, l, then DV4 vec4s of unnormalised O.
-@group(0) @binding(7) var<storage, read_write> state: array<f32>;
+// Per split s and query row (b·H + h)·n_q + i, from state_base(s, row): one
+// vec4 (m, l, 0, 0), then DV4 vec4s of unnormalised O (m in log2 units, O not
+// yet divided by l).
+@group(0) @binding(7) var<storage, read_write> state: array<vec4<f32>>;
 
-// One element of q (0), k (1) or v (2). `which` is a literal at every call
-// site, so the switch folds away once inlined. (WGSL cannot pass storage
-// pointers to functions.)
-fn elem(which: u32, i: u32) -> f32 {
-    switch which {
-        case 0u: { return q[i]; }
-        case 1u: { return k[i]; }
-        default: { return v[i]; }
-    }
-}
-
-// Loads elements 4c … 4c+3 of a row of `len` elements starting at `base`,
-// zero-filling past the row's end: no element of the next row is ever read.
-// When the head dim is a multiple of 4 the guard is constant and folds away.
-fn load4(which: u32, base: u32, c: u32, len: u32) -> vec4<f32> {
-    let e = c * 4u;
-    var r = vec4<f32>(0.0);
-    if (len % 4u == 0u || e + 3u < len) {
-        r = vec4<f32>(elem(which, base + e), elem(which, base + e + 1u), elem(which, base + e + 2u), elem(which, base + e + 3u));
-    } else {
-        for (var i = 0u; i < 4u; i++) {
-            if (e + i < len) {
-                r[i] = elem(which, base + e + i);
-            }
-        }
-    }
-    return r;
-}
-
-// Which (query block, batch, head, kv head) a workgroup owns, from its index
-// in the possibly folded grid. `live` is false for the grid's padding.
+// Which (query block, batch, head, kv head, key split) a workgroup owns, from
+// its index in the possibly folded grid. `live` is false for the grid's
+// padding. Splits are outermost, so each split's workgroups are contiguous.
 struct Tile {
     live: bool,
     qb: u32,
     b: u32,
     h: u32,
     hk: u32,
+    split: u32,
 }
 
 fn workgroup_tile(wid: vec3<u32>) -> Tile {
     let linear = wid.x + wid.y * p.grid_x;
-    let bh = linear / p.q_blocks;
-    return Tile(linear < p.q_blocks * p.batch * p.heads, linear % p.q_blocks, bh / p.heads, bh % p.heads, (bh % p.heads) / p.group);
+    let per_split = p.q_blocks * p.batch * p.heads;
+    let rest = linear % per_split;
+    let bh = rest / p.q_blocks;
+    let h = bh % p.heads;
+    return Tile(linear < per_split * p.splits, rest % p.q_blocks, bh / p.heads, h, h / p.group, linear / per_split);
+}
+
+// Vec4s of one state row: (m, l, 0, 0), then the unnormalised O.
+const STATE_VEC4S: u32 = 1u + DV4;
+
+// First vec4 of the state of query row `row` = (b·H + h)·n_q + i in `split`.
+fn state_base(split: u32, row: u32) -> u32 {
+    return (split * p.batch * p.heads * p.n_q + row) * STATE_VEC4S;
+}
+
+// The keys [x, y) this launch of `split` covers: the launch's chunk of the
+// split's range, clamped to the batch entry's key count.
+fn key_range(split: u32, n_valid: u32) -> vec2<u32> {
+    let s0 = split * p.split_keys;
+    let hi = min(s0 + min(p.kv_end, p.split_keys), n_valid);
+    return vec2<u32>(min(s0 + p.kv_begin, hi), hi);
+}
+
+// Whether this launch writes O and LSE (the last launch of an unsplit key
+// range) rather than the state.
+fn writes_output() -> bool {
+    return (p.flags & 2u) != 0u && p.splits == 1u;
 }
 
 var<workgroup> wg_n_valid: u32;
@@ -121,4 +124,9 @@ fn key_count(b: u32, lid: u32) -> u32 {
         wg_n_valid = n;
     }
     return workgroupUniformLoad(&wg_n_valid);
+}
+
+// LSE in natural-log units from m (log2 units) and l; −∞ for an empty row.
+fn lse_of(m: f32, l: f32) -> f32 {
+    return select((m + log2(l)) * LN2, bitcast<f32>(0xff800000u), l == 0.0);
 }

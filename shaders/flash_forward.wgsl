@@ -17,8 +17,14 @@
 // and once at the end O /= l, LSE = (m + log2 l)·ln 2. No score ever leaves
 // registers.
 //
-// The host prepends the specialisation and flash_common.wgsl (params,
-// bindings, row loads; see `FlashVariant::specialised` in src/attention.rs):
+// Split-KV: with p.splits > 1 the grid holds one copy of the workgroups per
+// key split; each covers its split's keys and leaves (m, l, O) in `state` for
+// split_combine.wgsl. Launches that cover only part of a key range (CPU
+// adapters' loop limit) carry the same state to the next launch.
+//
+// The host prepends the specialisation, the tensor access (flash_io.wgsl) and
+// flash_common.wgsl (params, bindings, tiles, state; see `flash_source` in
+// src/attention.rs):
 //   const D:  u32   head dim of Q and K
 //   const DV: u32   head dim of V and O
 //   const D4, DV4   the head dims in whole vec4s, ⌈D/4⌉ and ⌈DV/4⌉; padding
@@ -50,7 +56,7 @@ fn process_block(lid: u32, k_base: u32, v_base: u32, kv0: u32, count: u32, ragge
         let j = i / D4;
         var val = vec4<f32>(0.0);
         if (!ragged || j < count) {
-            val = load4(1u, k_base + (kv0 + j) * p.k_stride_s, i % D4, D);
+            val = k_row4(k_base + (kv0 + j) * p.k_stride_s, i % D4, D);
         }
         k_tile[i] = val;
     }
@@ -58,7 +64,7 @@ fn process_block(lid: u32, k_base: u32, v_base: u32, kv0: u32, count: u32, ragge
         let j = i / DV4;
         var val = vec4<f32>(0.0);
         if (!ragged || j < count) {
-            val = load4(2u, v_base + (kv0 + j) * p.v_stride_s, i % DV4, DV);
+            val = v_row4(v_base + (kv0 + j) * p.v_stride_s, i % DV4, DV);
         }
         v_tile[i] = val;
     }
@@ -134,19 +140,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let n_valid = key_count(b, lid);
 
     let first = (p.flags & 1u) != 0u;
-    let last = (p.flags & 2u) != 0u;
-    let row_words = 2u + 4u * DV4;
     for (var t = 0u; t < TR; t++) {
         let qi = qb * BR + lid + t * WG;
         let base = b * p.q_stride_b + qi * p.q_stride_s + h * p.q_stride_h;
         for (var c = 0u; c < D4; c++) {
             var val = vec4<f32>(0.0);
             if (qi < p.n_q) {
-                val = load4(0u, base, c, D) * p.scale_log2;
+                val = q_row4(base, c, D) * p.scale_log2;
             }
             q_reg[t * D4 + c] = val;
         }
-        let sb = ((b * p.heads + h) * p.n_q + qi) * row_words;
+        let sb = state_base(tile.split, (b * p.heads + h) * p.n_q + qi);
         if (first || qi >= p.n_q) {
             for (var c = 0u; c < DV4; c++) {
                 acc[t * DV4 + c] = vec4<f32>(0.0);
@@ -154,66 +158,50 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             m[t] = NEG_BIG;
             l[t] = 0.0;
         } else {
-            m[t] = state[sb];
-            l[t] = state[sb + 1u];
+            m[t] = state[sb].x;
+            l[t] = state[sb].y;
             for (var c = 0u; c < DV4; c++) {
-                let e = sb + 2u + 4u * c;
-                acc[t * DV4 + c] = vec4<f32>(state[e], state[e + 1u], state[e + 2u], state[e + 3u]);
+                acc[t * DV4 + c] = state[sb + 1u + c];
             }
         }
     }
 
     let k_base = b * p.k_stride_b + hk * p.k_stride_h;
     let v_base = b * p.v_stride_b + hk * p.v_stride_h;
-    let kv_end = min(p.kv_end, n_valid);
-    let kv_begin = min(p.kv_begin, kv_end);
-    let full_blocks = (kv_end - kv_begin) / BC;
+    let range = key_range(tile.split, n_valid);
+    let full_blocks = (range.y - range.x) / BC;
     for (var blk = 0u; blk < full_blocks; blk++) {
-        process_block(lid, k_base, v_base, kv_begin + blk * BC, BC, false);
+        process_block(lid, k_base, v_base, range.x + blk * BC, BC, false);
     }
-    let tail = (kv_end - kv_begin) % BC;
+    let tail = (range.y - range.x) % BC;
     if (tail != 0u) {
-        process_block(lid, k_base, v_base, kv_begin + full_blocks * BC, tail, true);
+        process_block(lid, k_base, v_base, range.x + full_blocks * BC, tail, true);
     }
 
-    if (!last) {
-        for (var t = 0u; t < TR; t++) {
-            let qi = qb * BR + lid + t * WG;
-            if (qi < p.n_q) {
-                let sb = ((b * p.heads + h) * p.n_q + qi) * row_words;
-                state[sb] = m[t];
-                state[sb + 1u] = l[t];
-                for (var c = 0u; c < DV4; c++) {
-                    let e = sb + 2u + 4u * c;
-                    let a = acc[t * DV4 + c];
-                    state[e] = a.x;
-                    state[e + 1u] = a.y;
-                    state[e + 2u] = a.z;
-                    state[e + 3u] = a.w;
-                }
-            }
-        }
-        return;
-    }
-
-    // Deferred normalisation. A row with no visible key has l = 0: O = 0 and
-    // LSE = −∞ rather than 0/0.
-    let neg_inf = bitcast<f32>(0xff800000u);
+    let out = writes_output();
     for (var t = 0u; t < TR; t++) {
         let qi = qb * BR + lid + t * WG;
-        if (qi < p.n_q) {
-            let empty = l[t] == 0.0;
-            let inv = select(1.0 / l[t], 0.0, empty);
+        if (qi >= p.n_q) {
+            continue;
+        }
+        let row = (b * p.heads + h) * p.n_q + qi;
+        if (out) {
+            // Deferred normalisation. A row with no visible key has l = 0:
+            // O = 0 and LSE = −∞ rather than 0/0.
+            let inv = select(1.0 / l[t], 0.0, l[t] == 0.0);
             let base = b * p.o_stride_b + qi * p.o_stride_s + h * p.o_stride_h;
             for (var c = 0u; c < DV4; c++) {
-                let val = acc[t * DV4 + c] * inv;
-                for (var e = 0u; e < 4u; e++) {
-                    if (DV % 4u == 0u || c * 4u + e < DV) {
-                        o[base + c * 4u + e] = val[e];
-                    }
-                }
+                store_o4(base, c, acc[t * DV4 + c] * inv);
             }
-            lse[(b * p.heads + h) * p.n_q + qi] = select((m[t] + log2(l[t])) * LN2, neg_inf, empty);
+            lse[row] = lse_of(m[t], l[t]);
+        } else {
+            // Carried to the next launch, or this split's partial for
+            // split_combine.wgsl.
+            let sb = state_base(tile.split, row);
+            state[sb] = vec4<f32>(m[t], l[t], 0.0, 0.0);
+            for (var c = 0u; c < DV4; c++) {
+                state[sb + 1u + c] = acc[t * DV4 + c];
+            }
         }
     }
 }

@@ -31,31 +31,28 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let n_valid = key_count(b, lane);
 
     let first = (p.flags & 1u) != 0u;
-    let last = (p.flags & 2u) != 0u;
-    let row_words = 2u + 4u * DV4;
     for (var r = 0u; r < BR; r++) {
         let qi = qb * BR + r;
         let base = b * p.q_stride_b + qi * p.q_stride_s + h * p.q_stride_h;
         for (var c = 0u; c < D4; c++) {
             var val = vec4<f32>(0.0);
             if (qi < p.n_q) {
-                val = load4(0u, base, c, D) * p.scale_log2;
+                val = q_row4(base, c, D) * p.scale_log2;
             }
             q_reg[r * D4 + c] = val;
         }
-        let sb = ((b * p.heads + h) * p.n_q + qi) * row_words;
+        let sb = state_base(tile.split, (b * p.heads + h) * p.n_q + qi);
         m[r] = NEG_BIG;
         l[r] = 0.0;
         for (var c = 0u; c < DV4; c++) {
             acc[r * DV4 + c] = vec4<f32>(0.0);
         }
         if (!first && qi < p.n_q) {
-            m[r] = state[sb];
-            l[r] = state[sb + 1u];
+            m[r] = state[sb].x;
+            l[r] = state[sb].y;
             if (lane == 0u) {
                 for (var c = 0u; c < DV4; c++) {
-                    let e = sb + 2u + 4u * c;
-                    acc[r * DV4 + c] = vec4<f32>(state[e], state[e + 1u], state[e + 2u], state[e + 3u]);
+                    acc[r * DV4 + c] = state[sb + 1u + c];
                 }
             }
         }
@@ -63,8 +60,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
     let k_base = b * p.k_stride_b + hk * p.k_stride_h;
     let v_base = b * p.v_stride_b + hk * p.v_stride_h;
-    let kv_end = min(p.kv_end, n_valid);
-    let kv_begin = min(p.kv_begin, kv_end);
+    let range = key_range(tile.split, n_valid);
+    let kv_begin = range.x;
+    let kv_end = range.y;
     // Each block is SG·KPL keys: lane ℓ takes keys kv0 + ℓ + SG·u, u < KPL, so
     // the running max and the rescale of O happen once per SG·KPL keys.
     for (var kv0 = kv_begin; kv0 < kv_end; kv0 += SG * KPL) {
@@ -73,14 +71,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             for (var c = 0u; c < D4; c++) {
                 var val = vec4<f32>(0.0);
                 if (j < kv_end) {
-                    val = load4(1u, k_base + j * p.k_stride_s, c, D);
+                    val = k_row4(k_base + j * p.k_stride_s, c, D);
                 }
                 k_row[u * D4 + c] = val;
             }
             for (var c = 0u; c < DV4; c++) {
                 var val = vec4<f32>(0.0);
                 if (j < kv_end) {
-                    val = load4(2u, v_base + j * p.v_stride_s, c, DV);
+                    val = v_row4(v_base + j * p.v_stride_s, c, DV);
                 }
                 v_row[u * DV4 + c] = val;
             }
@@ -118,38 +116,28 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
     }
 
-    let neg_inf = bitcast<f32>(0xff800000u);
+    let out = writes_output();
     for (var r = 0u; r < BR; r++) {
         let qi = qb * BR + r;
-        let empty = l[r] == 0.0;
-        let inv = select(1.0 / l[r], 0.0, empty);
-        let sb = ((b * p.heads + h) * p.n_q + qi) * row_words;
+        let row = (b * p.heads + h) * p.n_q + qi;
+        let inv = select(1.0 / l[r], 0.0, l[r] == 0.0);
+        let sb = state_base(tile.split, row);
         let ob = b * p.o_stride_b + qi * p.o_stride_s + h * p.o_stride_h;
         for (var c = 0u; c < DV4; c++) {
             let total = subgroupAdd(acc[r * DV4 + c]);
             if (lane == 0u && qi < p.n_q) {
-                if (last) {
-                    let val = total * inv;
-                    for (var e = 0u; e < 4u; e++) {
-                        if (DV % 4u == 0u || c * 4u + e < DV) {
-                            o[ob + c * 4u + e] = val[e];
-                        }
-                    }
+                if (out) {
+                    store_o4(ob, c, total * inv);
                 } else {
-                    let e = sb + 2u + 4u * c;
-                    state[e] = total.x;
-                    state[e + 1u] = total.y;
-                    state[e + 2u] = total.z;
-                    state[e + 3u] = total.w;
+                    state[sb + 1u + c] = total;
                 }
             }
         }
         if (lane == 0u && qi < p.n_q) {
-            if (last) {
-                lse[(b * p.heads + h) * p.n_q + qi] = select((m[r] + log2(l[r])) * LN2, neg_inf, empty);
+            if (out) {
+                lse[row] = lse_of(m[r], l[r]);
             } else {
-                state[sb] = m[r];
-                state[sb + 1u] = l[r];
+                state[sb] = vec4<f32>(m[r], l[r], 0.0, 0.0);
             }
         }
     }

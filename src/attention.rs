@@ -231,9 +231,16 @@ pub struct FlashPlan {
     pub q_blocks: u32,
     /// Dispatch grid (x, y); x·y ≥ q_blocks·B·H, the excess returns at once.
     pub grid: (u32, u32),
-    /// Keys per launch: the key range is cut into ⌈n_kv / chunk_keys⌉
-    /// dispatches that carry the softmax state between them (one dispatch on
-    /// GPUs; see [`loop_safe_keys`]).
+    /// Split-KV: the key range is cut into `splits` parts of `split_keys`
+    /// keys, each owned by its own workgroups, which write partial softmax
+    /// states that `shaders/split_combine.wgsl` merges. 1 = no split.
+    pub splits: u32,
+    /// Keys per split (the whole range when `splits` = 1).
+    pub split_keys: u32,
+    /// Keys per launch within a split: each split's range is cut into
+    /// ⌈split_keys / chunk_keys⌉ dispatches that carry the softmax state
+    /// between them (one dispatch unless the adapter bounds loop iterations;
+    /// see [`loop_safe_keys`]).
     pub chunk_keys: u32,
     /// Why these tiles, in words.
     pub why: String,
@@ -250,6 +257,11 @@ pub enum FlashVariant {
     /// of every block and all Br query rows; subgroup reductions, no
     /// workgroup memory. CPU adapters with a fixed subgroup size (lavapipe).
     Lanes,
+    /// `flash_decode.wgsl`: for a few query rows against many keys. Each
+    /// invocation streams its own keys for all Br rows of one key/value head
+    /// (GQA heads packed together), the lanes' states are merged through
+    /// workgroup memory. Every adapter; the default when H/H_kv·n_q is small.
+    Decode,
 }
 
 impl FlashVariant {
@@ -258,12 +270,13 @@ impl FlashVariant {
         match self {
             FlashVariant::Tiled => ("flash_forward", FLASH_FORWARD_WGSL),
             FlashVariant::Lanes => ("flash_lanes", FLASH_LANES_WGSL),
+            FlashVariant::Decode => ("flash_decode", FLASH_DECODE_WGSL),
         }
     }
 
     /// The full source the device compiles for `spec`.
     pub fn specialised(self, spec: &[(&'static str, u32)]) -> String {
-        specialise(&format!("{FLASH_COMMON_WGSL}\n{}", self.source().1), spec)
+        flash_source(self.source().1, spec)
     }
 }
 
@@ -275,11 +288,17 @@ impl FlashPlan {
             ("DV", p.head_dim_v as u32),
             ("D4", p.head_dim.div_ceil(4) as u32),
             ("DV4", p.head_dim_v.div_ceil(4) as u32),
+            // Tensor access form (flash_io.wgsl): 1 = vec4 rows.
+            ("VEC_QK", p.head_dim.is_multiple_of(4) as u32),
+            ("VEC_V", p.head_dim_v.is_multiple_of(4) as u32),
             ("BR", self.br),
         ];
         match self.variant {
             FlashVariant::Tiled => spec.extend([("BC", self.bc), ("TR", self.tr), ("WG", self.wg)]),
             FlashVariant::Lanes => spec.extend([("SG", self.wg), ("KPL", self.bc / self.wg)]),
+            FlashVariant::Decode => {
+                spec.extend([("WG", self.wg), ("DVC", decode_merge_columns(p, self.wg))])
+            }
         }
         spec
     }
@@ -298,6 +317,8 @@ pub struct TileOverride {
     pub chunk_keys: Option<u32>,
     /// Kernel variant.
     pub variant: Option<FlashVariant>,
+    /// Number of key splits (split-KV); 1 turns splitting off.
+    pub splits: Option<u32>,
 }
 
 fn div_ceil(a: usize, b: usize) -> usize {
@@ -321,7 +342,6 @@ fn flash_workgroup_bytes(p: &AttentionProblem, bc: u32) -> u32 {
 ///
 /// The count assumes the driver unrolls nothing; it returns whole blocks.
 pub fn loop_safe_keys(p: &AttentionProblem, bc: u32, tr: u32, wg: u32) -> u32 {
-    const BUDGET: u64 = 60_000;
     let (d4, dv4) = (
         p.head_dim.div_ceil(4) as u64,
         p.head_dim_v.div_ceil(4) as u64,
@@ -333,7 +353,7 @@ pub fn loop_safe_keys(p: &AttentionProblem, bc: u32, tr: u32, wg: u32) -> u32 {
         + tr * (2 * bc + dv4 + 3)
         + dv4 * (1 + bc * (1 + tr));
     let fixed = tr * (2 * d4 + 3 * dv4 + 8) + 100;
-    let blocks = (BUDGET.saturating_sub(fixed) / per_block).max(1);
+    let blocks = (LOOP_BUDGET.saturating_sub(fixed) / per_block).max(1);
     (blocks * bc).min(u32::MAX as u64) as u32
 }
 
@@ -355,53 +375,133 @@ pub(crate) fn fold_grid(
     Ok((x as u32, y as u32))
 }
 
-/// Picks the fused kernel's tiles for `problem` on a device with `caps`.
+/// Picks the fused kernel, its tiles and its key splits for `problem` on a
+/// device with `caps`.
 ///
-/// Heuristic (see README "Tiling" for the measurements):
-/// - TR (rows per invocation): on GPUs 1, to keep Q, O and the score row in
-///   registers (4·(⌈d/4⌉+⌈d_v/4⌉)+Bc registers, 144 at d = 64). On CPU
+/// Heuristic (see README "Tiling" and "Split-KV" for the measurements):
+/// - Variant: [`FlashVariant::Decode`] when the query rows that share one
+///   key/value head, H/H_kv·n_q, number at most 2·[`decode_rows_max`];
+///   otherwise [`FlashVariant::Tiled`]. The lanes kernel is opt-in.
+/// - Tiled, TR (rows per invocation): on GPUs 1, to keep Q, O and the score
+///   row in registers (4·(⌈d/4⌉+⌈d_v/4⌉)+Bc registers, 144 at d = 64). On CPU
 ///   adapters (lavapipe) 2: every invocation is a SIMD lane and each K/V
 ///   load from workgroup memory then feeds two FMAs; TR = 1 ran 1.8× slower,
 ///   TR = 4 about as fast as 2 but took twice as long to compile.
-/// - WG: 64 invocations on GPUs (two NVIDIA warps, one AMD wave), 32 on CPU
-///   adapters; fewer when n_q is small so short query sets do not leave most
-///   rows idle; never under 16.
-/// - Bc: the largest of 32, 16, 8, 4 (16 on CPU adapters) whose K and V
-///   tiles fit the device's workgroup memory (WebGPU's default 16 KiB gives
+/// - Tiled, WG: 64 invocations on GPUs (two NVIDIA warps, one AMD wave), 32 on
+///   CPU adapters; fewer when n_q is small so short query sets do not leave
+///   most rows idle; never under 16.
+/// - Tiled, Bc: the largest of 32, 16, 8, 4 (16 on CPU adapters) whose K and
+///   V tiles fit the device's workgroup memory (WebGPU's default 16 KiB gives
 ///   Bc = 32 at d = 64).
-/// - chunk_keys: on CPU adapters, [`loop_safe_keys`]; elsewhere the whole
-///   key range in one launch.
+/// - Splits: see [`choose_splits`].
 pub fn plan(
     problem: &AttentionProblem,
     caps: &DeviceCaps,
     force: TileOverride,
 ) -> Result<FlashPlan> {
     problem.validate()?;
-    let cpu = caps.info.device_type == wgpu::DeviceType::Cpu;
-    let fixed_subgroup = caps.subgroups
-        && caps.subgroup_min_size == caps.subgroup_max_size
-        && (4..=caps.max_invocations).contains(&caps.subgroup_min_size);
-    // The lane-per-key kernel is opt-in: on lavapipe its cold compile takes
-    // 40–95 s per head dim (the tiled kernel's: 5–15 s), which the test grid's
-    // dozens of head dims cannot afford, and in its current form it is faster
-    // only on decode-like shapes (see README).
-    let variant = force.variant.unwrap_or(FlashVariant::Tiled);
-    if variant == FlashVariant::Lanes {
-        return plan_lanes(problem, caps, force, fixed_subgroup);
+    let cpu = is_cpu(caps);
+    let rows_per_kv_head = problem.heads / problem.kv_heads * problem.n_q;
+    let variant =
+        force
+            .variant
+            .unwrap_or(if rows_per_kv_head <= 2 * decode_rows_max(caps) as usize {
+                FlashVariant::Decode
+            } else {
+                FlashVariant::Tiled
+            });
+    let mut tiles = match variant {
+        FlashVariant::Tiled => plan_tiled(problem, caps, force, cpu)?,
+        FlashVariant::Lanes => plan_lanes(problem, caps, force)?,
+        FlashVariant::Decode => plan_decode(problem, caps, force)?,
+    };
+    let (splits, split_keys, chunk_keys) = choose_splits(problem, caps, &tiles, force)?;
+    tiles.plan.splits = splits;
+    tiles.plan.split_keys = split_keys;
+    tiles.plan.chunk_keys = chunk_keys;
+    tiles.plan.grid = fold_grid(
+        tiles.base_workgroups * splits as usize,
+        caps.max_workgroups_per_dim,
+        variant.source().0,
+    )?;
+    if splits > 1 {
+        tiles.plan.why.push_str(&format!(
+            "; {splits} key splits of {split_keys} keys ({} workgroups per split)",
+            tiles.base_workgroups
+        ));
     }
+    if (chunk_keys as usize) < problem.n_kv.min(split_keys as usize) {
+        tiles.plan.why.push_str(&format!(
+            "; {chunk_keys} keys per launch (driver loop limit)"
+        ));
+    }
+    Ok(tiles.plan)
+}
+
+fn is_cpu(caps: &DeviceCaps) -> bool {
+    caps.info.device_type == wgpu::DeviceType::Cpu
+}
+
+/// Query rows per workgroup of [`FlashVariant::Decode`]: 8 on CPU adapters,
+/// 4 on GPUs, where every row costs each invocation 4·(⌈d/4⌉+⌈d_v/4⌉)
+/// registers. The planner picks the decode kernel when the query rows per
+/// key/value head (H/H_kv·n_q) are at most twice this. Measured on lavapipe
+/// (min of 31 runs): 1×2 heads, 16×2000, d 64: decode with 8 rows per
+/// workgroup 4.8 ms, 4 rows 4.1–7.6, 16 rows 6.6–10, tiled 8.6; GQA 2×8:2,
+/// 3×799, d 59 (12 rows per kv head): decode 4.4 ms, tiled 27 ms; 1×8,
+/// 32×2000: decode (16 rows) 49 ms, tiled 37 ms.
+pub fn decode_rows_max(caps: &DeviceCaps) -> u32 {
+    if is_cpu(caps) {
+        8
+    } else {
+        4
+    }
+}
+
+/// A variant's tiles before splitting: the plan (splits not yet chosen), the
+/// workgroups of one split, the most keys one launch may cover on this
+/// adapter, and the granularity of split boundaries.
+struct Tiles {
+    plan: FlashPlan,
+    base_workgroups: usize,
+    loop_keys: u32,
+    align: u32,
+}
+
+impl Tiles {
+    fn new(plan: FlashPlan, base_workgroups: usize, loop_keys: u32, align: u32) -> Self {
+        Self {
+            plan,
+            base_workgroups,
+            loop_keys,
+            align,
+        }
+    }
+}
+
+fn unplannable(kernel: &'static str, reason: String) -> Error {
+    Error::Unplannable { kernel, reason }
+}
+
+fn plan_tiled(
+    problem: &AttentionProblem,
+    caps: &DeviceCaps,
+    force: TileOverride,
+    cpu: bool,
+) -> Result<Tiles> {
     let tr = force.tr.unwrap_or(if cpu { 2 } else { 1 });
-    let rows_per_tr = div_ceil(problem.n_q, tr as usize).next_power_of_two() as u32;
+    let rows_per_tr = div_ceil(problem.n_q, tr.max(1) as usize).next_power_of_two() as u32;
     let wg = force
         .wg
         .unwrap_or(rows_per_tr.clamp(16, if cpu { 32 } else { 64 }));
     if tr == 0 || wg == 0 || wg > caps.max_invocations {
-        return Err(Error::Unplannable {
-            kernel: "flash_forward",
-            reason: format!(
+        return Err(unplannable(
+            "flash_forward",
+            format!(
                 "{wg} invocations × {tr} rows is not a usable workgroup (device allows {} invocations)",
                 caps.max_invocations
             ),
-        });
+        ));
     }
     let bc_cap = if cpu { 16 } else { 32 };
     let candidates: Vec<u32> = match force.bc {
@@ -415,50 +515,54 @@ pub fn plan(
         .iter()
         .copied()
         .find(|&bc| bc > 0 && flash_workgroup_bytes(problem, bc) <= caps.max_workgroup_storage)
-        .ok_or_else(|| Error::Unplannable {
-            kernel: "flash_forward",
-            reason: format!(
-                "K/V tiles of {} rows at d = {}, d_v = {} need {} bytes of workgroup memory, \
-                 the device has {}",
-                candidates.last().copied().unwrap_or(0),
-                problem.head_dim,
-                problem.head_dim_v,
-                flash_workgroup_bytes(problem, candidates.last().copied().unwrap_or(0)),
-                caps.max_workgroup_storage
-            ),
+        .ok_or_else(|| {
+            let bc = candidates.last().copied().unwrap_or(0);
+            unplannable(
+                "flash_forward",
+                format!(
+                    "K/V tiles of {bc} rows at d = {}, d_v = {} need {} bytes of workgroup \
+                     memory, the device has {}",
+                    problem.head_dim,
+                    problem.head_dim_v,
+                    flash_workgroup_bytes(problem, bc),
+                    caps.max_workgroup_storage
+                ),
+            )
         })?;
     let br = tr * wg;
     let q_blocks = div_ceil(problem.n_q, br as usize);
-    let total = q_blocks * problem.batch * problem.heads;
-    let grid = fold_grid(total, caps.max_workgroups_per_dim, "flash_forward")?;
-    let chunk_keys = match force.chunk_keys {
-        Some(c) => c.max(1),
-        None if cpu => loop_safe_keys(problem, bc, tr, wg),
-        None => u32::MAX,
+    let loop_keys = if cpu {
+        loop_safe_keys(problem, bc, tr, wg)
+    } else {
+        u32::MAX
     };
     let why = format!(
-        "{} adapter: TR = {tr}, WG = {wg} for n_q = {}; Bc = {bc}, the largest K/V block in {} B of workgroup memory{}",
+        "{} adapter: tiled kernel, TR = {tr}, WG = {wg} for n_q = {}; Bc = {bc}, the largest \
+         K/V block in {} B of workgroup memory",
         if cpu { "CPU" } else { "GPU" },
         problem.n_q,
         caps.max_workgroup_storage,
-        if (chunk_keys as usize) < problem.n_kv {
-            format!("; {chunk_keys} keys per launch (driver loop limit)")
-        } else {
-            String::new()
-        }
     );
-    Ok(FlashPlan {
-        variant,
+    let plan = FlashPlan {
+        variant: FlashVariant::Tiled,
         br,
         bc,
         tr,
         wg,
         workgroup_bytes: flash_workgroup_bytes(problem, bc),
         q_blocks: q_blocks as u32,
-        grid,
-        chunk_keys,
+        grid: (1, 1),
+        splits: 1,
+        split_keys: 0,
+        chunk_keys: 0,
         why,
-    })
+    };
+    Ok(Tiles::new(
+        plan,
+        q_blocks * problem.batch * problem.heads,
+        loop_keys,
+        bc,
+    ))
 }
 
 /// Query rows per workgroup for the lanes kernel: 8, or fewer so that
@@ -475,20 +579,18 @@ fn lanes_rows(p: &AttentionProblem) -> u32 {
 
 /// The lane-per-key plan: one subgroup per workgroup, every lane holding all
 /// Br query rows (TR = Br) and one key of each block (Bc = subgroup size).
-fn plan_lanes(
-    problem: &AttentionProblem,
-    caps: &DeviceCaps,
-    force: TileOverride,
-    fixed_subgroup: bool,
-) -> Result<FlashPlan> {
+fn plan_lanes(problem: &AttentionProblem, caps: &DeviceCaps, force: TileOverride) -> Result<Tiles> {
+    let fixed_subgroup = caps.subgroups
+        && caps.subgroup_min_size == caps.subgroup_max_size
+        && (4..=caps.max_invocations).contains(&caps.subgroup_min_size);
     if !fixed_subgroup {
-        return Err(Error::Unplannable {
-            kernel: "flash_lanes",
-            reason: format!(
+        return Err(unplannable(
+            "flash_lanes",
+            format!(
                 "needs subgroups of one fixed size (adapter: subgroups {}, sizes {}..{})",
                 caps.subgroups, caps.subgroup_min_size, caps.subgroup_max_size
             ),
-        });
+        ));
     }
     let sg = caps.subgroup_min_size;
     let br = force
@@ -501,11 +603,6 @@ fn plan_lanes(
     // d = 64, but a cold compile took 95 s instead of seconds.
     let kpl = force.bc.map_or(1, |bc| (bc / sg).max(1));
     let q_blocks = div_ceil(problem.n_q, br as usize);
-    let grid = fold_grid(
-        q_blocks * problem.batch * problem.heads,
-        caps.max_workgroups_per_dim,
-        "flash_lanes",
-    )?;
     let (d4, dv4) = (
         problem.head_dim.div_ceil(4) as u64,
         problem.head_dim_v.div_ceil(4) as u64,
@@ -515,12 +612,9 @@ fn plan_lanes(
     let kpl64 = kpl as u64;
     let per_block = kpl64 * (d4 + dv4) + 1 + br as u64 * (kpl64 * (d4 + 3) + dv4 * (1 + kpl64) + 2);
     let fixed = br as u64 * (2 * d4 + 3 * dv4 + 4) + 100;
-    let blocks = (60_000u64.saturating_sub(fixed) / per_block).max(1);
-    let chunk_keys = force
-        .chunk_keys
-        .unwrap_or((blocks * (sg * kpl) as u64).min(u32::MAX as u64) as u32)
-        .max(1);
-    Ok(FlashPlan {
+    let blocks = (LOOP_BUDGET.saturating_sub(fixed) / per_block).max(1);
+    let loop_keys = (blocks * (sg * kpl) as u64).min(u32::MAX as u64) as u32;
+    let plan = FlashPlan {
         variant: FlashVariant::Lanes,
         br,
         bc: sg * kpl,
@@ -528,13 +622,205 @@ fn plan_lanes(
         wg: sg,
         workgroup_bytes: 4,
         q_blocks: q_blocks as u32,
-        grid,
-        chunk_keys,
+        grid: (1, 1),
+        splits: 1,
+        split_keys: 0,
+        chunk_keys: 0,
         why: format!(
             "CPU adapter with fixed subgroups of {sg}: lane-per-key kernel, {br} query rows per \
-             workgroup in every lane, {chunk_keys} keys per launch (driver loop limit)"
+             workgroup in every lane"
         ),
-    })
+    };
+    Ok(Tiles::new(
+        plan,
+        q_blocks * problem.batch * problem.heads,
+        loop_keys,
+        sg * kpl,
+    ))
+}
+
+/// Vec4 columns of O merged per step in `flash_decode.wgsl` (its workgroup
+/// memory holds WG × DVC vec4s).
+fn decode_merge_columns(p: &AttentionProblem, wg: u32) -> u32 {
+    (p.head_dim_v.div_ceil(4) as u32).min(8).min(wg)
+}
+
+fn decode_workgroup_bytes(p: &AttentionProblem, wg: u32) -> u32 {
+    wg * 8 + wg * decode_merge_columns(p, wg) * 16 + 32
+}
+
+/// The decode plan: Br query rows of one key/value head per workgroup (the
+/// GQA heads of that kv head packed together), 64 invocations each streaming
+/// its own keys (8 on CPU adapters; fewer if the merge buffer does not fit).
+fn plan_decode(
+    problem: &AttentionProblem,
+    caps: &DeviceCaps,
+    force: TileOverride,
+) -> Result<Tiles> {
+    let rows = problem.heads / problem.kv_heads * problem.n_q;
+    let br = force
+        .tr
+        .unwrap_or_else(|| (rows.next_power_of_two() as u32).min(decode_rows_max(caps)))
+        .max(1);
+    // 64 invocations on GPUs (two NVIDIA warps, one AMD wave) so K/V streams
+    // from many keys at once; 8 on CPU adapters, one SIMD vector of lavapipe,
+    // where a workgroup needs no barrier coroutines: Whisper's decode step ran
+    // in 1.7 ms with 8 (min of 31), 1.9 with 16, 3.5 with 32 and 64.
+    let wg_default = if is_cpu(caps) { 8 } else { 64 };
+    let mut wg = force.wg.unwrap_or(wg_default).min(caps.max_invocations);
+    while force.wg.is_none()
+        && wg > 1
+        && decode_workgroup_bytes(problem, wg) > caps.max_workgroup_storage
+    {
+        wg /= 2;
+    }
+    if wg == 0 || decode_workgroup_bytes(problem, wg) > caps.max_workgroup_storage {
+        return Err(unplannable(
+            "flash_decode",
+            format!(
+                "{wg} invocations need {} bytes of workgroup memory, the device has {}",
+                decode_workgroup_bytes(problem, wg),
+                caps.max_workgroup_storage
+            ),
+        ));
+    }
+    let q_blocks = div_ceil(rows, br as usize);
+    let (d4, dv4, br64) = (
+        problem.head_dim.div_ceil(4) as u64,
+        problem.head_dim_v.div_ceil(4) as u64,
+        br as u64,
+    );
+    // Loop iterations per key of one lane if nothing is unrolled: the dot
+    // products, the softmax update with its (worst case) rescale, P·V.
+    let per_key = d4 * (1 + br64) + br64 * (3 + dv4) + dv4 * (1 + br64) + 2;
+    let fixed = br64 * (2 * d4 + 3 * dv4 + 10) + 4 * br64 * (wg as u64 + dv4 * 2) + 100;
+    let keys_per_lane = (LOOP_BUDGET.saturating_sub(fixed) / per_key).max(1);
+    let loop_keys = if is_cpu(caps) {
+        (keys_per_lane * wg as u64).min(u32::MAX as u64) as u32
+    } else {
+        u32::MAX
+    };
+    let plan = FlashPlan {
+        variant: FlashVariant::Decode,
+        br,
+        bc: wg,
+        tr: br,
+        wg,
+        workgroup_bytes: decode_workgroup_bytes(problem, wg),
+        q_blocks: q_blocks as u32,
+        grid: (1, 1),
+        splits: 1,
+        split_keys: 0,
+        chunk_keys: 0,
+        why: format!(
+            "decode kernel: {rows} query rows per key/value head, {br} per workgroup, \
+             {wg} invocations each streaming its own keys"
+        ),
+    };
+    Ok(Tiles::new(
+        plan,
+        q_blocks * problem.batch * problem.kv_heads,
+        loop_keys,
+        1,
+    ))
+}
+
+/// Iterations one invocation may run in all its loops together before
+/// lavapipe/llvmpipe stop them (65 535), with a margin.
+const LOOP_BUDGET: u64 = 60_000;
+
+/// Most key splits: the combine kernel loops over them once per row.
+pub const MAX_SPLITS: u32 = 256;
+
+/// Workgroups the split heuristic aims for on a GPU: about four per
+/// streaming multiprocessor / compute unit of the largest current parts
+/// (132 on an H100), which wgpu does not report.
+const GPU_TARGET_WORKGROUPS: usize = 512;
+
+/// Bytes of one query row's softmax state: a vec4 (m, l, 0, 0) and ⌈d_v/4⌉
+/// vec4s of unnormalised O (`STATE_VEC4S` in flash_common.wgsl).
+fn state_row_bytes(p: &AttentionProblem) -> u64 {
+    16 * (1 + p.head_dim_v.div_ceil(4)) as u64
+}
+
+/// Chooses split-KV for a variant's tiles: returns (splits, keys per split,
+/// keys per launch).
+///
+/// - Parallelism: a problem whose workgroups (B·H·⌈n_q/Br⌉, or B·H_kv·⌈G·n_q/Br⌉
+///   for the decode kernel) would leave the device idle is split until it has
+///   about 512 workgroups on a GPU or 4 per CPU thread on a CPU adapter, but
+///   never into splits of fewer than 4 key blocks (4·Bc keys; 4 keys per lane
+///   for the decode kernel), which would spend more on the merge than they
+///   save.
+/// - Loop limit: on CPU adapters (lavapipe end a shader's loops after 65 535
+///   iterations, see [`loop_safe_keys`]) a key range too long for one launch
+///   is cut into splits, which run in parallel and need one combine, rather
+///   than into launches that carry the state one after the other. Measured
+///   here on 1×8×2048², d = 64: see README "Split-KV".
+/// - Memory: the partial states, splits × B·H·n_q × (4 + 4·⌈d_v/4⌉) floats,
+///   must fit one storage binding; past that the splits are capped and the
+///   remaining length is cut into carried launches.
+/// - At most [`MAX_SPLITS`]. `force.splits` overrides the heuristic (clamped
+///   to n_kv keys); `force.chunk_keys` the launch length.
+fn choose_splits(
+    problem: &AttentionProblem,
+    caps: &DeviceCaps,
+    tiles: &Tiles,
+    force: TileOverride,
+) -> Result<(u32, u32, u32)> {
+    let kernel = tiles.plan.variant.source().0;
+    let n_kv = problem.n_kv.max(1);
+    let row_bytes = state_row_bytes(problem);
+    let state_limit = caps.max_storage_binding.min(caps.max_buffer_size);
+    let per_split_bytes = row_bytes * problem.lse_len() as u64;
+    let mem_splits = (state_limit / per_split_bytes.max(1)).min(MAX_SPLITS as u64) as usize;
+    let loop_keys = tiles.loop_keys.max(1) as usize;
+    let splits = match force.splits {
+        Some(s) => s.max(1) as usize,
+        None => {
+            let cpu = is_cpu(caps);
+            let target = if cpu {
+                4 * std::thread::available_parallelism().map_or(4, |n| n.get())
+            } else {
+                GPU_TARGET_WORKGROUPS
+            };
+            let min_keys = 4 * tiles.align.max(tiles.plan.wg) as usize;
+            let by_parallelism = if 2 * tiles.base_workgroups >= target {
+                1
+            } else {
+                div_ceil(target, tiles.base_workgroups)
+                    .min(n_kv / min_keys)
+                    .max(1)
+            };
+            let by_loops = if cpu { div_ceil(n_kv, loop_keys) } else { 1 };
+            by_parallelism.max(by_loops).min(mem_splits.max(1))
+        }
+    }
+    .min(n_kv)
+    .min(MAX_SPLITS as usize);
+    // Split boundaries on whole key blocks so the kernels' aligned path
+    // covers every block but each split's last.
+    let align = tiles.align.max(1) as usize;
+    let split_keys = div_ceil(div_ceil(n_kv, splits), align) * align;
+    let splits = div_ceil(n_kv, split_keys);
+    let chunk_keys = match force.chunk_keys {
+        Some(c) => c.max(1) as usize,
+        None if loop_keys >= split_keys => split_keys,
+        None => (loop_keys / align * align).max(align).min(loop_keys),
+    };
+    let launches = div_ceil(split_keys, chunk_keys);
+    if (splits > 1 || launches > 1) && per_split_bytes * splits as u64 > state_limit {
+        return Err(unplannable(
+            kernel,
+            format!(
+                "{splits} key splits need {} bytes of partial state, past the device's {} \
+                 byte binding limit",
+                per_split_bytes * splits as u64,
+                state_limit
+            ),
+        ));
+    }
+    Ok((splits as u32, split_keys as u32, chunk_keys as u32))
 }
 
 /// Uniform parameters of `flash_forward.wgsl`, mirrored field by field by its
@@ -592,12 +878,12 @@ pub struct FlashParams {
     pub kv_end: u32,
     /// Bit 0: first launch of the key range; bit 1: last launch.
     pub flags: u32,
+    /// Key splits (split-KV); 1 = none.
+    pub splits: u32,
+    /// Keys per split; `kv_begin`/`kv_end` are offsets inside a split.
+    pub split_keys: u32,
     /// Padding to a multiple of 16 bytes.
     pub _pad0: u32,
-    /// Padding.
-    pub _pad1: u32,
-    /// Padding.
-    pub _pad2: u32,
 }
 
 impl FlashParams {
@@ -634,11 +920,11 @@ impl FlashParams {
             scale_log2: p.scale() * std::f32::consts::LOG2_E,
             group: h / hk,
             kv_begin: 0,
-            kv_end: nkv,
+            kv_end: plan.split_keys,
             flags: 3,
+            splits: plan.splits,
+            split_keys: plan.split_keys,
             _pad0: 0,
-            _pad1: 0,
-            _pad2: 0,
         }
     }
 }
@@ -651,6 +937,54 @@ pub const FLASH_COMMON_WGSL: &str = include_str!("../shaders/flash_common.wgsl")
 
 /// WGSL source of the lane-per-key variant.
 pub const FLASH_LANES_WGSL: &str = include_str!("../shaders/flash_lanes.wgsl");
+
+/// WGSL source of the decode-shaped variant.
+pub const FLASH_DECODE_WGSL: &str = include_str!("../shaders/flash_decode.wgsl");
+
+/// WGSL source of the split-KV combine kernel (compiled after
+/// [`FLASH_COMMON_WGSL`]).
+pub const SPLIT_COMBINE_WGSL: &str = include_str!("../shaders/split_combine.wgsl");
+
+/// WGSL templates of the fused kernels' tensor access (see its header).
+pub const FLASH_IO_WGSL: &str = include_str!("../shaders/flash_io.wgsl");
+
+/// The `//@ name` section of [`FLASH_IO_WGSL`].
+fn io_template(name: &str) -> &'static str {
+    let marker = format!("//@ {name}\n");
+    let start = FLASH_IO_WGSL
+        .find(&marker)
+        .map(|i| i + marker.len())
+        .unwrap_or_else(|| panic!("flash_io.wgsl has no section {name}"));
+    let end = FLASH_IO_WGSL[start..]
+        .find("//@ ")
+        .map_or(FLASH_IO_WGSL.len(), |i| start + i);
+    &FLASH_IO_WGSL[start..end]
+}
+
+fn spec_value(spec: &[(&'static str, u32)], name: &str) -> u32 {
+    spec.iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v)
+}
+
+/// The source of a fused-family kernel (or the split combine) for `spec`: the
+/// constants, the tensor access chosen by `VEC_QK` and `VEC_V`, the shared
+/// params and bindings, then `body`.
+pub fn flash_source(body: &str, spec: &[(&'static str, u32)]) -> String {
+    let form = |on: u32| if on != 0 { "vec4" } else { "scalar" };
+    let (qk, v) = (
+        form(spec_value(spec, "VEC_QK")),
+        form(spec_value(spec, "VEC_V")),
+    );
+    let mut io = String::new();
+    for (name, binding, f) in [("q", 1, qk), ("k", 2, qk), ("v", 3, v)] {
+        io.push_str(
+            &io_template(f)
+                .replace("$NAME", name)
+                .replace("$BINDING", &binding.to_string()),
+        );
+    }
+    io.push_str(io_template(&format!("out_{v}")));
+    specialise(&format!("{io}\n{FLASH_COMMON_WGSL}\n{body}"), spec)
+}
 
 /// The source the device compiles for a specialisation: `const NAME: u32 = V;`
 /// lines, then the shader body.
@@ -742,16 +1076,20 @@ pub(crate) fn validate_host(
 }
 
 /// The fused kernel, planned and compiled for one problem. Cheap to keep and
-/// reuse: recording a launch costs one uniform buffer and one bind group.
+/// reuse: recording a launch costs one bind group per dispatch, or nothing
+/// with [`FlashAttention::bind`].
 #[derive(Debug)]
 pub struct FlashAttention<'c> {
     ctx: &'c Context,
     problem: AttentionProblem,
     plan: FlashPlan,
     kernel: Arc<Kernel>,
+    /// The split-KV combine, with its grid, when the plan has splits.
+    combine: Option<(Arc<Kernel>, (u32, u32))>,
     /// One uniform buffer per key-range launch.
     params: Vec<wgpu::Buffer>,
-    /// Softmax state carried between launches (absent for one launch).
+    /// Softmax state carried between launches and the splits' partial states
+    /// (absent for one unsplit launch).
     state: Option<wgpu::Buffer>,
 }
 
@@ -781,31 +1119,52 @@ impl<'c> FlashAttention<'c> {
             &FLASH_BINDINGS,
             || plan.variant.specialised(&spec),
         )?;
+        let combine = if plan.splits > 1 {
+            let spec = spec[..6].to_vec();
+            let kernel = ctx.pipeline(
+                PipelineKey {
+                    kernel: "split_combine",
+                    entry: "main",
+                    spec: spec.clone(),
+                },
+                &FLASH_BINDINGS,
+                || flash_source(SPLIT_COMBINE_WGSL, &spec),
+            )?;
+            let grid = fold_grid(
+                problem.lse_len().div_ceil(64),
+                ctx.caps().max_workgroups_per_dim,
+                "split_combine",
+            )?;
+            Some((kernel, grid))
+        } else {
+            None
+        };
         let base = FlashParams::new(problem, &plan);
         let chunk = plan.chunk_keys as usize;
-        let launches = problem.n_kv.div_ceil(chunk).max(1);
+        let launches = (plan.split_keys as usize).div_ceil(chunk).max(1);
         let params = (0..launches)
             .map(|i| {
                 let first = (i == 0) as u32;
                 let last = ((i + 1 == launches) as u32) << 1;
                 let p = FlashParams {
                     kv_begin: (i * chunk) as u32,
-                    kv_end: ((i + 1) * chunk).min(problem.n_kv) as u32,
+                    kv_end: ((i + 1) * chunk).min(plan.split_keys as usize) as u32,
                     flags: first | last,
                     ..base
                 };
                 ctx.upload_uniform("flash params", &p)
             })
             .collect();
-        let state = (launches > 1).then(|| {
-            let row_words = 2 + 4 * problem.head_dim_v.div_ceil(4);
-            ctx.storage("flash state", 4 * (problem.lse_len() * row_words) as u64)
+        let state = (launches > 1 || plan.splits > 1).then(|| {
+            let rows = problem.lse_len() as u64 * plan.splits as u64;
+            ctx.storage("flash state", rows * state_row_bytes(problem))
         });
         Ok(Self {
             ctx,
             problem: *problem,
             plan,
             kernel,
+            combine,
             params,
             state,
         })
@@ -819,6 +1178,46 @@ impl<'c> FlashAttention<'c> {
     /// The problem planned for.
     pub fn problem(&self) -> &AttentionProblem {
         &self.problem
+    }
+
+    /// Bytes of device memory this instance allocated beyond the caller's
+    /// tensors (uniforms and the split/carried softmax state).
+    pub fn scratch_bytes(&self) -> u64 {
+        self.params.iter().map(|b| b.size()).sum::<u64>()
+            + self.state.as_ref().map_or(0, |b| b.size())
+    }
+
+    /// Validates `bufs` once and makes every bind group the launch needs: the
+    /// persistent handle for running many steps against the same buffers
+    /// (decode loops over encoder K/V). Record each step with
+    /// [`BoundAttention::record`]; write new queries into `bufs.q` between
+    /// steps with `queue.write_buffer` or the caller's own kernels.
+    pub fn bind(&self, bufs: &AttentionBuffers<'_>) -> Result<BoundAttention> {
+        bufs.validate(&self.problem)?;
+        let device = self.ctx.device();
+        let kv = bufs.kv_lens.unwrap_or(self.ctx.dummy_buffer());
+        let state = self.state.as_ref().unwrap_or(self.ctx.dummy_rw_buffer());
+        let bind = |params: &wgpu::Buffer, kernel: &Kernel| {
+            kernel.bind(
+                device,
+                &[params, bufs.q, bufs.k, bufs.v, kv, bufs.o, bufs.lse, state],
+            )
+        };
+        let launches = self
+            .params
+            .iter()
+            .map(|params| bind(params, &self.kernel))
+            .collect();
+        let combine = self.combine.as_ref().map(|(kernel, grid)| {
+            let params = self.params.last().expect("at least one launch");
+            (kernel.clone(), bind(params, kernel), *grid)
+        });
+        Ok(BoundAttention {
+            kernel: self.kernel.clone(),
+            grid: self.plan.grid,
+            launches,
+            combine,
+        })
     }
 
     /// Records the launch into the caller's encoder (integration API). Nothing
@@ -838,22 +1237,7 @@ impl<'c> FlashAttention<'c> {
         bufs: &AttentionBuffers<'_>,
         timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
     ) -> Result<()> {
-        bufs.validate(&self.problem)?;
-        let kv = bufs.kv_lens.unwrap_or(self.ctx.dummy_buffer());
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("flash_forward"),
-            timestamp_writes: timestamps,
-        });
-        let state = self.state.as_ref().unwrap_or(self.ctx.dummy_rw_buffer());
-        // Dispatches in one pass are ordered and see each other's writes.
-        for params in &self.params {
-            self.kernel.dispatch(
-                self.ctx.device(),
-                &mut pass,
-                &[params, bufs.q, bufs.k, bufs.v, kv, bufs.o, bufs.lse, state],
-                self.plan.grid,
-            );
-        }
+        self.bind(bufs)?.record_timed(encoder, timestamps);
         Ok(())
     }
 
@@ -868,6 +1252,44 @@ impl<'c> FlashAttention<'c> {
         let t = AttentionTensors::upload(self.ctx, &self.problem, q, k, v, kv_lens)?;
         self.ctx.submit(|enc| self.record(enc, &t.buffers()))?;
         t.download(self.ctx)
+    }
+}
+
+/// A [`FlashAttention`] launch with its buffers bound: validated once,
+/// recorded any number of times with no allocation and no checks.
+#[derive(Debug)]
+pub struct BoundAttention {
+    kernel: Arc<Kernel>,
+    grid: (u32, u32),
+    launches: Vec<wgpu::BindGroup>,
+    combine: Option<(Arc<Kernel>, wgpu::BindGroup, (u32, u32))>,
+}
+
+impl BoundAttention {
+    /// Records the launch (every key-range dispatch, then the split-KV combine
+    /// if the plan has splits) into the caller's encoder, in one compute pass.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder) {
+        self.record_timed(encoder, None);
+    }
+
+    /// As [`BoundAttention::record`], with optional timestamp writes around
+    /// the pass.
+    pub fn record_timed(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("flash_attention"),
+            timestamp_writes: timestamps,
+        });
+        // Dispatches in one pass are ordered and see each other's writes.
+        for bind in &self.launches {
+            self.kernel.dispatch_bound(&mut pass, bind, self.grid);
+        }
+        if let Some((kernel, bind, grid)) = &self.combine {
+            kernel.dispatch_bound(&mut pass, bind, *grid);
+        }
     }
 }
 

@@ -361,3 +361,67 @@ pub fn seeds() -> Vec<(String, AttentionProblem)> {
     .map(|(n, p)| (n.to_string(), p))
     .collect()
 }
+
+/// The `decode` suite: Whisper-large-shaped heads (1×20, d 64), n_q 1 and 16
+/// against n_kv 512 … 32 768.
+pub fn decode_suite() -> Vec<(String, AttentionProblem)> {
+    [1usize, 16]
+        .into_iter()
+        .flat_map(|n_q| {
+            (9..=15).map(move |e| {
+                let n_kv = 1usize << e;
+                (
+                    format!("decode q{n_q} kv{n_kv}"),
+                    AttentionProblem::new(1, 20, n_q, n_kv, 64),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Bytes of K and V a forward pass reads at least once.
+pub fn kv_bytes(p: &AttentionProblem) -> f64 {
+    (p.batch * p.n_kv * p.kv_heads * (p.head_dim + p.head_dim_v) * 4) as f64
+}
+
+/// Median ms of the fused kernel with `force` (inputs seeded; correctness is
+/// the test suite's job, this only times).
+pub fn time_fused(
+    ctx: &Context,
+    p: &AttentionProblem,
+    force: TileOverride,
+    opt: &BenchOptions,
+) -> Result<(f64, FlashPlan)> {
+    let flash = FlashAttention::with_tiles(ctx, p, force)?;
+    let (q, k, v) = crate::check::inputs(p, 2);
+    let tensors = AttentionTensors::upload(ctx, p, &q, &k, &v, None)?;
+    let bound = flash.bind(&tensors.buffers())?;
+    let record = |enc: &mut wgpu::CommandEncoder,
+                  ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
+        bound.record_timed(enc, ts);
+        Ok(())
+    };
+    let ms = median_spread(&time_runs(ctx, opt.warmup, opt.runs, &record)?).0;
+    Ok((ms, flash.plan().clone()))
+}
+
+/// A decode loop as a model runs it: K/V uploaded and bound once, then
+/// `steps` times a new query row written, one launch recorded and submitted;
+/// one wait at the end. Returns wall-clock ms per step.
+pub fn decode_loop_ms(ctx: &Context, p: &AttentionProblem, steps: usize) -> Result<f64> {
+    let flash = FlashAttention::new(ctx, p)?;
+    let (q, k, v) = crate::check::inputs(p, 3);
+    let tensors = AttentionTensors::upload(ctx, p, &q, &k, &v, None)?;
+    let bound = flash.bind(&tensors.buffers())?;
+    let queries: Vec<Vec<f32>> = (0..8).map(|s| crate::check::inputs(p, 100 + s).0).collect();
+    ctx.wait()?;
+    let t = std::time::Instant::now();
+    for step in 0..steps {
+        tensors.write_q(ctx, &queries[step % queries.len()])?;
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        bound.record(&mut enc);
+        ctx.queue().submit([enc.finish()]);
+    }
+    ctx.wait()?;
+    Ok(t.elapsed().as_secs_f64() * 1e3 / steps.max(1) as f64)
+}

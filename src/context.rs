@@ -139,6 +139,12 @@ impl Kernel {
         buffers: &[&wgpu::Buffer],
         grid: (u32, u32),
     ) {
+        let bind = self.bind(device, buffers);
+        self.dispatch_bound(pass, &bind, grid);
+    }
+
+    /// A bind group with `buffers` bound in order, for [`Kernel::dispatch_bound`].
+    pub fn bind(&self, device: &wgpu::Device, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
         let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
             .iter()
             .enumerate()
@@ -147,13 +153,22 @@ impl Kernel {
                 resource: b.as_entire_binding(),
             })
             .collect();
-        let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
             layout: &self.layout,
             entries: &entries,
-        });
+        })
+    }
+
+    /// Records one dispatch with a bind group made by [`Kernel::bind`].
+    pub fn dispatch_bound(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        bind: &wgpu::BindGroup,
+        grid: (u32, u32),
+    ) {
         pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &bind, &[]);
+        pass.set_bind_group(0, bind, &[]);
         pass.dispatch_workgroups(grid.0, grid.1, 1);
     }
 }
@@ -426,10 +441,13 @@ impl Context {
     /// A storage buffer holding `data` (also usable as a copy source).
     pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        // wgpu rejects zero-sized bindings; keep at least one word.
+        // wgpu rejects zero-sized bindings, and a kernel may bind the buffer
+        // as array<vec4<f32>>: keep at least one vec4.
         let padded;
-        let contents = if bytes.len() < 4 {
-            padded = [0u8; 4];
+        let contents = if bytes.len() < 16 {
+            let mut p = [0u8; 16];
+            p[..bytes.len()].copy_from_slice(bytes);
+            padded = p;
             &padded[..]
         } else {
             bytes
@@ -477,7 +495,7 @@ impl Context {
     pub fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size: bytes.max(4).next_multiple_of(4),
+            size: bytes.max(16).next_multiple_of(4),
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_SRC
                 | wgpu::BufferUsages::COPY_DST,

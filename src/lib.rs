@@ -24,7 +24,10 @@
 //! Problem → plan → dispatch: [`AttentionProblem`] describes the shapes,
 //! [`plan`] picks tiles for the device, [`FlashAttention`] compiles once and
 //! records into your own `wgpu::CommandEncoder` ([`FlashAttention::record`])
-//! or runs on host slices ([`FlashAttention::run`]).
+//! or runs on host slices ([`FlashAttention::run`]). Decode loops bind their
+//! buffers once ([`FlashAttention::bind`]) and record each step with
+//! [`BoundAttention::record`]; few-query problems get the decode kernel and
+//! split-KV (key splits merged by `shaders/split_combine.wgsl`).
 
 #![warn(missing_docs)]
 
@@ -39,8 +42,8 @@ pub mod reference;
 pub mod tensor;
 
 pub use attention::{
-    plan, AttentionBuffers, AttentionOutput, AttentionProblem, FlashAttention, FlashParams,
-    FlashPlan, FlashVariant, TileOverride, MAX_HEAD_DIM,
+    plan, AttentionBuffers, AttentionOutput, AttentionProblem, BoundAttention, FlashAttention,
+    FlashParams, FlashPlan, FlashVariant, TileOverride, MAX_HEAD_DIM, MAX_SPLITS,
 };
 pub use context::{Context, ContextOptions, DeviceCaps};
 pub use error::{Error, Result};

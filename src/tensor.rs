@@ -3,7 +3,7 @@
 
 use crate::attention::{validate_host, AttentionBuffers, AttentionOutput, AttentionProblem};
 use crate::context::Context;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The buffers of one problem, owned: q, k, v (and key lengths) uploaded from
 /// host slices, o and lse allocated. [`AttentionTensors::buffers`] lends them
@@ -52,6 +52,24 @@ impl AttentionTensors {
             o: &self.o,
             lse: &self.lse,
         }
+    }
+
+    /// Replaces the queries (a decode step's new rows) without touching K, V
+    /// or any bind group made from these buffers; ordered before work
+    /// submitted afterwards.
+    pub fn write_q(&self, ctx: &Context, q: &[f32]) -> Result<()> {
+        let (name, shape, n) = self.problem.tensors()[0];
+        if q.len() != n {
+            return Err(Error::SizeMismatch {
+                name,
+                got: q.len() as u64,
+                expected: n as u64,
+                shape: format!("{shape:?}"),
+            });
+        }
+        ctx.queue()
+            .write_buffer(&self.q, 0, bytemuck::cast_slice(q));
+        Ok(())
     }
 
     /// Bytes of device memory these tensors hold.

@@ -164,8 +164,8 @@ fn every_tile_shape_gives_the_same_answer() {
             bc: Some(bc),
             tr: Some(tr),
             wg: Some(wg),
-            chunk_keys: None,
-            variant: None,
+            variant: Some(FlashVariant::Tiled),
+            ..Default::default()
         };
         let out = FlashAttention::with_tiles(ctx(), &p, force)
             .and_then(|f| f.run(&q, &k, &v, None))
@@ -247,9 +247,12 @@ fn long_key_ranges_cut_into_launches_carry_the_softmax_state() {
     let lens = [300u32, 64, 7];
     let (q, k, v) = inputs(&p, 15);
     let reference = xattn::reference::attention(&p, &q, &k, &v, Some(&lens)).unwrap();
-    for chunk in [1, 16, 50, 64, 299] {
+    // Chunks inside key splits too: 3 splits of 112 keys in launches of 50.
+    for (chunk, splits) in [(1, 1), (16, 1), (50, 3), (64, 1), (299, 1), (16, 2)] {
         let force = TileOverride {
             chunk_keys: Some(chunk),
+            splits: Some(splits),
+            variant: Some(FlashVariant::Tiled),
             ..Default::default()
         };
         let out = FlashAttention::with_tiles(ctx(), &p, force)
@@ -257,7 +260,7 @@ fn long_key_ranges_cut_into_launches_carry_the_softmax_state() {
             .unwrap();
         assert!(
             max_err(&out.o, &reference.o) < 1e-4,
-            "chunk {chunk}: O {:.3e}",
+            "chunk {chunk}, {splits} splits: O {:.3e}",
             max_err(&out.o, &reference.o)
         );
         assert!(max_err(&out.lse, &reference.lse) < 1e-4, "chunk {chunk}");

@@ -5,7 +5,7 @@ use std::mem::{offset_of, size_of};
 
 use xattn::wgpu;
 
-use xattn::attention::FlashVariant;
+use xattn::attention::{flash_source, FlashVariant, SPLIT_COMBINE_WGSL};
 use xattn::check::grid;
 use xattn::naive::NAIVE_WGSL;
 use xattn::{plan, AttentionProblem, DeviceCaps, FlashParams, NaiveParams, TileOverride};
@@ -51,32 +51,57 @@ fn flash_forward_validates_for_every_planned_specialisation() {
         .map(|c| c.problem)
         .chain(extra)
         .collect();
+    let mut combines = std::collections::HashSet::new();
     for dev in &devices {
         for p in &problems {
-            let variant = if dev.subgroups && p.head_dim <= 64 {
-                FlashVariant::Lanes
-            } else {
-                FlashVariant::Tiled
-            };
-            let force = TileOverride {
-                variant: Some(variant),
-                ..Default::default()
-            };
-            let plan = plan(p, dev, force).unwrap();
-            assert!(plan.workgroup_bytes <= dev.max_workgroup_storage);
-            assert!(plan.wg <= dev.max_invocations);
-            let spec = plan.spec(p);
-            if seen.insert((plan.variant, spec.clone())) {
-                validate(
-                    &plan.variant.specialised(&spec),
-                    &format!("{:?} {spec:?}", plan.variant),
-                );
+            let mut variants = vec![None, Some(FlashVariant::Tiled), Some(FlashVariant::Decode)];
+            if dev.subgroups && p.head_dim <= 64 {
+                variants.push(Some(FlashVariant::Lanes));
+            }
+            for variant in variants {
+                let force = TileOverride {
+                    variant,
+                    ..Default::default()
+                };
+                let plan = plan(p, dev, force).unwrap();
+                assert!(plan.workgroup_bytes <= dev.max_workgroup_storage);
+                assert!(plan.wg <= dev.max_invocations);
+                let spec = plan.spec(p);
+                if seen.insert((plan.variant, spec.clone())) {
+                    validate(
+                        &plan.variant.specialised(&spec),
+                        &format!("{:?} {spec:?}", plan.variant),
+                    );
+                }
+                let combine = spec[..6].to_vec();
+                if combines.insert(combine.clone()) {
+                    validate(
+                        &flash_source(SPLIT_COMBINE_WGSL, &combine),
+                        &format!("split_combine {combine:?}"),
+                    );
+                }
             }
         }
     }
     assert!(seen.len() > 10);
-    assert!(seen.iter().any(|(v, _)| *v == FlashVariant::Lanes));
-    assert!(seen.iter().any(|(v, _)| *v == FlashVariant::Tiled));
+    for v in [
+        FlashVariant::Lanes,
+        FlashVariant::Tiled,
+        FlashVariant::Decode,
+    ] {
+        assert!(seen.iter().any(|(s, _)| *s == v), "{v:?} never planned");
+    }
+    // Both tensor access forms of flash_io.wgsl, for every tensor.
+    for flag in ["VEC_QK", "VEC_V"] {
+        for on in [0, 1] {
+            assert!(
+                combines
+                    .iter()
+                    .any(|s| s.iter().any(|&(n, v)| n == flag && v == on)),
+                "{flag} = {on} never planned"
+            );
+        }
+    }
 }
 
 #[test]
@@ -116,6 +141,8 @@ fn flash_params_match_the_wgsl_struct() {
         ("DV", 64),
         ("D4", 16),
         ("DV4", 16),
+        ("VEC_QK", 1),
+        ("VEC_V", 1),
         ("BR", 64),
         ("BC", 16),
         ("TR", 4),
@@ -150,9 +177,9 @@ fn flash_params_match_the_wgsl_struct() {
         kv_begin,
         kv_end,
         flags,
-        _pad0,
-        _pad1,
-        _pad2
+        splits,
+        split_keys,
+        _pad0
     );
     assert_eq!(members, host);
     assert_eq!(span as usize, size_of::<FlashParams>());

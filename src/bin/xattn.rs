@@ -63,9 +63,14 @@ enum Command {
     ///
     /// Example: xattn bench --shape 1,8,8,2048,2048,64
     Bench {
-        /// One shape B,H,HKV,NQ,NKV,D instead of the seeds suite.
+        /// One shape B,H,HKV,NQ,NKV,D instead of a suite.
         #[arg(long)]
         shape: Option<String>,
+        /// Suite: seeds (the literature's workloads), square (n = 256 … 8192,
+        /// d 64) or decode (n_q 1 and 16 against n_kv 512 … 32 768, split-KV
+        /// on and off, K/V GB/s, and a 448-step decode loop).
+        #[arg(long, value_enum, default_value_t = Suite::Seeds)]
+        suite: Suite,
         /// Timed runs per kernel.
         #[arg(long, default_value_t = 5)]
         runs: usize,
@@ -81,11 +86,38 @@ enum Command {
         /// Skip the naive kernel.
         #[arg(long)]
         no_naive: bool,
-        /// Use the lane-per-key variant of the fused kernel (CPU adapters with
-        /// fixed-size subgroups, e.g. lavapipe).
+        /// Force the fused kernel's variant: tiled, decode, or lanes (CPU
+        /// adapters with fixed-size subgroups, e.g. lavapipe).
+        #[arg(long, value_enum)]
+        variant: Option<VariantArg>,
+        /// Force the number of key splits (split-KV); 1 turns splitting off.
         #[arg(long)]
-        lanes: bool,
+        splits: Option<u32>,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Suite {
+    Seeds,
+    Square,
+    Decode,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum VariantArg {
+    Tiled,
+    Decode,
+    Lanes,
+}
+
+impl VariantArg {
+    fn variant(self) -> xattn::FlashVariant {
+        match self {
+            VariantArg::Tiled => xattn::FlashVariant::Tiled,
+            VariantArg::Decode => xattn::FlashVariant::Decode,
+            VariantArg::Lanes => xattn::FlashVariant::Lanes,
+        }
+    }
 }
 
 /// Exit codes: 0 ok, 1 a check failed, 2 bad input or no device.
@@ -115,21 +147,25 @@ fn main() -> ExitCode {
         Command::Check { quick } => check(quick),
         Command::Bench {
             shape,
+            suite,
             runs,
             bc,
             tr,
             wg,
             no_naive,
-            lanes,
+            variant,
+            splits,
         } => bench_cmd(
             shape,
+            suite,
             runs,
             TileOverride {
                 bc,
                 tr,
                 wg,
                 chunk_keys: None,
-                variant: lanes.then_some(xattn::FlashVariant::Lanes),
+                variant: variant.map(VariantArg::variant),
+                splits,
             },
             !no_naive,
         ),
@@ -294,6 +330,66 @@ fn check(quick: bool) -> Result<ExitCode, Error> {
     })
 }
 
+/// The decode suite: the planner's choice (decode kernel, split-KV by the
+/// heuristic), the decode kernel with one split, and the FA-2 tiled kernel
+/// with one split (one workgroup per query block, no key parallelism); K/V
+/// bytes read per second against the copy probe; then a 448-step loop.
+fn decode_cmd(ctx: &Context, opt: &BenchOptions) -> Result<ExitCode, Error> {
+    let probe = bench::probe(ctx)?;
+    println!(
+        "adapter: {} ({:?})  copy probe {:.1} GB/s",
+        ctx.caps().info.name,
+        ctx.caps().info.backend,
+        probe.copy_gbps
+    );
+    println!(
+        "{:<20} {:>9} {:>6} {:>8} {:>6} {:>13} {:>7} {:>10} {:>9} {:>7}",
+        "workload",
+        "fused ms",
+        "splits",
+        "K/V GB/s",
+        "%copy",
+        "1-split ms",
+        "×",
+        "FA-2 ms",
+        "naive ms",
+        "×naive"
+    );
+    for (name, p) in bench::decode_suite() {
+        let row = bench::bench_problem(ctx, &p, opt)?;
+        let gbps = bench::kv_bytes(&p) / (row.fused_ms * 1e-3) / 1e9;
+        let one = |variant| TileOverride {
+            variant: Some(variant),
+            splits: Some(1),
+            ..opt.tiles
+        };
+        let (one_split, _) = bench::time_fused(ctx, &p, one(xattn::FlashVariant::Decode), opt)?;
+        let (tiled, _) = bench::time_fused(ctx, &p, one(xattn::FlashVariant::Tiled), opt)?;
+        let naive = row.naive_ms.as_ref().ok();
+        println!(
+            "{:<20} {:>9.3} {:>6} {:>8.2} {:>5.0}% {:>13.3} {:>7.2} {:>10.3} {:>9} {:>7}",
+            name,
+            row.fused_ms,
+            row.plan.splits,
+            gbps,
+            100.0 * gbps / probe.copy_gbps,
+            one_split,
+            one_split / row.fused_ms,
+            tiled,
+            naive.map_or("-".into(), |ms| format!("{ms:.2}")),
+            naive.map_or("-".into(), |ms| format!("{:.1}", ms / row.fused_ms)),
+        );
+    }
+    let whisper = AttentionProblem::new(1, 20, 1, 1500, 64);
+    let per_step = bench::decode_loop_ms(ctx, &whisper, 448)?;
+    println!(
+        "Whisper decode loop, 448 steps (1x20, 1x1500, d64, K/V bound once, one submit per step): \
+         {per_step:.3} ms per step, {:.2} GB/s of K/V",
+        bench::kv_bytes(&whisper) / (per_step * 1e-3) / 1e9
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn parse_shape(s: &str) -> Result<AttentionProblem, Error> {
     let v: Vec<usize> = s
         .split(',')
@@ -314,14 +410,30 @@ fn parse_shape(s: &str) -> Result<AttentionProblem, Error> {
 
 fn bench_cmd(
     shape: Option<String>,
+    suite: Suite,
     runs: usize,
     tiles: TileOverride,
     naive: bool,
 ) -> Result<ExitCode, Error> {
     let ctx = Context::new()?;
-    let suite = match shape {
-        Some(s) => vec![("custom".to_string(), parse_shape(&s)?)],
-        None => bench::seeds(),
+    let suite = match (shape, suite) {
+        (Some(s), _) => vec![("custom".to_string(), parse_shape(&s)?)],
+        (None, Suite::Seeds) => bench::seeds(),
+        (None, Suite::Square) => (8..=13)
+            .map(|e| {
+                let n = 1usize << e;
+                (format!("square {n}"), AttentionProblem::new(1, 1, n, n, 64))
+            })
+            .collect(),
+        (None, Suite::Decode) => {
+            let opt = BenchOptions {
+                runs,
+                tiles,
+                naive,
+                ..Default::default()
+            };
+            return decode_cmd(&ctx, &opt);
+        }
     };
     let probe = bench::probe(&ctx)?;
     println!(

@@ -1,0 +1,186 @@
+// Fused attention for decode-shaped problems (a few query rows, many keys):
+// flash-decoding inside one workgroup, same semantics, params and bindings as
+// flash_forward.wgsl.
+//
+// A workgroup owns BR query rows that read the same key/value head — row i of
+// each of the G = H/H_kv query heads of kv head hk, packed as
+// r = (h − hk·G)·n_q + i, so GQA/MQA heads share one pass over K and V — and
+// one split of the key range. Invocation `lid` takes keys lid, lid + WG, … of
+// the range straight from memory (each key is read once per workgroup) and
+// keeps, for each of its BR rows, a private online softmax: running max m,
+// sum l and unnormalised O. The rescale happens only when a lane's max grows,
+// which after the first few keys is rare. When the keys are done the WG
+// partial states are merged through workgroup memory (lane 0 finds the max and the
+// rescaled sum, then DVC vec4 columns of O at a time), and the merged state goes to O and LSE or, with
+// several splits, to `state` for split_combine.wgsl. No barrier inside the key
+// loop, no subgroup operations: it runs on every adapter, GL included.
+//
+// Host-prepended constants: D, DV, D4, DV4 (see flash_forward.wgsl), BR (rows
+// per workgroup), WG (invocations), DVC (vec4 columns per merge step).
+
+var<private> q_reg: array<vec4<f32>, BR * D4>;
+var<private> acc: array<vec4<f32>, BR * DV4>;
+var<private> m: array<f32, BR>;
+var<private> l: array<f32, BR>;
+
+var<workgroup> red_m: array<f32, WG>;
+var<workgroup> red_l: array<f32, WG>;
+var<workgroup> red_o: array<vec4<f32>, WG * DVC>;
+// The merged (max, sum) of the row being merged, computed by lane 0.
+var<workgroup> wg_merged: vec2<f32>;
+
+// Which (row block, batch, kv head, key split) a workgroup owns; q_blocks is
+// ⌈G·n_q / BR⌉ here.
+struct Rows {
+    live: bool,
+    rb: u32,
+    b: u32,
+    hk: u32,
+    split: u32,
+}
+
+fn decode_tile(wid: vec3<u32>) -> Rows {
+    let linear = wid.x + wid.y * p.grid_x;
+    let per_split = p.q_blocks * p.batch * p.kv_heads;
+    let rest = linear % per_split;
+    let bk = rest / p.q_blocks;
+    return Rows(linear < per_split * p.splits, rest % p.q_blocks, bk / p.kv_heads, bk % p.kv_heads, linear / per_split);
+}
+
+// Query head and query row of packed row `r` of the workgroup; `x` is the
+// head, `y` the row, `z` 1 when the packed row exists.
+fn packed_row(t: Rows, r: u32) -> vec3<u32> {
+    let pr = t.rb * BR + r;
+    return vec3<u32>(t.hk * p.group + pr / p.n_q, pr % p.n_q, u32(pr < p.group * p.n_q));
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let t = decode_tile(wid);
+    if (!t.live) {
+        return;
+    }
+    let n_valid = key_count(t.b, lid);
+    let first = (p.flags & 1u) != 0u;
+    for (var r = 0u; r < BR; r++) {
+        let hq = packed_row(t, r);
+        let base = t.b * p.q_stride_b + hq.y * p.q_stride_s + hq.x * p.q_stride_h;
+        for (var c = 0u; c < D4; c++) {
+            var val = vec4<f32>(0.0);
+            if (hq.z != 0u) {
+                val = q_row4(base, c, D) * p.scale_log2;
+            }
+            q_reg[r * D4 + c] = val;
+        }
+        m[r] = NEG_BIG;
+        l[r] = 0.0;
+        for (var c = 0u; c < DV4; c++) {
+            acc[r * DV4 + c] = vec4<f32>(0.0);
+        }
+        // A carried state continues in lane 0; the other lanes start empty.
+        if (!first && hq.z != 0u && lid == 0u) {
+            let sb = state_base(t.split, (t.b * p.heads + hq.x) * p.n_q + hq.y);
+            m[r] = state[sb].x;
+            l[r] = state[sb].y;
+            for (var c = 0u; c < DV4; c++) {
+                acc[r * DV4 + c] = state[sb + 1u + c];
+            }
+        }
+    }
+
+    let k_base = t.b * p.k_stride_b + t.hk * p.k_stride_h;
+    let v_base = t.b * p.v_stride_b + t.hk * p.v_stride_h;
+    let range = key_range(t.split, n_valid);
+    for (var j = range.x + lid; j < range.y; j += WG) {
+        var part: array<vec4<f32>, BR>;
+        for (var r = 0u; r < BR; r++) {
+            part[r] = vec4<f32>(0.0);
+        }
+        let kr = k_base + j * p.k_stride_s;
+        for (var c = 0u; c < D4; c++) {
+            let kk = k_row4(kr, c, D);
+            for (var r = 0u; r < BR; r++) {
+                part[r] = fma(q_reg[r * D4 + c], kk, part[r]);
+            }
+        }
+        var pw: array<f32, BR>;
+        for (var r = 0u; r < BR; r++) {
+            let s = (part[r].x + part[r].y) + (part[r].z + part[r].w);
+            if (s > m[r]) {
+                let alpha = exp2(m[r] - s);
+                l[r] *= alpha;
+                for (var c = 0u; c < DV4; c++) {
+                    acc[r * DV4 + c] *= alpha;
+                }
+                m[r] = s;
+            }
+            pw[r] = exp2(s - m[r]);
+            l[r] += pw[r];
+        }
+        let vr = v_base + j * p.v_stride_s;
+        for (var c = 0u; c < DV4; c++) {
+            let vv = v_row4(vr, c, DV);
+            for (var r = 0u; r < BR; r++) {
+                acc[r * DV4 + c] = fma(vec4<f32>(pw[r]), vv, acc[r * DV4 + c]);
+            }
+        }
+    }
+
+    // Merge the WG lanes' states, row by row. Every barrier below is reached
+    // by the whole workgroup: the loops' bounds are constants.
+    let out = writes_output();
+    for (var r = 0u; r < BR; r++) {
+        let hq = packed_row(t, r);
+        let row = (t.b * p.heads + hq.x) * p.n_q + hq.y;
+        let sb = state_base(t.split, row);
+        let ob = t.b * p.o_stride_b + hq.y * p.o_stride_s + hq.x * p.o_stride_h;
+        workgroupBarrier();
+        red_m[lid] = m[r];
+        red_l[lid] = l[r];
+        workgroupBarrier();
+        if (lid == 0u) {
+            var mx = NEG_BIG;
+            for (var i = 0u; i < WG; i++) {
+                mx = max(mx, red_m[i]);
+            }
+            var total = 0.0;
+            for (var i = 0u; i < WG; i++) {
+                total = fma(red_l[i], exp2(red_m[i] - mx), total);
+            }
+            wg_merged = vec2<f32>(mx, total);
+        }
+        let merged = workgroupUniformLoad(&wg_merged);
+        let mx = merged.x;
+        let total = merged.y;
+        let w = exp2(m[r] - mx);
+        let inv = select(1.0 / total, 0.0, total == 0.0);
+        for (var c0 = 0u; c0 < DV4; c0 += DVC) {
+            workgroupBarrier();
+            for (var cc = 0u; cc < DVC; cc++) {
+                if (c0 + cc < DV4) {
+                    red_o[lid * DVC + cc] = acc[r * DV4 + c0 + cc] * w;
+                }
+            }
+            workgroupBarrier();
+            let c = c0 + lid;
+            if (lid < DVC && c < DV4 && hq.z != 0u) {
+                var col = vec4<f32>(0.0);
+                for (var i = 0u; i < WG; i++) {
+                    col += red_o[i * DVC + lid];
+                }
+                if (out) {
+                    store_o4(ob, c, col * inv);
+                } else {
+                    state[sb + 1u + c] = col;
+                }
+            }
+        }
+        if (lid == 0u && hq.z != 0u) {
+            if (out) {
+                lse[row] = lse_of(mx, total);
+            } else {
+                state[sb] = vec4<f32>(mx, total, 0.0, 0.0);
+            }
+        }
+    }
+}

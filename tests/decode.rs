@@ -1,0 +1,211 @@
+//! Split-KV (flash-decoding), the decode kernel and the bound handle for
+//! decode loops, against the f64 reference with the tolerance rule.
+
+mod common;
+
+use common::ctx;
+use xattn::check::{check_with, inputs, max_err};
+use xattn::wgpu;
+use xattn::{
+    plan, AttentionBuffers, AttentionProblem, AttentionTensors, DeviceCaps, Error, FlashAttention,
+    FlashVariant, TileOverride, MAX_SPLITS,
+};
+
+fn forced(variant: FlashVariant, splits: u32) -> TileOverride {
+    TileOverride {
+        variant: Some(variant),
+        splits: Some(splits),
+        ..Default::default()
+    }
+}
+
+/// Runs the fused kernel with `force` under the tolerance rule and returns
+/// its plan's split count.
+fn assert_close_forced(
+    p: &AttentionProblem,
+    lens: Option<&[u32]>,
+    seed: u64,
+    force: TileOverride,
+) -> u32 {
+    let flash = FlashAttention::with_tiles(ctx(), p, force).unwrap();
+    let r = check_with(ctx(), p, lens, seed, |q, k, v| flash.run(q, k, v, lens)).unwrap();
+    assert!(
+        r.passed(),
+        "{p:?} {force:?} lens {lens:?}: O {:.3e} (bound {:.3e}), LSE {:.3e} (bound {:.3e})",
+        r.fused.o,
+        r.o_bound(),
+        r.fused.lse,
+        r.lse_bound()
+    );
+    flash.plan().splits
+}
+
+#[test]
+fn forced_split_counts_on_ragged_key_ranges() {
+    // Key lengths: all keys, fewer than one split holds, and none.
+    for (variant, n_q, d) in [
+        (FlashVariant::Decode, 1, 64),
+        (FlashVariant::Decode, 3, 59),
+        (FlashVariant::Tiled, 33, 40),
+    ] {
+        for n_kv in [1usize, 77, 1500, 4097] {
+            let p = AttentionProblem::new(3, 4, n_q, n_kv, d)
+                .with_kv_heads(2)
+                .with_kv_lens(true);
+            let lens = [n_kv as u32, n_kv.min(5) as u32, 0];
+            for splits in [1, 2, 3, 7, MAX_SPLITS] {
+                let seed = (n_kv * 10 + splits as usize) as u64;
+                let got = assert_close_forced(&p, Some(&lens), seed, forced(variant, splits));
+                // Every split holds at least one key block.
+                assert!(got <= splits && (got as usize) <= n_kv, "{got} splits");
+                if n_kv >= 1500 {
+                    assert!(
+                        got >= splits.min(64),
+                        "{variant:?} {n_kv}: {got} < {splits}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fully_masked_splits_combine_to_zero_and_minus_infinity() {
+    let p = AttentionProblem::new(3, 2, 1, 1500, 64).with_kv_lens(true);
+    let lens = [0u32, 3, 1500];
+    let (q, k, v) = inputs(&p, 21);
+    let reference = xattn::reference::attention(&p, &q, &k, &v, Some(&lens)).unwrap();
+    let flash = FlashAttention::with_tiles(ctx(), &p, forced(FlashVariant::Decode, 7)).unwrap();
+    assert_eq!(flash.plan().splits, 7);
+    let out = flash.run(&q, &k, &v, Some(&lens)).unwrap();
+    // Batch 0: every split empty. Batch 1: six of seven splits empty.
+    let row = p.heads * p.head_dim_v;
+    assert!(out.o[..row].iter().all(|&x| x == 0.0), "{:?}", &out.o[..8]);
+    assert!(out.lse[..p.heads].iter().all(|&x| x == f32::NEG_INFINITY));
+    assert!(out.o[row..]
+        .iter()
+        .chain(&out.lse[p.heads..])
+        .all(|x| x.is_finite()));
+    assert!(max_err(&out.o, &reference.o) < 1e-4);
+    assert!(max_err(&out.lse, &reference.lse) < 1e-4);
+}
+
+#[test]
+fn decode_kernel_packs_gqa_heads_and_handles_odd_head_dims() {
+    // MQA 8:1 (8 rows per kv head), GQA 8:2 with 3 queries (12 rows: two
+    // row blocks, the second ragged), odd and large head dims, d_v ≠ d.
+    for (i, p) in [
+        AttentionProblem::new(2, 8, 1, 300, 64).with_kv_heads(1),
+        AttentionProblem::new(1, 8, 3, 799, 111).with_kv_heads(2),
+        AttentionProblem::new(1, 4, 2, 129, 256),
+        AttentionProblem::new(2, 3, 1, 77, 7).with_head_dim_v(13),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let force = TileOverride {
+            variant: Some(FlashVariant::Decode),
+            ..Default::default()
+        };
+        assert_close_forced(p, None, 30 + i as u64, force);
+    }
+}
+
+#[test]
+fn bound_handle_runs_many_decode_steps_against_one_encoder_kv() {
+    // Encoder K/V uploaded and bound once; each step writes a new query into
+    // the same buffer and records into its own encoder.
+    let p = AttentionProblem::new(1, 4, 1, 333, 64);
+    let c = ctx();
+    let flash = FlashAttention::new(c, &p).unwrap();
+    let (q0, k, v) = inputs(&p, 40);
+    let t = AttentionTensors::upload(c, &p, &q0, &k, &v, None).unwrap();
+    let bound = flash.bind(&t.buffers()).unwrap();
+    for step in 0..5u64 {
+        let (q, _, _) = inputs(&p, 41 + step);
+        t.write_q(c, &q).unwrap();
+        let mut enc = c.device().create_command_encoder(&Default::default());
+        bound.record(&mut enc);
+        c.queue().submit([enc.finish()]);
+        let out = t.download(c).unwrap();
+        let r = xattn::reference::attention(&p, &q, &k, &v, None).unwrap();
+        assert!(
+            max_err(&out.o, &r.o) < 2e-5,
+            "step {step}: {:.3e}",
+            max_err(&out.o, &r.o)
+        );
+        assert!(max_err(&out.lse, &r.lse) < 2e-5, "step {step}");
+    }
+}
+
+#[test]
+fn bind_rejects_buffers_too_small_for_the_problem() {
+    let p = AttentionProblem::new(1, 2, 1, 64, 32);
+    let flash = FlashAttention::new(ctx(), &p).unwrap();
+    let small = ctx().storage("small", 16);
+    let t = AttentionTensors::upload(
+        ctx(),
+        &p,
+        &vec![0.0; p.q_len()],
+        &vec![0.0; p.k_len()],
+        &vec![0.0; p.v_len()],
+        None,
+    )
+    .unwrap();
+    let bufs = AttentionBuffers {
+        k: &small,
+        ..t.buffers()
+    };
+    assert!(matches!(
+        flash.bind(&bufs),
+        Err(Error::SizeMismatch { name: "k", .. })
+    ));
+}
+
+fn caps(device_type: wgpu::DeviceType) -> DeviceCaps {
+    let mut c =
+        DeviceCaps::webgpu_defaults(wgpu::AdapterInfo::new(device_type, wgpu::Backend::Noop));
+    c.max_workgroup_storage = 32768;
+    c
+}
+
+#[test]
+fn planner_splits_where_the_grid_would_leave_the_device_idle() {
+    let gpu = caps(wgpu::DeviceType::DiscreteGpu);
+    let whisper = AttentionProblem::new(1, 20, 1, 1500, 64);
+    let w = plan(&whisper, &gpu, TileOverride::default()).unwrap();
+    assert_eq!(w.variant, FlashVariant::Decode);
+    assert!(w.splits > 1, "{w:?}");
+    let perceiver = AttentionProblem::new(1, 1, 512, 50_176, 64);
+    let pc = plan(&perceiver, &gpu, TileOverride::default()).unwrap();
+    assert_eq!(pc.variant, FlashVariant::Tiled);
+    assert!(pc.splits >= 32, "{pc:?}");
+    // Enough workgroups already: no split, one launch.
+    let square = AttentionProblem::new(4, 16, 2048, 2048, 64);
+    let sq = plan(&square, &gpu, TileOverride::default()).unwrap();
+    assert_eq!((sq.splits, sq.chunk_keys, sq.split_keys), (1, 2048, 2048));
+    // CPU adapters cut long ranges into parallel splits of one launch each.
+    let cpu = caps(wgpu::DeviceType::Cpu);
+    let long = AttentionProblem::new(1, 8, 2048, 16_384, 64);
+    let l = plan(&long, &cpu, TileOverride::default()).unwrap();
+    assert!(l.splits > 1 && l.chunk_keys == l.split_keys, "{l:?}");
+    assert!(l.splits as usize * l.split_keys as usize >= 16_384);
+}
+
+#[test]
+fn forced_splits_are_clamped_and_oversized_state_is_a_typed_error() {
+    let cpu = caps(wgpu::DeviceType::Cpu);
+    let tiny = AttentionProblem::new(1, 1, 1, 3, 8);
+    let t = plan(&tiny, &cpu, forced(FlashVariant::Decode, 100)).unwrap();
+    assert_eq!(t.splits, 3);
+    let mut small = cpu.clone();
+    small.max_storage_binding = 1 << 20;
+    small.max_buffer_size = 1 << 20;
+    let big = AttentionProblem::new(1, 8, 256, 4096, 64);
+    match plan(&big, &small, forced(FlashVariant::Tiled, 64)) {
+        Err(Error::Unplannable { reason, .. }) => {
+            assert!(reason.contains("partial state"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
