@@ -393,7 +393,7 @@ pub(crate) fn fold_grid(
 /// - Tiled, Bc: the largest of 32, 16, 8, 4 (16 on CPU adapters) whose K and
 ///   V tiles fit the device's workgroup memory (WebGPU's default 16 KiB gives
 ///   Bc = 32 at d = 64).
-/// - Splits: see [`choose_splits`].
+/// - Splits: see `choose_splits` in this file (and README "Decoding").
 pub fn plan(
     problem: &AttentionProblem,
     caps: &DeviceCaps,

@@ -239,3 +239,37 @@ fn tiny_bench_runs_and_prints_a_row() {
         "{text}"
     );
 }
+
+#[test]
+fn bench_forces_variant_and_splits_and_rejects_unknown_ones() {
+    let out = bin()
+        .args([
+            "bench",
+            "--shape",
+            "1,4,2,1,300,32",
+            "--runs",
+            "1",
+            "--variant",
+            "decode",
+            "--splits",
+            "3",
+            "--no-naive",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("1×300 d32"), "{text}");
+    for bad in [["--variant", "fastest"], ["--suite", "nope"]] {
+        let out = bin().arg("bench").args(bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(bad[1]),
+            "{bad:?}"
+        );
+    }
+}
