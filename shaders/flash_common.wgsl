@@ -79,13 +79,23 @@ struct Tile {
     split: u32,
 }
 
-fn workgroup_tile(wid: vec3<u32>) -> Tile {
+// The tile of workgroup `wid` in a grid of q_blocks × batch × `heads` ×
+// splits workgroups: `heads` is H for kernels with one query head per
+// workgroup (h its index, hk = h / group), H_kv for flash_decode.wgsl, whose
+// workgroups own a kv head (then h = hk = that kv head, and qb indexes the
+// packed rows of its query heads).
+fn grid_tile(wid: vec3<u32>, heads: u32) -> Tile {
     let linear = wid.x + wid.y * p.grid_x;
-    let per_split = p.q_blocks * p.batch * p.heads;
+    let per_split = p.q_blocks * p.batch * heads;
     let rest = linear % per_split;
     let bh = rest / p.q_blocks;
-    let h = bh % p.heads;
-    return Tile(linear < per_split * p.splits, rest % p.q_blocks, bh / p.heads, h, h / p.group, linear / per_split);
+    let h = bh % heads;
+    let hk = select(h / p.group, h, heads == p.kv_heads);
+    return Tile(linear < per_split * p.splits, rest % p.q_blocks, bh / heads, h, hk, linear / per_split);
+}
+
+fn workgroup_tile(wid: vec3<u32>) -> Tile {
+    return grid_tile(wid, p.heads);
 }
 
 // Vec4s of one state row: (m, l, 0, 0), then the unnormalised O.

@@ -29,34 +29,17 @@ var<workgroup> red_o: array<vec4<f32>, WG * DVC>;
 // The merged (max, sum) of the row being merged, computed by lane 0.
 var<workgroup> wg_merged: vec2<f32>;
 
-// Which (row block, batch, kv head, key split) a workgroup owns; q_blocks is
-// ⌈G·n_q / BR⌉ here.
-struct Rows {
-    live: bool,
-    rb: u32,
-    b: u32,
-    hk: u32,
-    split: u32,
-}
-
-fn decode_tile(wid: vec3<u32>) -> Rows {
-    let linear = wid.x + wid.y * p.grid_x;
-    let per_split = p.q_blocks * p.batch * p.kv_heads;
-    let rest = linear % per_split;
-    let bk = rest / p.q_blocks;
-    return Rows(linear < per_split * p.splits, rest % p.q_blocks, bk / p.kv_heads, bk % p.kv_heads, linear / per_split);
-}
-
 // Query head and query row of packed row `r` of the workgroup; `x` is the
 // head, `y` the row, `z` 1 when the packed row exists.
-fn packed_row(t: Rows, r: u32) -> vec3<u32> {
-    let pr = t.rb * BR + r;
+fn packed_row(t: Tile, r: u32) -> vec3<u32> {
+    let pr = t.qb * BR + r;
     return vec3<u32>(t.hk * p.group + pr / p.n_q, pr % p.n_q, u32(pr < p.group * p.n_q));
 }
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let t = decode_tile(wid);
+    // qb: the block of packed rows; h = hk: the kv head.
+    let t = grid_tile(wid, p.kv_heads);
     if (!t.live) {
         return;
     }
