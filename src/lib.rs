@@ -39,6 +39,7 @@ pub mod error;
 pub mod naive;
 pub mod npy;
 pub mod reference;
+pub mod report;
 pub mod tensor;
 
 pub use attention::{

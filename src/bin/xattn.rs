@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use xattn::bench::{self, BenchOptions};
 use xattn::npy;
+use xattn::report::{DecodeFigures, Report, ReportRow};
+use xattn::FlashVariant;
 use xattn::{AttentionProblem, Context, ContextOptions, Error, TileOverride};
 
 #[derive(Parser)]
@@ -23,7 +25,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Adapters, the chosen one and why, features, limits, tile plan, probes.
-    Info,
+    Info {
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Attention on .npy inputs (float32, C order, BSHD).
     ///
     /// Example: xattn run --q q.npy --k k.npy --v v.npy --out o.npy --lse lse.npy
@@ -93,6 +99,12 @@ enum Command {
         /// Force the number of key splits (split-KV); 1 turns splitting off.
         #[arg(long)]
         splits: Option<u32>,
+        /// Write every figure, the adapter and the versions as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Draw a bar chart of GFLOP/s per shape and kernel (SVG).
+        #[arg(long)]
+        svg: Option<PathBuf>,
     },
 }
 
@@ -124,7 +136,7 @@ impl VariantArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
-        Command::Info => info(),
+        Command::Info { json } => info(json),
         Command::Run {
             q,
             k,
@@ -155,20 +167,27 @@ fn main() -> ExitCode {
             no_naive,
             variant,
             splits,
-        } => bench_cmd(
+            json,
+            svg,
+        } => bench_cmd(BenchArgs {
             shape,
             suite,
-            runs,
-            TileOverride {
-                bc,
-                tr,
-                wg,
-                chunk_keys: None,
-                variant: variant.map(VariantArg::variant),
-                splits,
+            opt: BenchOptions {
+                runs,
+                tiles: TileOverride {
+                    bc,
+                    tr,
+                    wg,
+                    chunk_keys: None,
+                    variant: variant.map(VariantArg::variant),
+                    splits,
+                },
+                naive: !no_naive,
+                ..Default::default()
             },
-            !no_naive,
-        ),
+            json,
+            svg,
+        }),
     };
     match r {
         Ok(code) => code,
@@ -179,21 +198,66 @@ fn main() -> ExitCode {
     }
 }
 
-fn info() -> Result<ExitCode, Error> {
+fn info(json: bool) -> Result<ExitCode, Error> {
     let opts = ContextOptions::default();
-    for a in Context::adapters(&opts) {
-        let i = a.get_info();
+    let adapter_json = |i: &xattn::wgpu::AdapterInfo| {
+        serde_json::json!({
+            "name": i.name, "backend": format!("{:?}", i.backend),
+            "device_type": format!("{:?}", i.device_type),
+            "driver": i.driver, "driver_info": i.driver_info,
+        })
+    };
+    let adapters: Vec<_> = Context::adapters(&opts)
+        .iter()
+        .map(|a| a.get_info())
+        .collect();
+    let why = "hardware adapters first, then native APIs before GL";
+    let ctx = Context::with_options(&opts)?;
+    let c = ctx.caps();
+    let p = AttentionProblem::new(1, 8, 2048, 2048, 64);
+    let plan = xattn::plan(&p, c, TileOverride::default())?;
+    let decode = AttentionProblem::new(1, 20, 1, 1500, 64);
+    let decode_plan = xattn::plan(&decode, c, TileOverride::default())?;
+    let probe = bench::probe(&ctx)?;
+    if json {
+        let doc = serde_json::json!({
+            "schema": "xattn-info/1",
+            "xattn_version": env!("CARGO_PKG_VERSION"),
+            "wgpu_version": xattn::report::WGPU_VERSION,
+            "adapters": adapters.iter().map(adapter_json).collect::<Vec<_>>(),
+            "chosen": adapter_json(&c.info),
+            "why": why,
+            "features": {
+                "shader_f16": c.shader_f16, "subgroups": c.subgroups,
+                "subgroup_min_size": c.subgroup_min_size, "subgroup_max_size": c.subgroup_max_size,
+                "timestamps": c.timestamps,
+            },
+            "limits": {
+                "max_workgroup_storage_bytes": c.max_workgroup_storage,
+                "max_invocations": c.max_invocations,
+                "max_storage_binding_bytes": c.max_storage_binding,
+                "max_buffer_bytes": c.max_buffer_size,
+                "max_workgroups_per_dim": c.max_workgroups_per_dim,
+            },
+            "plans": {
+                "square_2k_d64": plan.why,
+                "whisper_decode_step": decode_plan.why,
+            },
+            "probe": { "fma_gflops": probe.fma_gflops, "copy_gbps": probe.copy_gbps },
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).expect("JSON of plain values")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for i in &adapters {
         println!(
             "adapter: {} ({:?}, {:?}, driver {} {})",
             i.name, i.backend, i.device_type, i.driver, i.driver_info
         );
     }
-    let ctx = Context::with_options(&opts)?;
-    let c = ctx.caps();
-    println!(
-        "chosen: {} ({:?}): hardware adapters first, then native APIs before GL",
-        c.info.name, c.info.backend
-    );
+    println!("chosen: {} ({:?}): {why}", c.info.name, c.info.backend);
     println!(
         "f16: {}  subgroups: {} (size {}..{})  timestamps: {}",
         c.shader_f16, c.subgroups, c.subgroup_min_size, c.subgroup_max_size, c.timestamps
@@ -202,10 +266,11 @@ fn info() -> Result<ExitCode, Error> {
         "workgroup storage: {} B  invocations: {}  max storage binding: {} B",
         c.max_workgroup_storage, c.max_invocations, c.max_storage_binding
     );
-    let p = AttentionProblem::new(1, 8, 2048, 2048, 64);
-    let plan = xattn::plan(&p, c, TileOverride::default())?;
-    println!("plan for 2048x2048 d64: {}", plan.why);
-    let probe = bench::probe(&ctx)?;
+    println!("plan for 1x8, 2048x2048, d64: {}", plan.why);
+    println!(
+        "plan for 1x20, 1x1500, d64 (Whisper decode step): {}",
+        decode_plan.why
+    );
     println!(
         "probe: FMA peak {:.1} GFLOP/s, copy {:.1} GB/s",
         probe.fma_gflops, probe.copy_gbps
@@ -330,72 +395,6 @@ fn check(quick: bool) -> Result<ExitCode, Error> {
     })
 }
 
-/// The decode suite: the planner's choice (decode kernel, split-KV by the
-/// heuristic), the decode kernel with one split, and the FA-2 tiled kernel
-/// with one split (one workgroup per query block, no key parallelism); K/V
-/// bytes read per second against the copy probe; then a 448-step loop.
-fn decode_cmd(ctx: &Context, opt: &BenchOptions) -> Result<ExitCode, Error> {
-    let probe = bench::probe(ctx)?;
-    println!(
-        "adapter: {} ({:?})  copy probe {:.1} GB/s",
-        ctx.caps().info.name,
-        ctx.caps().info.backend,
-        probe.copy_gbps
-    );
-    println!(
-        "{:<20} {:>9} {:>6} {:>8} {:>6} {:>13} {:>7} {:>10} {:>9} {:>7}",
-        "workload",
-        "fused ms",
-        "splits",
-        "K/V GB/s",
-        "%copy",
-        "1-split ms",
-        "×",
-        "FA-2 ms",
-        "naive ms",
-        "×naive"
-    );
-    for (name, p) in bench::decode_suite() {
-        let row = match bench::bench_problem(ctx, &p, opt) {
-            Err(e @ Error::BindingTooLarge { .. }) => {
-                println!("{name:<20} skipped: {e}");
-                continue;
-            }
-            r => r?,
-        };
-        let gbps = bench::kv_bytes(&p) / (row.fused_ms * 1e-3) / 1e9;
-        let one = |variant| TileOverride {
-            variant: Some(variant),
-            splits: Some(1),
-            ..opt.tiles
-        };
-        let (one_split, _) = bench::time_fused(ctx, &p, one(xattn::FlashVariant::Decode), opt)?;
-        let (tiled, _) = bench::time_fused(ctx, &p, one(xattn::FlashVariant::Tiled), opt)?;
-        let naive = row.naive_ms.as_ref().ok();
-        println!(
-            "{:<20} {:>9.3} {:>6} {:>8.2} {:>5.0}% {:>13.3} {:>7.2} {:>10.3} {:>9} {:>7}",
-            name,
-            row.fused_ms,
-            row.plan.splits,
-            gbps,
-            100.0 * gbps / probe.copy_gbps,
-            one_split,
-            one_split / row.fused_ms,
-            tiled,
-            naive.map_or("-".into(), |ms| format!("{ms:.2}")),
-            naive.map_or("-".into(), |ms| format!("{:.1}", ms / row.fused_ms)),
-        );
-    }
-    let whisper = AttentionProblem::new(1, 20, 1, 1500, 64);
-    let per_step = bench::decode_loop_ms(ctx, &whisper, 448)?;
-    println!(
-        "Whisper decode loop, 448 steps (1x20, 1x1500, d64, K/V bound once, one submit per step): \
-         {per_step:.3} ms per step, {:.2} GB/s of K/V",
-        bench::kv_bytes(&whisper) / (per_step * 1e-3) / 1e9
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
 fn parse_shape(s: &str) -> Result<AttentionProblem, Error> {
     let v: Vec<usize> = s
         .split(',')
@@ -414,33 +413,39 @@ fn parse_shape(s: &str) -> Result<AttentionProblem, Error> {
     }
 }
 
-fn bench_cmd(
+/// What `xattn bench` was asked for.
+struct BenchArgs {
     shape: Option<String>,
     suite: Suite,
-    runs: usize,
-    tiles: TileOverride,
-    naive: bool,
-) -> Result<ExitCode, Error> {
+    opt: BenchOptions,
+    json: Option<PathBuf>,
+    svg: Option<PathBuf>,
+}
+
+fn bench_cmd(a: BenchArgs) -> Result<ExitCode, Error> {
     let ctx = Context::new()?;
-    let suite = match (shape, suite) {
-        (Some(s), _) => vec![("custom".to_string(), parse_shape(&s)?)],
-        (None, Suite::Seeds) => bench::seeds(),
-        (None, Suite::Square) => (8..=13)
-            .map(|e| {
-                let n = 1usize << e;
-                (format!("square {n}"), AttentionProblem::new(1, 1, n, n, 64))
-            })
-            .collect(),
-        (None, Suite::Decode) => {
-            let opt = BenchOptions {
-                runs,
-                tiles,
-                naive,
-                ..Default::default()
-            };
-            return decode_cmd(&ctx, &opt);
-        }
+    let (suite_name, shapes) = match (&a.shape, a.suite) {
+        (Some(s), _) => ("custom", vec![("custom".to_string(), parse_shape(s)?)]),
+        (None, Suite::Seeds) => ("seeds", bench::seeds()),
+        (None, Suite::Square) => (
+            "square",
+            (8..=13)
+                .map(|e| {
+                    let n = 1usize << e;
+                    (format!("square {n}"), AttentionProblem::new(1, 1, n, n, 64))
+                })
+                .collect(),
+        ),
+        (None, Suite::Decode) => ("decode", bench::decode_suite()),
     };
+    // Check the output paths before minutes of measuring.
+    for path in a.json.iter().chain(&a.svg) {
+        std::fs::write(path, b"").map_err(|e| Error::Npy {
+            path: path.display().to_string(),
+            reason: format!("cannot write: {e}"),
+        })?;
+    }
+    let decode = a.suite == Suite::Decode && a.shape.is_none();
     let probe = bench::probe(&ctx)?;
     println!(
         "adapter: {} ({:?})  FMA probe {:.1} GFLOP/s  copy {:.1} GB/s",
@@ -449,60 +454,158 @@ fn bench_cmd(
         probe.fma_gflops,
         probe.copy_gbps
     );
-    println!(
-        "{:<22} {:>26} {:>9} {:>8} {:>6} {:>9} {:>7} {:>9} {:>10}",
-        "workload",
-        "B×H:Hkv nq×nkv d",
-        "fused ms",
-        "GFLOP/s",
-        "%peak",
-        "naive ms",
-        "×naive",
-        "CPU ms",
-        "tiles"
+    print_header(decode);
+    let bar = indicatif::ProgressBar::new(shapes.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} ({elapsed})")
+            .expect("progress template"),
     );
-    let opt = BenchOptions {
-        runs,
-        tiles,
-        naive,
-        ..Default::default()
+    let mut report = Report {
+        suite: suite_name.to_string(),
+        runs: a.opt.runs,
+        adapter: ctx.caps().info.clone(),
+        probe,
+        rows: Vec::new(),
+        skipped: Vec::new(),
+        decode_loop: None,
     };
-    for (name, p) in suite {
-        let r = match bench::bench_problem(&ctx, &p, &opt) {
+    for (name, p) in shapes {
+        bar.set_message(name.clone());
+        let row = match bench::bench_problem(&ctx, &p, &a.opt) {
             Err(e @ Error::BindingTooLarge { .. }) => {
-                println!("{name:<22} skipped: {e}");
+                bar.suspend(|| println!("{name:<22} skipped: {e}"));
+                report.skipped.push((name, e.to_string()));
+                bar.inc(1);
                 continue;
             }
             r => r?,
         };
-        let gf = r.fused_gflops();
-        let naive = r
-            .naive_ms
-            .as_ref()
-            .map_or("-".to_string(), |ms| format!("{ms:.2}"));
-        let speedup = r
-            .naive_ms
-            .as_ref()
-            .map_or("-".to_string(), |ms| format!("{:.1}", ms / r.fused_ms));
-        let cpu = r
-            .cpu_ms
-            .as_ref()
-            .map_or("-".to_string(), |ms| format!("{ms:.1}"));
-        println!(
-            "{:<22} {:>26} {:>9.3} {:>8.1} {:>5.0}% {:>9} {:>7} {:>9} {:>10}",
+        let figures = if decode {
+            let one = |variant| TileOverride {
+                variant: Some(variant),
+                splits: Some(1),
+                ..a.opt.tiles
+            };
+            Some(DecodeFigures {
+                one_split_ms: bench::time_fused(&ctx, &p, one(FlashVariant::Decode), &a.opt)?.0,
+                fa2_ms: bench::time_fused(&ctx, &p, one(FlashVariant::Tiled), &a.opt)?.0,
+            })
+        } else {
+            None
+        };
+        let r = ReportRow {
             name,
-            format!(
-                "{}×{}:{} {}×{} d{}",
-                p.batch, p.heads, p.kv_heads, p.n_q, p.n_kv, p.head_dim
-            ),
-            r.fused_ms,
-            gf,
-            100.0 * gf / probe.fma_gflops,
-            naive,
-            speedup,
-            cpu,
-            format!("{}x{}/{}", r.plan.br, r.plan.bc, r.plan.tr)
+            row,
+            decode: figures,
+        };
+        bar.suspend(|| print_row(&r, &report.probe));
+        report.rows.push(r);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if decode {
+        let whisper = AttentionProblem::new(1, 20, 1, 1500, 64);
+        let steps = 448;
+        let per_step = bench::decode_loop_ms(&ctx, &whisper, steps)?;
+        println!(
+            "Whisper decode loop, {steps} steps (1x20, 1x1500, d64, K/V bound once, one submit \
+             per step): {per_step:.3} ms per step, {:.2} GB/s of K/V",
+            bench::kv_bytes(&whisper) / (per_step * 1e-3) / 1e9
         );
+        report.decode_loop = Some((steps, per_step));
+    }
+    let write = |path: &PathBuf, text: String| {
+        std::fs::write(path, text).map_err(|e| Error::Npy {
+            path: path.display().to_string(),
+            reason: format!("cannot write: {e}"),
+        })
+    };
+    if let Some(path) = &a.json {
+        let text = serde_json::to_string_pretty(&report.json()).expect("JSON of plain values");
+        write(path, text)?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &a.svg {
+        write(path, report.svg()?)?;
+        println!("wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_header(decode: bool) {
+    if decode {
+        println!(
+            "{:<24} {:>9} {:>6} {:>8} {:>6} {:>10} {:>6} {:>10} {:>9} {:>7}",
+            "workload",
+            "fused ms",
+            "splits",
+            "K/V GB/s",
+            "%copy",
+            "1-split ms",
+            "×",
+            "FA-2 ms",
+            "naive ms",
+            "×naive"
+        );
+    } else {
+        println!(
+            "{:<22} {:>26} {:>9} {:>8} {:>6} {:>9} {:>7} {:>9} {:>10} {:>15}",
+            "workload",
+            "B×H:Hkv nq×nkv d",
+            "fused ms",
+            "GFLOP/s",
+            "%peak",
+            "naive ms",
+            "×naive",
+            "CPU ms",
+            "tiles",
+            "MiB fused/naive"
+        );
+    }
+}
+
+fn print_row(r: &ReportRow, probe: &bench::Probe) {
+    let (row, p) = (&r.row, &r.row.problem);
+    let naive = row.naive_ms.as_ref().ok();
+    let naive_ms = naive.map_or("-".to_string(), |ms| format!("{ms:.2}"));
+    let speedup = naive.map_or("-".to_string(), |ms| format!("{:.1}", ms / row.fused_ms));
+    if let Some(d) = r.decode {
+        let gbps = bench::kv_bytes(p) / (row.fused_ms * 1e-3) / 1e9;
+        println!(
+            "{:<24} {:>9.3} {:>6} {:>8.2} {:>5.0}% {:>10.3} {:>6.2} {:>10.3} {:>9} {:>7}",
+            r.name,
+            row.fused_ms,
+            row.plan.splits,
+            gbps,
+            100.0 * gbps / probe.copy_gbps,
+            d.one_split_ms,
+            d.one_split_ms / row.fused_ms,
+            d.fa2_ms,
+            naive_ms,
+            speedup,
+        );
+        return;
+    }
+    let gf = row.fused_gflops();
+    let cpu = row
+        .cpu_ms
+        .as_ref()
+        .map_or("-".to_string(), |ms| format!("{ms:.1}"));
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "{:<22} {:>26} {:>9.3} {:>8.1} {:>5.0}% {:>9} {:>7} {:>9} {:>10} {:>15}",
+        r.name,
+        format!(
+            "{}×{}:{} {}×{} d{}",
+            p.batch, p.heads, p.kv_heads, p.n_q, p.n_kv, p.head_dim
+        ),
+        row.fused_ms,
+        gf,
+        100.0 * gf / probe.fma_gflops,
+        naive_ms,
+        speedup,
+        cpu,
+        format!("{}x{}/{}", row.plan.br, row.plan.bc, row.plan.tr),
+        format!("{:.1}/{:.1}", mib(row.fused_bytes), mib(row.naive_bytes)),
+    );
 }
