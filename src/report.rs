@@ -183,27 +183,25 @@ impl Report {
                 .y_label_area_size(60)
                 .build_cartesian_2d(0f64..n as f64, 0f64..top)
                 .map_err(draw)?;
-            let names: Vec<String> = self.rows.iter().map(|r| r.name.clone()).collect();
             chart
                 .configure_mesh()
                 .disable_x_mesh()
-                .x_labels(n * 2 + 1)
-                .x_label_formatter(&|x| {
-                    let i = x.floor() as usize;
-                    if (x - i as f64 - 0.5).abs() < 1e-6 {
-                        names.get(i).cloned().unwrap_or_default()
-                    } else {
-                        String::new()
-                    }
-                })
-                .x_label_style(
-                    ("sans-serif", 11)
-                        .into_font()
-                        .transform(FontTransform::Rotate90),
-                )
+                .x_labels(0)
+                .light_line_style(WHITE)
+                .bold_line_style(BLACK.mix(0.15))
                 .y_desc("GFLOP/s")
                 .draw()
                 .map_err(draw)?;
+            // Shape names under their bar groups, written downwards.
+            let style = ("sans-serif", 12)
+                .into_font()
+                .transform(FontTransform::Rotate90)
+                .color(&BLACK);
+            for (i, r) in self.rows.iter().enumerate() {
+                let (x, y) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
+                root.draw(&Text::new(r.name.clone(), (x - 6, y + 8), style.clone()))
+                    .map_err(draw)?;
+            }
             let width = 0.8 / series.len() as f64;
             for (k, (label, color, values)) in series.iter().enumerate() {
                 let color = *color;
