@@ -384,9 +384,13 @@ pub(crate) fn fold_grid(
 ///   otherwise [`FlashVariant::Tiled`]. The lanes kernel is opt-in.
 /// - Tiled, TR (rows per invocation): on GPUs 1, to keep Q, O and the score
 ///   row in registers (4·(⌈d/4⌉+⌈d_v/4⌉)+Bc registers, 144 at d = 64). On CPU
-///   adapters (lavapipe) 2: every invocation is a SIMD lane and each K/V
-///   load from workgroup memory then feeds two FMAs; TR = 1 ran 1.8× slower,
-///   TR = 4 about as fast as 2 but took twice as long to compile.
+///   adapters (lavapipe) 4 when n_q ≥ 256, else 2: every invocation is a
+///   SIMD lane and each K/V load from workgroup memory then feeds TR FMAs.
+///   Measured at 1×8×1024², d 64 (median of 5): TR 2/WG 32 521 ms, TR 4/WG 16
+///   427, TR 4/WG 32 394, TR 8/WG 8 560; square 2k with TR 4/WG 32 1 639 ms
+///   against 2 148–2 402 with TR 2. TR 4 costs 3–4 s more per cold pipeline
+///   compile (d 64: 8.1 s against 5.0), so shapes with few query rows, where
+///   it would only idle rows, keep TR 2; TR = 1 ran 1.8× slower than 2.
 /// - Tiled, WG: 64 invocations on GPUs (two NVIDIA warps, one AMD wave), 32 on
 ///   CPU adapters; fewer when n_q is small so short query sets do not leave
 ///   most rows idle; never under 16.
@@ -489,7 +493,13 @@ fn plan_tiled(
     force: TileOverride,
     cpu: bool,
 ) -> Result<Tiles> {
-    let tr = force.tr.unwrap_or(if cpu { 2 } else { 1 });
+    let tr = force.tr.unwrap_or(if !cpu {
+        1
+    } else if problem.n_q >= 256 {
+        4
+    } else {
+        2
+    });
     let rows_per_tr = div_ceil(problem.n_q, tr.max(1) as usize).next_power_of_two() as u32;
     let wg = force
         .wg

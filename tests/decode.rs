@@ -186,10 +186,23 @@ fn planner_splits_where_the_grid_would_leave_the_device_idle() {
     assert_eq!((sq.splits, sq.chunk_keys, sq.split_keys), (1, 2048, 2048));
     // CPU adapters cut long ranges into parallel splits of one launch each.
     let cpu = caps(wgpu::DeviceType::Cpu);
-    let long = AttentionProblem::new(1, 8, 2048, 16_384, 64);
+    let long = AttentionProblem::new(1, 8, 512, 16_384, 64);
     let l = plan(&long, &cpu, TileOverride::default()).unwrap();
     assert!(l.splits > 1 && l.chunk_keys == l.split_keys, "{l:?}");
     assert!(l.splits as usize * l.split_keys as usize >= 16_384);
+    // Where the splits' partial state would pass the binding limit (128 MiB
+    // here: 4.5 MB per split at 8×2048 rows) the splits are capped and each
+    // is cut into carried launches instead.
+    let capped = AttentionProblem::new(1, 8, 2048, 16_384, 64);
+    let c = plan(&capped, &cpu, TileOverride::default()).unwrap();
+    let per_split = 8 * 2048 * (4 + 64) * 4;
+    assert_eq!(
+        c.splits as u64,
+        cpu.max_storage_binding / per_split,
+        "{c:?}"
+    );
+    assert!(c.chunk_keys < c.split_keys, "{c:?}");
+    assert!(c.splits as usize * c.split_keys as usize >= 16_384);
 }
 
 #[test]

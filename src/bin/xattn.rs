@@ -25,6 +25,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Adapters, the chosen one and why, features, limits, tile plan, probes.
+    ///
+    /// Examples: xattn info · xattn info --json · WGPU_BACKEND=gl xattn info
     Info {
         /// Print one JSON document instead of text.
         #[arg(long)]
@@ -60,14 +62,19 @@ enum Command {
         reference: bool,
     },
     /// Checks the fused kernel against the f64 reference on a shape grid.
+    ///
+    /// Prints one line per case and "N passed, N failed"; exit code 1 if any
+    /// case fails. Example: xattn check --quick
     Check {
         /// Every third case only.
         #[arg(long)]
         quick: bool,
     },
-    /// Times fused vs naive vs CPU reference.
+    /// Times fused vs naive vs CPU reference (the harness).
     ///
-    /// Example: xattn bench --shape 1,8,8,2048,2048,64
+    /// Examples: xattn bench (the seeds suite) · xattn bench --suite decode ·
+    /// xattn bench --shape 1,8,8,2048,2048,64 --runs 10 · xattn bench --json
+    /// out.json --svg chart.svg
     Bench {
         /// One shape B,H,HKV,NQ,NKV,D instead of a suite.
         #[arg(long)]
@@ -503,6 +510,29 @@ fn bench_cmd(a: BenchArgs) -> Result<ExitCode, Error> {
         bar.inc(1);
     }
     bar.finish_and_clear();
+    // Why a column shows "-", once per reason.
+    let mut notes: Vec<String> = Vec::new();
+    for r in &report.rows {
+        for (kernel, res) in [("naive", &r.row.naive_ms), ("CPU reference", &r.row.cpu_ms)] {
+            if let Err(note) = res.as_ref().map(|_| ()).map_err(|n| n.as_str()) {
+                if !note.starts_with("skipped") {
+                    continue;
+                }
+                let note = format!("{kernel} {note}");
+                let line = if kernel == "naive" {
+                    format!("{}: {note}", r.name)
+                } else {
+                    note
+                };
+                if !notes.contains(&line) {
+                    notes.push(line);
+                }
+            }
+        }
+    }
+    for n in &notes {
+        println!("note: {n}");
+    }
     if decode {
         let whisper = AttentionProblem::new(1, 20, 1, 1500, 64);
         let steps = 448;
