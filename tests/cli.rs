@@ -222,18 +222,25 @@ fn key_length_past_n_kv_is_exit_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("exceeds n_kv = 3"));
 }
 
+/// Stdout of a command that must have succeeded (else both streams in the
+/// failure message).
+fn stdout_of_success(out: &std::process::Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 #[test]
 fn tiny_bench_runs_and_prints_a_row() {
     let out = bin()
         .args(["bench", "--shape", "1,2,1,16,40,32", "--runs", "2"])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = stdout_of_success(&out);
     assert!(
         text.contains("FMA probe") && text.contains("16×40 d32"),
         "{text}"
@@ -257,12 +264,7 @@ fn bench_forces_variant_and_splits_and_rejects_unknown_ones() {
         ])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = stdout_of_success(&out);
     assert!(text.contains("1×300 d32"), "{text}");
     for bad in [["--variant", "fastest"], ["--suite", "nope"]] {
         let out = bin().arg("bench").args(bad).output().unwrap();
