@@ -15,6 +15,81 @@ use crate::tensor::AttentionTensors;
 /// Largest head dim (of Q/K or of V) the kernels support.
 pub const MAX_HEAD_DIM: usize = 256;
 
+/// Storage type of Q, K, V and O. LSE is always f32, and all arithmetic
+/// (scores, softmax, accumulation) is f32 whatever the storage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Dtype {
+    /// 32-bit float.
+    #[default]
+    F32,
+    /// IEEE half. Read and written as WGSL `f16` where the device has
+    /// `SHADER_F16`, else as `u32` words through `unpack2x16float` (see
+    /// [`TileOverride::packed_f16`]).
+    F16,
+    /// bfloat16, as `u32` words and bit shifts on every device; rounded to
+    /// nearest even on the way out.
+    Bf16,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub fn bytes(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::Bf16 => 2,
+        }
+    }
+
+    /// Rounds an f32 to this storage type and back (what a kernel that
+    /// stores in this type sees).
+    pub fn round(self, x: f32) -> f32 {
+        match self {
+            Dtype::F32 => x,
+            Dtype::F16 => half::f16::from_f32(x).to_f32(),
+            Dtype::Bf16 => half::bf16::from_f32(x).to_f32(),
+        }
+    }
+
+    /// Encodes f32 values in this storage type, little-endian bytes.
+    pub fn encode(self, xs: &[f32]) -> Vec<u8> {
+        match self {
+            Dtype::F32 => bytemuck::cast_slice(xs).to_vec(),
+            Dtype::F16 => xs
+                .iter()
+                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                .collect(),
+            Dtype::Bf16 => xs
+                .iter()
+                .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                .collect(),
+        }
+    }
+
+    /// Decodes `n` values of this storage type from little-endian bytes.
+    pub fn decode(self, bytes: &[u8], n: usize) -> Vec<f32> {
+        let w = self.bytes();
+        bytes
+            .chunks_exact(w)
+            .take(n)
+            .map(|b| match self {
+                Dtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                Dtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+                Dtype::Bf16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::Bf16 => "bf16",
+        })
+    }
+}
+
 /// One cross-attention forward problem, without data.
 ///
 /// Layout is BSHD, row-major, as in flash-attn:
@@ -43,6 +118,8 @@ pub struct AttentionProblem {
     /// `kv_lens[b]` are masked out (key padding mask). A batch entry with length
     /// 0 gets O = 0 and LSE = −∞.
     pub kv_lens: bool,
+    /// Storage type of q, k, v and o (LSE is always f32).
+    pub dtype: Dtype,
 }
 
 impl AttentionProblem {
@@ -58,7 +135,14 @@ impl AttentionProblem {
             head_dim_v: head_dim,
             scale: None,
             kv_lens: false,
+            dtype: Dtype::F32,
         }
+    }
+
+    /// Sets the storage type of q, k, v and o.
+    pub fn with_dtype(mut self, dtype: Dtype) -> Self {
+        self.dtype = dtype;
+        self
     }
 
     /// Sets the number of key/value heads (GQA when 1 < H_kv < H, MQA when 1).
@@ -198,10 +282,30 @@ impl AttentionProblem {
         }
     }
 
+    /// Bytes per element of tensor `name` (lse is always f32).
+    pub fn element_bytes(&self, name: &str) -> usize {
+        if name == "lse" {
+            4
+        } else {
+            self.dtype.bytes()
+        }
+    }
+
+    /// Bytes of tensor `name`, rounded up to whole 4-byte words (the
+    /// granularity of device buffers).
+    pub fn tensor_bytes(&self, name: &str) -> u64 {
+        let n = self
+            .tensors()
+            .iter()
+            .find(|t| t.0 == name)
+            .map_or(0, |t| t.2);
+        ((n * self.element_bytes(name)) as u64).next_multiple_of(4)
+    }
+
     /// Checks that each tensor fits one storage binding on this device.
     pub fn validate_limits(&self, caps: &DeviceCaps) -> Result<()> {
         for (name, _, n) in self.tensors() {
-            let bytes = 4 * n as u64;
+            let bytes = (n * self.element_bytes(name)) as u64;
             let limit = caps.max_storage_binding.min(caps.max_buffer_size);
             if bytes > limit {
                 return Err(Error::BindingTooLarge { name, bytes, limit });
@@ -225,6 +329,8 @@ pub struct FlashPlan {
     pub tr: u32,
     /// Invocations per workgroup.
     pub wg: u32,
+    /// How q, k, v and o are stored and accessed.
+    pub io: TensorIo,
     /// Workgroup memory used, bytes.
     pub workgroup_bytes: u32,
     /// ⌈n_q / Br⌉.
@@ -291,6 +397,7 @@ impl FlashPlan {
             // Tensor access form (flash_io.wgsl): 1 = vec4 rows.
             ("VEC_QK", p.head_dim.is_multiple_of(4) as u32),
             ("VEC_V", p.head_dim_v.is_multiple_of(4) as u32),
+            ("DT", self.io.code()),
             ("BR", self.br),
         ];
         match self.variant {
@@ -319,6 +426,9 @@ pub struct TileOverride {
     pub variant: Option<FlashVariant>,
     /// Number of key splits (split-KV); 1 turns splitting off.
     pub splits: Option<u32>,
+    /// f16 storage through u32 words even where the device has SHADER_F16
+    /// (default: the environment variable `XATTN_F16=packed`, else off).
+    pub packed_f16: Option<bool>,
 }
 
 fn div_ceil(a: usize, b: usize) -> usize {
@@ -422,6 +532,7 @@ pub fn plan(
     let (splits, split_keys, chunk_keys) = choose_splits(problem, caps, &tiles, force)?;
     tiles.plan.splits = splits;
     tiles.plan.split_keys = split_keys;
+    tiles.plan.io = TensorIo::choose(problem.dtype, caps, force.packed_f16);
     tiles.plan.chunk_keys = chunk_keys;
     tiles.plan.grid = fold_grid(
         tiles.base_workgroups * splits as usize,
@@ -559,6 +670,7 @@ fn plan_tiled(
         bc,
         tr,
         wg,
+        io: TensorIo::F32,
         workgroup_bytes: flash_workgroup_bytes(problem, bc),
         q_blocks: q_blocks as u32,
         grid: (1, 1),
@@ -630,6 +742,7 @@ fn plan_lanes(problem: &AttentionProblem, caps: &DeviceCaps, force: TileOverride
         bc: sg * kpl,
         tr: br,
         wg: sg,
+        io: TensorIo::F32,
         workgroup_bytes: 4,
         q_blocks: q_blocks as u32,
         grid: (1, 1),
@@ -716,6 +829,7 @@ fn plan_decode(
         bc: wg,
         tr: br,
         wg,
+        io: TensorIo::F32,
         workgroup_bytes: decode_workgroup_bytes(problem, wg),
         q_blocks: q_blocks as u32,
         grid: (1, 1),
@@ -979,21 +1093,82 @@ fn spec_value(spec: &[(&'static str, u32)], name: &str) -> u32 {
 /// constants, the tensor access chosen by `VEC_QK` and `VEC_V`, the shared
 /// params and bindings, then `body`.
 pub fn flash_source(body: &str, spec: &[(&'static str, u32)]) -> String {
-    let form = |on: u32| if on != 0 { "vec4" } else { "scalar" };
+    let io = TensorIo::from_code(spec_value(spec, "DT"));
+    let form = |on: u32| match (io, on != 0) {
+        (TensorIo::F32, true) => "vec4",
+        (TensorIo::F32, false) => "scalar",
+        (TensorIo::F16, true) => "f16_vec4",
+        (TensorIo::F16, false) => "f16_scalar",
+        (TensorIo::F16Packed | TensorIo::Bf16, _) => "packed",
+    };
     let (qk, v) = (
         form(spec_value(spec, "VEC_QK")),
         form(spec_value(spec, "VEC_V")),
     );
-    let mut io = String::new();
+    let mut src = String::new();
+    match io {
+        TensorIo::F16Packed => src.push_str(io_template("unpack_f16")),
+        TensorIo::Bf16 => src.push_str(io_template("unpack_bf16")),
+        _ => {}
+    }
     for (name, binding, f) in [("q", 1, qk), ("k", 2, qk), ("v", 3, v)] {
-        io.push_str(
+        src.push_str(
             &io_template(f)
                 .replace("$NAME", name)
                 .replace("$BINDING", &binding.to_string()),
         );
     }
-    io.push_str(io_template(&format!("out_{v}")));
-    specialise(&format!("{io}\n{FLASH_COMMON_WGSL}\n{body}"), spec)
+    src.push_str(io_template(&format!("out_{v}")));
+    let body = specialise(&format!("{src}\n{FLASH_COMMON_WGSL}\n{body}"), spec);
+    if io == TensorIo::F16 {
+        format!("enable f16;\n{body}")
+    } else {
+        body
+    }
+}
+
+/// How a kernel reads and writes q, k, v and o (`shaders/flash_io.wgsl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TensorIo {
+    /// `array<f32>` / `array<vec4<f32>>`.
+    F32,
+    /// WGSL `f16` arrays (device has SHADER_F16).
+    F16,
+    /// f16 in `u32` words through `unpack2x16float` / `pack2x16float`.
+    F16Packed,
+    /// bf16 in `u32` words through shifts.
+    Bf16,
+}
+
+impl TensorIo {
+    /// The `DT` specialisation constant.
+    pub fn code(self) -> u32 {
+        self as u32
+    }
+
+    fn from_code(code: u32) -> Self {
+        match code {
+            1 => TensorIo::F16,
+            2 => TensorIo::F16Packed,
+            3 => TensorIo::Bf16,
+            _ => TensorIo::F32,
+        }
+    }
+
+    /// The form for `dtype` on a device: f16 natively where the device has
+    /// SHADER_F16 unless `packed_f16` (or the environment variable
+    /// `XATTN_F16=packed`) asks for the u32-word path.
+    pub fn choose(dtype: Dtype, caps: &DeviceCaps, packed_f16: Option<bool>) -> Self {
+        let packed = packed_f16.unwrap_or_else(|| {
+            std::env::var("XATTN_F16").is_ok_and(|v| v.eq_ignore_ascii_case("packed"))
+        });
+        match dtype {
+            Dtype::F32 => TensorIo::F32,
+            Dtype::F16 if caps.shader_f16 && !packed => TensorIo::F16,
+            Dtype::F16 => TensorIo::F16Packed,
+            Dtype::Bf16 => TensorIo::Bf16,
+        }
+    }
 }
 
 /// The source the device compiles for a specialisation: `const NAME: u32 = V;`
@@ -1031,7 +1206,7 @@ impl AttentionBuffers<'_> {
     pub fn validate(&self, p: &AttentionProblem) -> Result<()> {
         let bufs = [self.q, self.k, self.v, self.o, self.lse];
         for ((name, shape, n), buf) in p.tensors().into_iter().zip(bufs) {
-            let got = buf.size() / 4;
+            let got = buf.size() / p.element_bytes(name) as u64;
             if got < n as u64 {
                 return Err(Error::SizeMismatch {
                     name,
@@ -1130,7 +1305,7 @@ impl<'c> FlashAttention<'c> {
             || plan.variant.specialised(&spec),
         )?;
         let combine = if plan.splits > 1 {
-            let spec = spec[..6].to_vec();
+            let spec = spec[..7].to_vec();
             let kernel = ctx.pipeline(
                 PipelineKey {
                     kernel: "split_combine",

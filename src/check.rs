@@ -3,7 +3,7 @@
 //! against the f64 reference must be at most 2× the naive kernel's (same
 //! storage precision) plus [`SLACK`]. Shared by the tests and `xattn check`.
 
-use crate::attention::{AttentionOutput, AttentionProblem};
+use crate::attention::{AttentionOutput, AttentionProblem, Dtype};
 use crate::context::Context;
 use crate::error::Result;
 use crate::naive::NaiveAttention;
@@ -111,12 +111,28 @@ pub struct CheckReport {
     pub fused: Errors,
     /// Naive kernel errors (the tolerance's base).
     pub naive: Errors,
+    /// Absolute slack on O ([`o_slack`]).
+    pub o_slack: f64,
+}
+
+/// Slack on O for a storage type: [`SLACK`], plus for f16 and bf16 one unit
+/// in the last place of the storage type at the largest |O| (2⁻¹⁰·max|O| for
+/// f16, 2⁻⁷·max|O| for bf16). Both kernels round an f32 result to the
+/// storage type on the way out; two f32 results a hair apart can round to
+/// neighbouring values, one ulp apart, whatever their f32 accuracy.
+pub fn o_slack(dtype: Dtype, max_abs_o: f64) -> f64 {
+    SLACK
+        + match dtype {
+            Dtype::F32 => 0.0,
+            Dtype::F16 => max_abs_o * 2f64.powi(-10),
+            Dtype::Bf16 => max_abs_o * 2f64.powi(-7),
+        }
 }
 
 impl CheckReport {
     /// Bound on the fused O error.
     pub fn o_bound(&self) -> f64 {
-        2.0 * self.naive.o + SLACK
+        2.0 * self.naive.o + self.o_slack
     }
     /// Bound on the fused LSE error.
     pub fn lse_bound(&self) -> f64 {
@@ -137,13 +153,25 @@ pub fn check_with(
     seed: u64,
     fused: impl FnOnce(&[f32], &[f32], &[f32]) -> Result<AttentionOutput>,
 ) -> Result<CheckReport> {
+    // Inputs in the storage type (exact in f32), as the kernels will see them.
+    let round = |x: Vec<f32>| -> Vec<f32> { x.into_iter().map(|v| p.dtype.round(v)).collect() };
     let (q, k, v) = inputs(p, seed);
+    let (q, k, v) = (round(q), round(k), round(v));
     let r = reference::attention(p, &q, &k, &v, kv_lens)?;
     let f = fused(&q, &k, &v)?;
-    let n = NaiveAttention::new(ctx, p)?.run(&q, &k, &v, kv_lens)?;
+    // The naive kernel in the same storage precision: f32 loads of the
+    // rounded inputs, f32 arithmetic, O rounded to the storage type.
+    let p32 = AttentionProblem {
+        dtype: Dtype::F32,
+        ..*p
+    };
+    let mut n = NaiveAttention::new(ctx, &p32)?.run(&q, &k, &v, kv_lens)?;
+    n.o = round(n.o);
+    let max_o = r.o.iter().fold(0.0f64, |a, &b| a.max(b.abs()));
     Ok(CheckReport {
         fused: Errors::of(&f, &r),
         naive: Errors::of(&n, &r),
+        o_slack: o_slack(p.dtype, max_o),
     })
 }
 

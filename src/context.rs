@@ -444,9 +444,9 @@ impl Context {
         // wgpu rejects zero-sized bindings, and a kernel may bind the buffer
         // as array<vec4<f32>>: keep at least one vec4.
         let padded;
-        let contents = if bytes.len() < 16 {
-            let mut p = [0u8; 16];
-            p[..bytes.len()].copy_from_slice(bytes);
+        let contents = if bytes.len() < 16 || !bytes.len().is_multiple_of(4) {
+            let mut p = bytes.to_vec();
+            p.resize(bytes.len().next_multiple_of(4).max(16), 0);
             padded = p;
             &padded[..]
         } else {

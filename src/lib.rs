@@ -43,8 +43,9 @@ pub mod report;
 pub mod tensor;
 
 pub use attention::{
-    plan, AttentionBuffers, AttentionOutput, AttentionProblem, BoundAttention, FlashAttention,
-    FlashParams, FlashPlan, FlashVariant, TileOverride, MAX_HEAD_DIM, MAX_SPLITS,
+    plan, AttentionBuffers, AttentionOutput, AttentionProblem, BoundAttention, Dtype,
+    FlashAttention, FlashParams, FlashPlan, FlashVariant, TensorIo, TileOverride, MAX_HEAD_DIM,
+    MAX_SPLITS,
 };
 pub use context::{Context, ContextOptions, DeviceCaps};
 pub use error::{Error, Result};

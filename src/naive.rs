@@ -71,6 +71,19 @@ impl<'c> NaiveAttention<'c> {
     /// binding; compiles (or fetches) the three pipelines.
     pub fn new(ctx: &'c Context, problem: &AttentionProblem) -> Result<Self> {
         problem.validate()?;
+        if problem.dtype != crate::attention::Dtype::F32 {
+            // The tolerance rule's half-precision baseline is this kernel on
+            // inputs rounded to the storage type, with O rounded on the way
+            // out (`check::check_with`): the same loads, f32 arithmetic and
+            // store a half-storage naive kernel would do.
+            return Err(Error::Unplannable {
+                kernel: "naive",
+                reason: format!(
+                    "the naive baseline stores f32 only (problem stores {})",
+                    problem.dtype
+                ),
+            });
+        }
         problem.validate_limits(ctx.caps())?;
         let s_bytes = 4 * Self::score_elements(problem) as u64;
         let limit = ctx

@@ -46,24 +46,57 @@ fn type_str(npy: &npyz::NpyFile<BufReader<File>>) -> Option<npyz::TypeStr> {
 
 /// Reads a float32 array.
 pub fn read_f32(path: &Path) -> Result<Array<f32>> {
+    match read_float(path)? {
+        (a, false) => Ok(a),
+        (_, true) => Err(err(
+            path,
+            "dtype <f2 is not float32; convert with .astype(np.float32)",
+        )),
+    }
+}
+
+/// Reads a float32 or float16 ('<f2') array as f32; the flag says float16.
+pub fn read_float(path: &Path) -> Result<(Array<f32>, bool)> {
     let npy = open(path)?;
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    match type_str(&npy) {
-        Some(t) if t.type_char() == TypeChar::Float && t.num_bytes() == Some(4) => {}
+    let bytes = match type_str(&npy) {
+        Some(t) if t.type_char() == TypeChar::Float && matches!(t.num_bytes(), Some(2 | 4)) => {
+            t.num_bytes()
+        }
         other => {
             return Err(err(
                 path,
                 format!(
-                    "dtype {} is not float32; convert with .astype(np.float32)",
+                    "dtype {} is not float32 or float16; convert with .astype(np.float32)",
                     other.map_or("structured".to_string(), |t| t.to_string())
                 ),
             ))
         }
+    };
+    let read = |e: std::io::Error| err(path, format!("cannot read data: {e}"));
+    if bytes == Some(2) {
+        let data = npy.into_vec::<half::f16>().map_err(read)?;
+        let data = data.into_iter().map(half::f16::to_f32).collect();
+        Ok((Array { shape, data }, true))
+    } else {
+        let data = npy.into_vec::<f32>().map_err(read)?;
+        Ok((Array { shape, data }, false))
     }
-    let data = npy
-        .into_vec::<f32>()
-        .map_err(|e| err(path, format!("cannot read data: {e}")))?;
-    Ok(Array { shape, data })
+}
+
+/// Writes a float16 ('<f2') array in C order, rounding to nearest.
+pub fn write_f16(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    let f = File::create(path).map_err(|e| err(path, format!("cannot create: {e}")))?;
+    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&shape)
+        .writer(BufWriter::new(f))
+        .begin_nd()
+        .map_err(|e| err(path, format!("cannot write: {e}")))?;
+    w.extend(data.iter().map(|&x| half::f16::from_f32(x)))
+        .and_then(|_| w.finish())
+        .map_err(|e| err(path, format!("cannot write: {e}")))
 }
 
 /// Reads an int32 or int64 array as i64.

@@ -33,6 +33,8 @@ pub struct ReportRow {
     pub row: BenchRow,
     /// Decode-suite extras.
     pub decode: Option<DecodeFigures>,
+    /// For f16/bf16 storage: the same fused kernel storing f32, median ms.
+    pub f32_ms: Option<f64>,
 }
 
 /// Everything one `xattn bench` run measured.
@@ -92,6 +94,11 @@ impl ReportRow {
             "check": { "max_err": r.check_err, "bound": r.check_bound },
         });
         v["naive"]["device_bytes"] = json!(r.naive_bytes);
+        v["problem"]["dtype"] = json!(p.dtype.to_string());
+        if let Some(ms) = self.f32_ms {
+            v["f32_fused_ms"] = json!(ms);
+            v["speedup_over_f32"] = json!(ms / r.fused_ms);
+        }
         if let Some(d) = self.decode {
             v["decode"] = json!({
                 "one_split_ms": d.one_split_ms,

@@ -6,7 +6,8 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 
 /// The buffers of one problem, owned: q, k, v (and key lengths) uploaded from
-/// host slices, o and lse allocated. [`AttentionTensors::buffers`] lends them
+/// host f32 slices (converted to the problem's storage type), o and lse
+/// allocated; O comes back as f32. [`AttentionTensors::buffers`] lends them
 /// to any kernel's `record`.
 #[derive(Debug)]
 pub struct AttentionTensors {
@@ -33,12 +34,12 @@ impl AttentionTensors {
         validate_host(problem, q, k, v, kv_lens)?;
         Ok(Self {
             problem: *problem,
-            q: ctx.upload("q", q),
-            k: ctx.upload("k", k),
-            v: ctx.upload("v", v),
+            q: ctx.upload("q", &problem.dtype.encode(q)),
+            k: ctx.upload("k", &problem.dtype.encode(k)),
+            v: ctx.upload("v", &problem.dtype.encode(v)),
             kv_lens: kv_lens.map(|l| ctx.upload("kv_lens", l)),
-            o: ctx.storage("o", 4 * problem.o_len() as u64),
-            lse: ctx.storage("lse", 4 * problem.lse_len() as u64),
+            o: ctx.storage("o", problem.tensor_bytes("o")),
+            lse: ctx.storage("lse", problem.tensor_bytes("lse")),
         })
     }
 
@@ -84,7 +85,10 @@ impl AttentionTensors {
     /// Copies O and LSE back to the host.
     pub fn download(&self, ctx: &Context) -> Result<AttentionOutput> {
         Ok(AttentionOutput {
-            o: ctx.download(&self.o, self.problem.o_len())?,
+            o: self.problem.dtype.decode(
+                &ctx.download::<u8>(&self.o, self.problem.tensor_bytes("o") as usize)?,
+                self.problem.o_len(),
+            ),
             lse: ctx.download(&self.lse, self.problem.lse_len())?,
         })
     }

@@ -387,3 +387,94 @@ fn unwritable_json_path_is_exit_2_before_measuring() {
     );
     assert!(out.stdout.is_empty(), "measured before failing");
 }
+
+#[test]
+fn run_reads_and_writes_float16_and_converts_for_bf16() {
+    // Odd head dim: half words straddle rows.
+    let p = AttentionProblem::new(1, 3, 5, 19, 7);
+    let (q, k, v) = inputs(&p, 23);
+    let dir = |n: &str| tmp(&format!("h-{n}.npy"));
+    let shapes = [[1, 5, 3, 7], [1, 19, 3, 7], [1, 19, 3, 7]];
+    for (name, (data, shape)) in
+        ["q", "k", "v"]
+            .into_iter()
+            .zip([(&q, shapes[0]), (&k, shapes[1]), (&v, shapes[2])])
+    {
+        npy::write_f16(&dir(name), &shape, data).unwrap();
+        npy::write_f32(&dir(&format!("{name}32")), &shape, data).unwrap();
+    }
+    let run = |suffix: &str, extra: &[&str]| {
+        bin()
+            .args(["run", "--q"])
+            .arg(dir(&format!("q{suffix}")))
+            .arg("--k")
+            .arg(dir(&format!("k{suffix}")))
+            .arg("--v")
+            .arg(dir(&format!("v{suffix}")))
+            .arg("--out")
+            .arg(dir("o"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    for (suffix, extra, dtype, f16_out) in [
+        ("", &[][..], xattn::Dtype::F16, true),
+        ("32", &["--dtype", "bf16"][..], xattn::Dtype::Bf16, false),
+    ] {
+        let out = run(suffix, extra);
+        stdout_of_success(&out);
+        let (o, is_f16) = npy::read_float(&dir("o")).unwrap();
+        assert_eq!((o.shape.as_slice(), is_f16), (&[1, 5, 3, 7][..], f16_out));
+        let round = |x: &[f32]| -> Vec<f32> { x.iter().map(|&a| dtype.round(a)).collect() };
+        let r = xattn::reference::attention(&p, &round(&q), &round(&k), &round(&v), None).unwrap();
+        let max_o = r.o.iter().fold(0.0f64, |a, &b| a.max(b.abs()));
+        let ulp = if dtype == xattn::Dtype::F16 {
+            2f64.powi(-10)
+        } else {
+            2f64.powi(-7)
+        };
+        assert!(
+            max_err(&o.data, &r.o) <= max_o * ulp,
+            "{dtype}: {:.3e}",
+            max_err(&o.data, &r.o)
+        );
+    }
+    // f16 q with f32 k: one dtype for all three, exit 2 naming k.
+    let out = bin()
+        .args(["run", "--q"])
+        .arg(dir("q"))
+        .arg("--k")
+        .arg(dir("k32"))
+        .arg("--v")
+        .arg(dir("v"))
+        .arg("--out")
+        .arg(dir("o2"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("k is float32 but q is float16"), "{err}");
+    assert!(!dir("o2").exists());
+}
+
+#[test]
+fn bench_in_f16_reports_the_speed_up_over_f32() {
+    let out = bin()
+        .args([
+            "bench",
+            "--shape",
+            "1,2,2,40,77,64",
+            "--runs",
+            "1",
+            "--dtype",
+            "f16",
+        ])
+        .output()
+        .unwrap();
+    let text = stdout_of_success(&out);
+    assert!(
+        text.contains("storage: f16") && text.contains("×f32"),
+        "{text}"
+    );
+    assert!(text.contains("naive baseline stores f32 only"), "{text}");
+}

@@ -67,18 +67,25 @@ fn flash_forward_validates_for_every_planned_specialisation() {
                 assert!(plan.workgroup_bytes <= dev.max_workgroup_storage);
                 assert!(plan.wg <= dev.max_invocations);
                 let spec = plan.spec(p);
-                if seen.insert((plan.variant, spec.clone())) {
-                    validate(
-                        &plan.variant.specialised(&spec),
-                        &format!("{:?} {spec:?}", plan.variant),
-                    );
-                }
-                let combine = spec[..6].to_vec();
-                if combines.insert(combine.clone()) {
-                    validate(
-                        &flash_source(SPLIT_COMBINE_WGSL, &combine),
-                        &format!("split_combine {combine:?}"),
-                    );
+                // Every storage form: f32, f16, f16 in u32 words, bf16.
+                for dt in [0, 1, 2, 3] {
+                    let spec: Vec<_> = spec
+                        .iter()
+                        .map(|&(n, v)| if n == "DT" { (n, dt) } else { (n, v) })
+                        .collect();
+                    if seen.insert((plan.variant, spec.clone())) {
+                        validate(
+                            &plan.variant.specialised(&spec),
+                            &format!("{:?} {spec:?}", plan.variant),
+                        );
+                    }
+                    let combine = spec[..7].to_vec();
+                    if combines.insert(combine.clone()) {
+                        validate(
+                            &flash_source(SPLIT_COMBINE_WGSL, &combine),
+                            &format!("split_combine {combine:?}"),
+                        );
+                    }
                 }
             }
         }
@@ -143,6 +150,7 @@ fn flash_params_match_the_wgsl_struct() {
         ("DV4", 16),
         ("VEC_QK", 1),
         ("VEC_V", 1),
+        ("DT", 0),
         ("BR", 64),
         ("BC", 16),
         ("TR", 4),

@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand};
 use xattn::bench::{self, BenchOptions};
 use xattn::npy;
 use xattn::report::{DecodeFigures, Report, ReportRow};
-use xattn::FlashVariant;
 use xattn::{AttentionProblem, Context, ContextOptions, Error, TileOverride};
+use xattn::{Dtype, FlashVariant};
 
 #[derive(Parser)]
 #[command(
@@ -60,6 +60,11 @@ enum Command {
         /// Compute with the f64 CPU reference instead of the GPU.
         #[arg(long)]
         reference: bool,
+        /// Storage type on the device: float16 .npy inputs mean f16 (and O
+        /// is written as float16); with float32 files, f16 or bf16 converts
+        /// on the way in and O back to float32 on the way out.
+        #[arg(long, value_enum)]
+        dtype: Option<DtypeArg>,
     },
     /// Checks the fused kernel against the f64 reference on a shape grid.
     ///
@@ -69,6 +74,9 @@ enum Command {
         /// Every third case only.
         #[arg(long)]
         quick: bool,
+        /// One storage type instead of all three (f32, f16, bf16).
+        #[arg(long, value_enum)]
+        dtype: Option<DtypeArg>,
     },
     /// Times fused vs naive vs CPU reference (the harness).
     ///
@@ -106,6 +114,10 @@ enum Command {
         /// Force the number of key splits (split-KV); 1 turns splitting off.
         #[arg(long)]
         splits: Option<u32>,
+        /// Storage type of q, k, v and o; for f16/bf16 the table adds the
+        /// speed-up over the same kernel in f32 (the naive baseline is f32-only).
+        #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+        dtype: DtypeArg,
         /// Write every figure, the adapter and the versions as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -113,6 +125,23 @@ enum Command {
         #[arg(long)]
         svg: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DtypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl DtypeArg {
+    fn dtype(self) -> Dtype {
+        match self {
+            DtypeArg::F32 => Dtype::F32,
+            DtypeArg::F16 => Dtype::F16,
+            DtypeArg::Bf16 => Dtype::Bf16,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -153,6 +182,7 @@ fn main() -> ExitCode {
             kv_lens,
             scale,
             reference,
+            dtype,
         } => run(&RunArgs {
             q,
             k,
@@ -162,8 +192,9 @@ fn main() -> ExitCode {
             kv_lens,
             scale,
             reference,
+            dtype: dtype.map(DtypeArg::dtype),
         }),
-        Command::Check { quick } => check(quick),
+        Command::Check { quick, dtype } => check(quick, dtype.map(DtypeArg::dtype)),
         Command::Bench {
             shape,
             suite,
@@ -174,11 +205,13 @@ fn main() -> ExitCode {
             no_naive,
             variant,
             splits,
+            dtype,
             json,
             svg,
         } => bench_cmd(BenchArgs {
             shape,
             suite,
+            dtype: dtype.dtype(),
             opt: BenchOptions {
                 runs,
                 tiles: TileOverride {
@@ -188,6 +221,7 @@ fn main() -> ExitCode {
                     chunk_keys: None,
                     variant: variant.map(VariantArg::variant),
                     splits,
+                    packed_f16: None,
                 },
                 naive: !no_naive,
                 ..Default::default()
@@ -294,6 +328,7 @@ struct RunArgs {
     kv_lens: Option<PathBuf>,
     scale: Option<f32>,
     reference: bool,
+    dtype: Option<Dtype>,
 }
 
 fn shape_err(name: &str, got: &[usize], want: &str) -> Error {
@@ -304,9 +339,32 @@ fn shape_err(name: &str, got: &[usize], want: &str) -> Error {
 }
 
 fn run(a: &RunArgs) -> Result<ExitCode, Error> {
-    let q = npy::read_f32(&a.q)?;
-    let k = npy::read_f32(&a.k)?;
-    let v = npy::read_f32(&a.v)?;
+    let (q, q16) = npy::read_float(&a.q)?;
+    let (k, k16) = npy::read_float(&a.k)?;
+    let (v, v16) = npy::read_float(&a.v)?;
+    let name = |f16: bool| if f16 { "float16" } else { "float32" };
+    for (arr, path, f16) in [("k", &a.k, k16), ("v", &a.v, v16)] {
+        if f16 != q16 {
+            return Err(Error::Npy {
+                path: path.display().to_string(),
+                reason: format!(
+                    "{arr} is {} but q is {}; give q, k and v in one dtype",
+                    name(f16),
+                    name(q16)
+                ),
+            });
+        }
+    }
+    let dtype = match (q16, a.dtype) {
+        (true, None | Some(Dtype::F16)) => Dtype::F16,
+        (true, Some(d)) => {
+            return Err(Error::Npy {
+                path: a.q.display().to_string(),
+                reason: format!("float16 inputs cannot run as --dtype {d}; give float32 files"),
+            })
+        }
+        (false, d) => d.unwrap_or(Dtype::F32),
+    };
     let rank4 = |arr: &npy::Array<f32>, name: &str, want: &str| -> Result<[usize; 4], Error> {
         <[usize; 4]>::try_from(arr.shape.as_slice()).map_err(|_| shape_err(name, &arr.shape, want))
     };
@@ -345,11 +403,28 @@ fn run(a: &RunArgs) -> Result<ExitCode, Error> {
     let mut p = AttentionProblem::new(b, h, nq, nkv, d)
         .with_kv_heads(hkv)
         .with_head_dim_v(dv)
-        .with_kv_lens(lens.is_some());
+        .with_kv_lens(lens.is_some())
+        .with_dtype(dtype);
     if let Some(s) = a.scale {
         p = p.with_scale(s);
     }
     p.validate()?;
+    // What the device stores: the inputs rounded to the storage type.
+    let round = |x: Vec<f32>| -> Vec<f32> { x.into_iter().map(|x| dtype.round(x)).collect() };
+    let (q, k, v) = (
+        npy::Array {
+            data: round(q.data),
+            ..q
+        },
+        npy::Array {
+            data: round(k.data),
+            ..k
+        },
+        npy::Array {
+            data: round(v.data),
+            ..v
+        },
+    );
     let (o, lse) = if a.reference {
         let r = xattn::reference::attention(&p, &q.data, &k.data, &v.data, lens.as_deref())?;
         (
@@ -361,14 +436,18 @@ fn run(a: &RunArgs) -> Result<ExitCode, Error> {
         let r = ctx.attention(&p, &q.data, &k.data, &v.data, lens.as_deref())?;
         (r.o, r.lse)
     };
-    npy::write_f32(&a.out, &[b, nq, h, dv], &o)?;
+    if q16 {
+        npy::write_f16(&a.out, &[b, nq, h, dv], &o)?;
+    } else {
+        npy::write_f32(&a.out, &[b, nq, h, dv], &o)?;
+    }
     if let Some(path) = &a.lse {
         npy::write_f32(path, &[b, h, nq], &lse)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(quick: bool) -> Result<ExitCode, Error> {
+fn check(quick: bool, dtype: Option<Dtype>) -> Result<ExitCode, Error> {
     let ctx = Context::new()?;
     println!(
         "adapter: {} ({:?})",
@@ -376,12 +455,18 @@ fn check(quick: bool) -> Result<ExitCode, Error> {
         ctx.caps().info.backend
     );
     let (mut passed, mut failed) = (0, 0);
-    for case in xattn::check::grid(quick) {
-        let r = xattn::check::check(&ctx, &case.problem, case.kv_lens.as_deref(), case.seed)?;
+    let dtypes = dtype.map_or(vec![Dtype::F32, Dtype::F16, Dtype::Bf16], |d| vec![d]);
+    for (dtype, case) in dtypes
+        .iter()
+        .flat_map(|&d| xattn::check::grid(quick).into_iter().map(move |c| (d, c)))
+    {
+        let p = case.problem.with_dtype(dtype);
+        let r = xattn::check::check(&ctx, &p, case.kv_lens.as_deref(), case.seed)?;
         let ok = r.passed();
         println!(
-            "{:<4} {:<48} O {:.2e} (bound {:.2e})  LSE {:.2e} (bound {:.2e})",
+            "{:<4} {:<4} {:<48} O {:.2e} (bound {:.2e})  LSE {:.2e} (bound {:.2e})",
             if ok { "ok" } else { "FAIL" },
+            dtype.to_string(),
             case.name(),
             r.fused.o,
             r.o_bound(),
@@ -424,6 +509,7 @@ fn parse_shape(s: &str) -> Result<AttentionProblem, Error> {
 struct BenchArgs {
     shape: Option<String>,
     suite: Suite,
+    dtype: Dtype,
     opt: BenchOptions,
     json: Option<PathBuf>,
     svg: Option<PathBuf>,
@@ -461,7 +547,7 @@ fn bench_cmd(a: BenchArgs) -> Result<ExitCode, Error> {
         probe.fma_gflops,
         probe.copy_gbps
     );
-    print_header(decode);
+    print_header(decode, a.dtype);
     let bar = indicatif::ProgressBar::new(shapes.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} ({elapsed})")
@@ -477,6 +563,7 @@ fn bench_cmd(a: BenchArgs) -> Result<ExitCode, Error> {
         decode_loop: None,
     };
     for (name, p) in shapes {
+        let p = p.with_dtype(a.dtype);
         bar.set_message(name.clone());
         let row = match bench::bench_problem(&ctx, &p, &a.opt) {
             Err(e @ Error::BindingTooLarge { .. }) => {
@@ -500,10 +587,17 @@ fn bench_cmd(a: BenchArgs) -> Result<ExitCode, Error> {
         } else {
             None
         };
+        let f32_ms = if a.dtype == Dtype::F32 {
+            None
+        } else {
+            let p32 = p.with_dtype(Dtype::F32);
+            Some(bench::time_fused(&ctx, &p32, a.opt.tiles, &a.opt)?.0)
+        };
         let r = ReportRow {
             name,
             row,
             decode: figures,
+            f32_ms,
         };
         bar.suspend(|| print_row(&r, &report.probe));
         report.rows.push(r);
@@ -562,7 +656,10 @@ fn bench_cmd(a: BenchArgs) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_header(decode: bool) {
+fn print_header(decode: bool, dtype: Dtype) {
+    if dtype != Dtype::F32 {
+        println!("storage: {dtype} (×f32: the same fused kernel storing f32, timed in this run)");
+    }
     if decode {
         println!(
             "{:<24} {:>9} {:>6} {:>8} {:>6} {:>10} {:>6} {:>10} {:>9} {:>7}",
@@ -579,7 +676,7 @@ fn print_header(decode: bool) {
         );
     } else {
         println!(
-            "{:<22} {:>26} {:>9} {:>8} {:>6} {:>9} {:>7} {:>9} {:>10} {:>15}",
+            "{:<22} {:>26} {:>9} {:>8} {:>6} {:>9} {:>7} {:>9} {:>10} {:>15}{}",
             "workload",
             "B×H:Hkv nq×nkv d",
             "fused ms",
@@ -589,7 +686,12 @@ fn print_header(decode: bool) {
             "×naive",
             "CPU ms",
             "tiles",
-            "MiB fused/naive"
+            "MiB fused/naive",
+            if dtype == Dtype::F32 {
+                ""
+            } else {
+                "    f32 ms   ×f32"
+            }
         );
     }
 }
@@ -622,8 +724,11 @@ fn print_row(r: &ReportRow, probe: &bench::Probe) {
         .as_ref()
         .map_or("-".to_string(), |ms| format!("{ms:.1}"));
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let vs_f32 = r.f32_ms.map_or(String::new(), |ms| {
+        format!(" {:>9.3} {:>6.2}", ms, ms / row.fused_ms)
+    });
     println!(
-        "{:<22} {:>26} {:>9.3} {:>8.1} {:>5.0}% {:>9} {:>7} {:>9} {:>10} {:>15}",
+        "{:<22} {:>26} {:>9.3} {:>8.1} {:>5.0}% {:>9} {:>7} {:>9} {:>10} {:>15}{vs_f32}",
         r.name,
         format!(
             "{}×{}:{} {}×{} d{}",
