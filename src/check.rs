@@ -85,6 +85,15 @@ pub fn max_err(got: &[f32], want: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Max |got − want| / max(|want|, 1): the error measure for values that can
+/// be large (LSE of huge logits).
+pub fn max_rel_err(got: &[f32], want: &[f64]) -> f64 {
+    got.iter()
+        .zip(want)
+        .map(|(&a, &b)| ((a as f64 - b) / b.abs().max(1.0)).abs())
+        .fold(0.0, f64::max)
+}
+
 /// Max errors of one output against the reference.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Errors {

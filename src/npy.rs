@@ -86,6 +86,15 @@ pub fn read_float(path: &Path) -> Result<(Array<f32>, bool)> {
 
 /// Writes a float16 ('<f2') array in C order, rounding to nearest.
 pub fn write_f16(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    write(path, shape, data.iter().map(|&x| half::f16::from_f32(x)))
+}
+
+/// Writes `data` as a C-order array of its element type.
+fn write<T: npyz::AutoSerialize>(
+    path: &Path,
+    shape: &[usize],
+    data: impl Iterator<Item = T>,
+) -> Result<()> {
     let f = File::create(path).map_err(|e| err(path, format!("cannot create: {e}")))?;
     let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
     let mut w = npyz::WriteOptions::new()
@@ -94,7 +103,7 @@ pub fn write_f16(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
         .writer(BufWriter::new(f))
         .begin_nd()
         .map_err(|e| err(path, format!("cannot write: {e}")))?;
-    w.extend(data.iter().map(|&x| half::f16::from_f32(x)))
+    w.extend(data)
         .and_then(|_| w.finish())
         .map_err(|e| err(path, format!("cannot write: {e}")))
 }
@@ -129,15 +138,5 @@ pub fn read_int(path: &Path) -> Result<Array<i64>> {
 
 /// Writes a float32 array in C order.
 pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
-    let f = File::create(path).map_err(|e| err(path, format!("cannot create: {e}")))?;
-    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(&shape)
-        .writer(BufWriter::new(f))
-        .begin_nd()
-        .map_err(|e| err(path, format!("cannot write: {e}")))?;
-    w.extend(data.iter().copied())
-        .and_then(|_| w.finish())
-        .map_err(|e| err(path, format!("cannot write: {e}")))
+    write(path, shape, data.iter().copied())
 }

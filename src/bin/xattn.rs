@@ -607,15 +607,23 @@ fn bench_cmd(a: BenchArgs) -> Result<ExitCode, Error> {
     // Why a column shows "-".
     let mut notes: Vec<String> = Vec::new();
     let mut over_budget: Vec<&str> = Vec::new();
+    // Naive skips grouped by reason: (reason, shapes).
+    let mut naive_skips: Vec<(&str, Vec<&str>)> = Vec::new();
     for r in &report.rows {
         if let Err(note) = &r.row.naive_ms {
             if note.starts_with("skipped") {
-                notes.push(format!("{}: naive {note}", r.name));
+                match naive_skips.iter_mut().find(|(n, _)| n == note) {
+                    Some((_, names)) => names.push(&r.name),
+                    None => naive_skips.push((note, vec![&r.name])),
+                }
             }
         }
         if r.row.cpu_ms.is_err() {
             over_budget.push(&r.name);
         }
+    }
+    for (note, names) in naive_skips {
+        notes.push(format!("naive {note}: {}", names.join(", ")));
     }
     if !over_budget.is_empty() {
         notes.push(format!(
