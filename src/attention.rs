@@ -90,11 +90,67 @@ impl std::fmt::Display for Dtype {
     }
 }
 
+/// Memory order of a 4-D tensor of (batch, sequence, heads, head dim).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// `[B, S, H, D]`, flash-attn's order (the default).
+    #[default]
+    Bshd,
+    /// `[B, H, S, D]`, PyTorch SDPA's order.
+    Bhsd,
+}
+
+impl Layout {
+    /// Element strides (batch, sequence, head) of a tensor with `s` rows,
+    /// `h` heads and head dim `d`.
+    pub fn strides(self, s: usize, h: usize, d: usize) -> [usize; 3] {
+        match self {
+            Layout::Bshd => [s * h * d, h * d, d],
+            Layout::Bhsd => [h * s * d, d, s * d],
+        }
+    }
+
+    /// The shape in memory order.
+    pub fn shape(self, b: usize, s: usize, h: usize, d: usize) -> [usize; 4] {
+        match self {
+            Layout::Bshd => [b, s, h, d],
+            Layout::Bhsd => [b, h, s, d],
+        }
+    }
+
+    /// Copies `data` (in this layout, `[b, s, h, d]` logically) into
+    /// `target`'s order.
+    pub fn convert<T: Copy + Default>(
+        self,
+        target: Layout,
+        data: &[T],
+        [b, s, h, d]: [usize; 4],
+    ) -> Vec<T> {
+        if self == target {
+            return data.to_vec();
+        }
+        let (from, to) = (self.strides(s, h, d), target.strides(s, h, d));
+        let mut out = vec![T::default(); data.len()];
+        for bi in 0..b {
+            for si in 0..s {
+                for hi in 0..h {
+                    let src = bi * from[0] + si * from[1] + hi * from[2];
+                    let dst = bi * to[0] + si * to[1] + hi * to[2];
+                    out[dst..dst + d].copy_from_slice(&data[src..src + d]);
+                }
+            }
+        }
+        out
+    }
+}
+
 /// One cross-attention forward problem, without data.
 ///
-/// Layout is BSHD, row-major, as in flash-attn:
+/// Layout is BSHD, row-major, as in flash-attn, by default:
 /// q `[B, n_q, H, d]`, k `[B, n_kv, H_kv, d]`, v `[B, n_kv, H_kv, d_v]`,
-/// o `[B, n_q, H, d_v]`, lse `[B, H, n_q]` (natural log).
+/// o `[B, n_q, H, d_v]`, lse `[B, H, n_q]` (natural log). q, k, v may instead
+/// be BHSD (`[B, H, S, D]`, [`Layout::Bhsd`]) and so may o, read and written in
+/// place through strides.
 /// Query head `h` reads key/value head `h / (H / H_kv)` (GQA/MQA).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AttentionProblem {
@@ -120,6 +176,10 @@ pub struct AttentionProblem {
     pub kv_lens: bool,
     /// Storage type of q, k, v and o (LSE is always f32).
     pub dtype: Dtype,
+    /// Memory order of q, k and v (read in place through strides, no copy).
+    pub layout: Layout,
+    /// Memory order of o.
+    pub out_layout: Layout,
 }
 
 impl AttentionProblem {
@@ -136,7 +196,21 @@ impl AttentionProblem {
             scale: None,
             kv_lens: false,
             dtype: Dtype::F32,
+            layout: Layout::Bshd,
+            out_layout: Layout::Bshd,
         }
+    }
+
+    /// Sets the memory order of q, k and v.
+    pub fn with_layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
+        self
+    }
+
+    /// Sets the memory order of o.
+    pub fn with_out_layout(mut self, layout: Layout) -> Self {
+        self.out_layout = layout;
+        self
     }
 
     /// Sets the storage type of q, k, v and o.
@@ -208,11 +282,16 @@ impl AttentionProblem {
     /// The tensors' names, shapes and element counts, in binding order.
     pub fn tensors(&self) -> [(&'static str, [usize; 4], usize); 5] {
         let (b, h, hk) = (self.batch, self.heads, self.kv_heads);
+        let (l, ol) = (self.layout, self.out_layout);
         [
-            ("q", [b, self.n_q, h, self.head_dim], self.q_len()),
-            ("k", [b, self.n_kv, hk, self.head_dim], self.k_len()),
-            ("v", [b, self.n_kv, hk, self.head_dim_v], self.v_len()),
-            ("o", [b, self.n_q, h, self.head_dim_v], self.o_len()),
+            ("q", l.shape(b, self.n_q, h, self.head_dim), self.q_len()),
+            ("k", l.shape(b, self.n_kv, hk, self.head_dim), self.k_len()),
+            (
+                "v",
+                l.shape(b, self.n_kv, hk, self.head_dim_v),
+                self.v_len(),
+            ),
+            ("o", ol.shape(b, self.n_q, h, self.head_dim_v), self.o_len()),
             ("lse", [b, h, self.n_q, 1], self.lse_len()),
         ]
     }
@@ -1011,7 +1090,7 @@ pub struct FlashParams {
 }
 
 impl FlashParams {
-    /// Parameters for contiguous BSHD tensors.
+    /// Parameters for the problem's layouts (contiguous BSHD or BHSD).
     pub fn new(p: &AttentionProblem, plan: &FlashPlan) -> Self {
         let (h, hk, d, dv) = (
             p.heads as u32,
@@ -1020,6 +1099,15 @@ impl FlashParams {
             p.head_dim_v as u32,
         );
         let (nq, nkv) = (p.n_q as u32, p.n_kv as u32);
+        let strides = |l: Layout, s: u32, h: u32, d: u32| {
+            l.strides(s as usize, h as usize, d as usize)
+                .map(|x| x as u32)
+        };
+        let (qs, ks) = (strides(p.layout, nq, h, d), strides(p.layout, nkv, hk, d));
+        let (vs, os) = (
+            strides(p.layout, nkv, hk, dv),
+            strides(p.out_layout, nq, h, dv),
+        );
         Self {
             batch: p.batch as u32,
             heads: h,
@@ -1029,18 +1117,18 @@ impl FlashParams {
             has_kv_len: p.kv_lens as u32,
             q_blocks: plan.q_blocks,
             grid_x: plan.grid.0,
-            q_stride_b: nq * h * d,
-            q_stride_s: h * d,
-            q_stride_h: d,
-            k_stride_b: nkv * hk * d,
-            k_stride_s: hk * d,
-            k_stride_h: d,
-            v_stride_b: nkv * hk * dv,
-            v_stride_s: hk * dv,
-            v_stride_h: dv,
-            o_stride_b: nq * h * dv,
-            o_stride_s: h * dv,
-            o_stride_h: dv,
+            q_stride_b: qs[0],
+            q_stride_s: qs[1],
+            q_stride_h: qs[2],
+            k_stride_b: ks[0],
+            k_stride_s: ks[1],
+            k_stride_h: ks[2],
+            v_stride_b: vs[0],
+            v_stride_s: vs[1],
+            v_stride_h: vs[2],
+            o_stride_b: os[0],
+            o_stride_s: os[1],
+            o_stride_h: os[2],
             scale_log2: p.scale() * std::f32::consts::LOG2_E,
             group: h / hk,
             kv_begin: 0,

@@ -1,7 +1,9 @@
 //! Timing and device probes shared by the CLI's bench harness and the
 //! Criterion benches.
 
-use crate::attention::{fold_grid, AttentionProblem, FlashAttention, FlashPlan, TileOverride};
+use crate::attention::{
+    fold_grid, AttentionProblem, FlashAttention, FlashPlan, Layout, TileOverride,
+};
 use crate::context::{Binding, Context, Kernel, PipelineKey};
 use crate::error::{Error, Result};
 use crate::naive::NaiveAttention;
@@ -231,8 +233,18 @@ fn first_slice(
         kv_heads: 1,
         n_q: n,
         kv_lens: false,
+        layout: Layout::Bshd,
+        out_layout: Layout::Bshd,
         ..*p
     };
+    let bshd = |x: &[f32], s: usize, h: usize, d: usize| {
+        p.layout.convert(Layout::Bshd, x, [p.batch, s, h, d])
+    };
+    let (q, k, v) = (
+        &bshd(q, p.n_q, p.heads, p.head_dim)[..],
+        &bshd(k, p.n_kv, p.kv_heads, p.head_dim)[..],
+        &bshd(v, p.n_kv, p.kv_heads, p.head_dim_v)[..],
+    );
     let rows = |x: &[f32], count: usize, stride: usize, d: usize| -> Vec<f32> {
         (0..count)
             .flat_map(|i| x[i * stride..i * stride + d].iter().copied())
@@ -265,7 +277,11 @@ pub fn bench_problem(ctx: &Context, p: &AttentionProblem, opt: &BenchOptions) ->
     let n_check = p.n_q.min(64);
     let (sub, sq, sk, sv) = first_slice(p, &q, &k, &v, n_check);
     let reference = crate::reference::attention(&sub, &sq, &sk, &sv, None)?;
-    let o_all = tensors.download(ctx)?.o;
+    let o_all = p.out_layout.convert(
+        Layout::Bshd,
+        &tensors.download(ctx)?.o,
+        [p.batch, p.n_q, p.heads, p.head_dim_v],
+    );
     let dv = p.head_dim_v;
     let got: Vec<f32> = (0..n_check)
         .flat_map(|i| {

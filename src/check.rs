@@ -3,7 +3,7 @@
 //! against the f64 reference must be at most 2× the naive kernel's (same
 //! storage precision) plus [`SLACK`]. Shared by the tests and `xattn check`.
 
-use crate::attention::{AttentionOutput, AttentionProblem, Dtype};
+use crate::attention::{AttentionOutput, AttentionProblem, Dtype, Layout};
 use crate::context::Context;
 use crate::error::Result;
 use crate::naive::NaiveAttention;
@@ -170,12 +170,25 @@ pub fn check_with(
     let f = fused(&q, &k, &v)?;
     // The naive kernel in the same storage precision: f32 loads of the
     // rounded inputs, f32 arithmetic, O rounded to the storage type.
+    // It reads and writes BSHD: give it BSHD copies of the same values and
+    // put its O back in the problem's output layout.
     let p32 = AttentionProblem {
         dtype: Dtype::F32,
+        layout: Layout::Bshd,
+        out_layout: Layout::Bshd,
         ..*p
     };
-    let mut n = NaiveAttention::new(ctx, &p32)?.run(&q, &k, &v, kv_lens)?;
-    n.o = round(n.o);
+    let bshd = |x: &[f32], s: usize, h: usize, d: usize| {
+        p.layout.convert(Layout::Bshd, x, [p.batch, s, h, d])
+    };
+    let (hq, hk, d, dv) = (p.heads, p.kv_heads, p.head_dim, p.head_dim_v);
+    let mut n = NaiveAttention::new(ctx, &p32)?.run(
+        &bshd(&q, p.n_q, hq, d),
+        &bshd(&k, p.n_kv, hk, d),
+        &bshd(&v, p.n_kv, hk, dv),
+        kv_lens,
+    )?;
+    n.o = Layout::Bshd.convert(p.out_layout, &round(n.o), [p.batch, p.n_q, hq, dv]);
     let max_o = r.o.iter().fold(0.0f64, |a, &b| a.max(b.abs()));
     Ok(CheckReport {
         fused: Errors::of(&f, &r),

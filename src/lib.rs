@@ -44,8 +44,8 @@ pub mod tensor;
 
 pub use attention::{
     plan, AttentionBuffers, AttentionOutput, AttentionProblem, BoundAttention, Dtype,
-    FlashAttention, FlashParams, FlashPlan, FlashVariant, TensorIo, TileOverride, MAX_HEAD_DIM,
-    MAX_SPLITS,
+    FlashAttention, FlashParams, FlashPlan, FlashVariant, Layout, TensorIo, TileOverride,
+    MAX_HEAD_DIM, MAX_SPLITS,
 };
 pub use context::{Context, ContextOptions, DeviceCaps};
 pub use error::{Error, Result};

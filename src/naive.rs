@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::attention::{fold_grid, AttentionOutput, AttentionProblem};
+use crate::attention::{fold_grid, AttentionOutput, AttentionProblem, Layout};
 use crate::context::{Binding, Context, Kernel, PipelineKey};
 use crate::error::{Error, Result};
 use crate::tensor::AttentionTensors;
@@ -71,6 +71,12 @@ impl<'c> NaiveAttention<'c> {
     /// binding; compiles (or fetches) the three pipelines.
     pub fn new(ctx: &'c Context, problem: &AttentionProblem) -> Result<Self> {
         problem.validate()?;
+        if (problem.layout, problem.out_layout) != (Layout::Bshd, Layout::Bshd) {
+            return Err(Error::Unplannable {
+                kernel: "naive",
+                reason: "the naive baseline reads and writes BSHD only".into(),
+            });
+        }
         if problem.dtype != crate::attention::Dtype::F32 {
             // The tolerance rule's half-precision baseline is this kernel on
             // inputs rounded to the storage type, with O rounded on the way

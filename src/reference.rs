@@ -105,19 +105,24 @@ pub fn attention_in<T: Real>(
     let group = h_q / h_kv;
     let scale = T::of(p.scale());
     let rows = p.batch * p.n_q * h_q;
+    // Element strides (batch, row, head) of each tensor in its layout.
+    let qs = p.layout.strides(p.n_q, h_q, d);
+    let ks = p.layout.strides(p.n_kv, h_kv, d);
+    let vs = p.layout.strides(p.n_kv, h_kv, dv);
+    let os = p.out_layout.strides(p.n_q, h_q, dv);
     let per_row: Vec<(Vec<T>, T)> = (0..rows)
         .into_par_iter()
         .map(|r| {
-            // o is [B, n_q, H, d_v]: row r is (b, i, h).
+            // Row r is (b, i, h), in BSHD order.
             let h = r % h_q;
             let i = (r / h_q) % p.n_q;
             let b = r / (h_q * p.n_q);
             let hk = h / group;
             let n_valid = kv_lens.map_or(p.n_kv, |l| l[b] as usize).min(p.n_kv);
-            let qrow = &q[((b * p.n_q + i) * h_q + h) * d..][..d];
+            let qrow = &q[b * qs[0] + i * qs[1] + h * qs[2]..][..d];
             let scores: Vec<T> = (0..n_valid)
                 .map(|j| {
-                    let krow = &k[((b * p.n_kv + j) * h_kv + hk) * d..][..d];
+                    let krow = &k[b * ks[0] + j * ks[1] + hk * ks[2]..][..d];
                     let dot: T = qrow
                         .iter()
                         .zip(krow)
@@ -134,7 +139,7 @@ pub fn attention_in<T: Real>(
             let weights: Vec<T> = scores.iter().map(|&s| (s - max).exp()).collect();
             let sum: T = weights.iter().copied().sum();
             for (j, &w) in weights.iter().enumerate() {
-                let vrow = &v[((b * p.n_kv + j) * h_kv + hk) * dv..][..dv];
+                let vrow = &v[b * vs[0] + j * vs[1] + hk * vs[2]..][..dv];
                 for (o, &x) in out.iter_mut().zip(vrow) {
                     *o += w * T::of(x);
                 }
@@ -143,13 +148,13 @@ pub fn attention_in<T: Real>(
             (out, max + sum.ln())
         })
         .collect();
-    let mut o = Vec::with_capacity(rows * dv);
+    let mut o = vec![T::ZERO; rows * dv];
     let mut lse = vec![T::ZERO; rows];
     for (r, (row, l)) in per_row.into_iter().enumerate() {
-        o.extend_from_slice(&row);
         let h = r % h_q;
         let i = (r / h_q) % p.n_q;
         let b = r / (h_q * p.n_q);
+        o[b * os[0] + i * os[1] + h * os[2]..][..dv].copy_from_slice(&row);
         lse[(b * h_q + h) * p.n_q + i] = l;
     }
     Ok(ReferenceOutput { o, lse })

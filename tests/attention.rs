@@ -270,3 +270,46 @@ fn thousands_of_keys_stay_correct_on_every_adapter() {
     assert_close(&AttentionProblem::new(1, 2, 64, 4096, 64), None, 16);
     assert_close(&AttentionProblem::new(1, 1, 8, 16_000, 160), None, 17);
 }
+
+#[test]
+fn bhsd_layouts_are_read_and_written_in_place_through_strides() {
+    use xattn::{Dtype, Layout};
+    let (s, h) = (Layout::Bshd, Layout::Bhsd);
+    let cases = [
+        // Tiled kernel, GQA, key lengths, scalar-path head dim.
+        AttentionProblem::new(2, 4, 37, 41, 59)
+            .with_kv_heads(2)
+            .with_kv_lens(true),
+        // Decode kernel (MQA rows packed), split-KV.
+        AttentionProblem::new(2, 8, 1, 1500, 64).with_kv_heads(1),
+        // Half storage in u32 words or f16.
+        AttentionProblem::new(1, 3, 20, 77, 40).with_dtype(Dtype::F16),
+    ];
+    for (i, base) in cases.iter().enumerate() {
+        for (layout, out_layout) in [(h, s), (s, h), (h, h)] {
+            let p = base.with_layout(layout).with_out_layout(out_layout);
+            let lens = p.kv_lens.then_some(&[41u32, 9][..]);
+            // The reference reads through the same strides: a BHSD problem on
+            // BHSD data equals the BSHD problem on the transposed data.
+            let (q, k, v) = inputs(&p, 70 + i as u64);
+            let to_bshd = |x: &[f32], n: usize, heads: usize, d: usize| {
+                layout.convert(s, x, [p.batch, n, heads, d])
+            };
+            let r = xattn::reference::attention(&p, &q, &k, &v, lens).unwrap();
+            let r_bshd = xattn::reference::attention(
+                &p.with_layout(s).with_out_layout(s),
+                &to_bshd(&q, p.n_q, p.heads, p.head_dim),
+                &to_bshd(&k, p.n_kv, p.kv_heads, p.head_dim),
+                &to_bshd(&v, p.n_kv, p.kv_heads, p.head_dim_v),
+                lens,
+            )
+            .unwrap();
+            let o_dims = [p.batch, p.n_q, p.heads, p.head_dim_v];
+            assert_eq!(out_layout.convert(s, &r.o, o_dims), r_bshd.o, "{p:?}");
+            assert_eq!(r.lse, r_bshd.lse);
+            // The fused kernels under the tolerance rule.
+            let c = assert_close(&p, lens, 70 + i as u64);
+            assert!(c.fused.o.is_finite(), "{p:?}");
+        }
+    }
+}
