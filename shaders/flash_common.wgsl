@@ -98,6 +98,30 @@ fn workgroup_tile(wid: vec3<u32>) -> Tile {
     return grid_tile(wid, p.heads);
 }
 
+// Row addressing shared by every kernel, through the layouts' strides: the
+// first element of query row qi of head h in batch entry b in q and in o, and
+// the row's index in lse and state order, (b·H + h)·n_q + qi.
+fn q_base(b: u32, qi: u32, h: u32) -> u32 {
+    return b * p.q_stride_b + qi * p.q_stride_s + h * p.q_stride_h;
+}
+
+fn o_base(b: u32, qi: u32, h: u32) -> u32 {
+    return b * p.o_stride_b + qi * p.o_stride_s + h * p.o_stride_h;
+}
+
+fn row_index(b: u32, h: u32, qi: u32) -> u32 {
+    return (b * p.heads + h) * p.n_q + qi;
+}
+
+// Chunk c of query row (b, qi, h), pre-scaled by scale·log2(e) so the
+// softmax can use exp2; zeros for a row that does not exist (`live` false).
+fn q_scaled4(b: u32, qi: u32, h: u32, c: u32, live: bool) -> vec4<f32> {
+    if (!live) {
+        return vec4<f32>(0.0);
+    }
+    return q_row4(q_base(b, qi, h), c, D) * p.scale_log2;
+}
+
 // Vec4s of one state row: (m, l, 0, 0), then the unnormalised O.
 const STATE_VEC4S: u32 = 1u + DV4;
 

@@ -47,13 +47,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let first = (p.flags & 1u) != 0u;
     for (var r = 0u; r < BR; r++) {
         let hq = packed_row(t, r);
-        let base = t.b * p.q_stride_b + hq.y * p.q_stride_s + hq.x * p.q_stride_h;
         for (var c = 0u; c < D4; c++) {
-            var val = vec4<f32>(0.0);
-            if (hq.z != 0u) {
-                val = q_row4(base, c, D) * p.scale_log2;
-            }
-            q_reg[r * D4 + c] = val;
+            q_reg[r * D4 + c] = q_scaled4(t.b, hq.y, hq.x, c, hq.z != 0u);
         }
         m[r] = NEG_BIG;
         l[r] = 0.0;
@@ -62,7 +57,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         // A carried state continues in lane 0; the other lanes start empty.
         if (!first && hq.z != 0u && lid == 0u) {
-            let sb = state_base(t.split, (t.b * p.heads + hq.x) * p.n_q + hq.y);
+            let sb = state_base(t.split, row_index(t.b, hq.x, hq.y));
             m[r] = state[sb].x;
             l[r] = state[sb].y;
             for (var c = 0u; c < DV4; c++) {
@@ -114,9 +109,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let out = writes_output();
     for (var r = 0u; r < BR; r++) {
         let hq = packed_row(t, r);
-        let row = (t.b * p.heads + hq.x) * p.n_q + hq.y;
+        let row = row_index(t.b, hq.x, hq.y);
         let sb = state_base(t.split, row);
-        let ob = t.b * p.o_stride_b + hq.y * p.o_stride_s + hq.x * p.o_stride_h;
+        let ob = o_base(t.b, hq.y, hq.x);
         workgroupBarrier();
         red_m[lid] = m[r];
         red_l[lid] = l[r];

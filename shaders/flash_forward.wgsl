@@ -142,15 +142,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let first = (p.flags & 1u) != 0u;
     for (var t = 0u; t < TR; t++) {
         let qi = qb * BR + lid + t * WG;
-        let base = b * p.q_stride_b + qi * p.q_stride_s + h * p.q_stride_h;
         for (var c = 0u; c < D4; c++) {
-            var val = vec4<f32>(0.0);
-            if (qi < p.n_q) {
-                val = q_row4(base, c, D) * p.scale_log2;
-            }
-            q_reg[t * D4 + c] = val;
+            q_reg[t * D4 + c] = q_scaled4(b, qi, h, c, qi < p.n_q);
         }
-        let sb = state_base(tile.split, (b * p.heads + h) * p.n_q + qi);
+        let sb = state_base(tile.split, row_index(b, h, qi));
         if (first || qi >= p.n_q) {
             for (var c = 0u; c < DV4; c++) {
                 acc[t * DV4 + c] = vec4<f32>(0.0);
@@ -184,12 +179,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if (qi >= p.n_q) {
             continue;
         }
-        let row = (b * p.heads + h) * p.n_q + qi;
+        let row = row_index(b, h, qi);
         if (out) {
             // Deferred normalisation. A row with no visible key has l = 0:
             // O = 0 and LSE = −∞ rather than 0/0.
             let inv = select(1.0 / l[t], 0.0, l[t] == 0.0);
-            let base = b * p.o_stride_b + qi * p.o_stride_s + h * p.o_stride_h;
+            let base = o_base(b, qi, h);
             for (var c = 0u; c < DV4; c++) {
                 store_o4(base, c, acc[t * DV4 + c] * inv);
             }

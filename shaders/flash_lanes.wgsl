@@ -33,15 +33,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let first = (p.flags & 1u) != 0u;
     for (var r = 0u; r < BR; r++) {
         let qi = qb * BR + r;
-        let base = b * p.q_stride_b + qi * p.q_stride_s + h * p.q_stride_h;
         for (var c = 0u; c < D4; c++) {
-            var val = vec4<f32>(0.0);
-            if (qi < p.n_q) {
-                val = q_row4(base, c, D) * p.scale_log2;
-            }
-            q_reg[r * D4 + c] = val;
+            q_reg[r * D4 + c] = q_scaled4(b, qi, h, c, qi < p.n_q);
         }
-        let sb = state_base(tile.split, (b * p.heads + h) * p.n_q + qi);
+        let sb = state_base(tile.split, row_index(b, h, qi));
         m[r] = NEG_BIG;
         l[r] = 0.0;
         for (var c = 0u; c < DV4; c++) {
@@ -119,10 +114,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let out = writes_output();
     for (var r = 0u; r < BR; r++) {
         let qi = qb * BR + r;
-        let row = (b * p.heads + h) * p.n_q + qi;
+        let row = row_index(b, h, qi);
         let inv = select(1.0 / l[r], 0.0, l[r] == 0.0);
         let sb = state_base(tile.split, row);
-        let ob = b * p.o_stride_b + qi * p.o_stride_s + h * p.o_stride_h;
+        let ob = o_base(b, qi, h);
         for (var c = 0u; c < DV4; c++) {
             let total = subgroupAdd(acc[r * DV4 + c]);
             if (lane == 0u && qi < p.n_q) {

@@ -40,7 +40,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let inv = select(1.0 / total, 0.0, total == 0.0);
     let qi = row % p.n_q;
     let bh = row / p.n_q;
-    let base = (bh / p.heads) * p.o_stride_b + qi * p.o_stride_s + (bh % p.heads) * p.o_stride_h;
+    let base = o_base(bh / p.heads, qi, bh % p.heads);
     for (var c = 0u; c < DV4; c++) {
         store_o4(base, c, sum[c] * inv);
     }
