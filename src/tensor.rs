@@ -1,7 +1,7 @@
 //! Device tensors of one attention launch: the inputs uploaded, the outputs
 //! allocated, and the way back to the host.
 
-use crate::attention::{validate_host, AttentionBuffers, AttentionOutput, AttentionProblem};
+use crate::attention::{validate_host, AttentionBuffers, AttentionOutput, AttentionProblem, Dtype};
 use crate::context::Context;
 use crate::error::{Error, Result};
 
@@ -34,9 +34,9 @@ impl AttentionTensors {
         validate_host(problem, q, k, v, kv_lens)?;
         Ok(Self {
             problem: *problem,
-            q: ctx.upload("q", &problem.dtype.encode(q)),
-            k: ctx.upload("k", &problem.dtype.encode(k)),
-            v: ctx.upload("v", &problem.dtype.encode(v)),
+            q: upload_as(ctx, "q", problem.dtype, q),
+            k: upload_as(ctx, "k", problem.dtype, k),
+            v: upload_as(ctx, "v", problem.dtype, v),
             kv_lens: kv_lens.map(|l| ctx.upload("kv_lens", l)),
             o: ctx.storage("o", problem.tensor_bytes("o")),
             lse: ctx.storage("lse", problem.tensor_bytes("lse")),
@@ -68,8 +68,15 @@ impl AttentionTensors {
                 shape: format!("{shape:?}"),
             });
         }
-        ctx.queue()
-            .write_buffer(&self.q, 0, bytemuck::cast_slice(q));
+        if self.problem.dtype == Dtype::F32 {
+            ctx.queue()
+                .write_buffer(&self.q, 0, bytemuck::cast_slice(q));
+        } else {
+            let mut bytes = self.problem.dtype.encode(q);
+            // Queue writes go in whole 4-byte words.
+            bytes.resize(bytes.len().next_multiple_of(4), 0);
+            ctx.queue().write_buffer(&self.q, 0, &bytes);
+        }
         Ok(())
     }
 
@@ -91,5 +98,14 @@ impl AttentionTensors {
             ),
             lse: ctx.download(&self.lse, self.problem.lse_len())?,
         })
+    }
+}
+
+/// Uploads f32 host data in `dtype`: as it is for f32 (no copy), encoded
+/// otherwise.
+fn upload_as(ctx: &Context, label: &str, dtype: Dtype, data: &[f32]) -> wgpu::Buffer {
+    match dtype {
+        Dtype::F32 => ctx.upload(label, data),
+        _ => ctx.upload(label, &dtype.encode(data)),
     }
 }

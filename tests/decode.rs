@@ -7,8 +7,8 @@ use common::ctx;
 use xattn::check::{check_with, inputs, max_err};
 use xattn::wgpu;
 use xattn::{
-    plan, AttentionBuffers, AttentionProblem, AttentionTensors, DeviceCaps, Error, FlashAttention,
-    FlashVariant, TileOverride, MAX_SPLITS,
+    plan, AttentionBuffers, AttentionProblem, AttentionTensors, DeviceCaps, Dtype, Error,
+    FlashAttention, FlashVariant, TileOverride, MAX_SPLITS,
 };
 
 fn forced(variant: FlashVariant, splits: u32) -> TileOverride {
@@ -114,27 +114,39 @@ fn decode_kernel_packs_gqa_heads_and_handles_odd_head_dims() {
 #[test]
 fn bound_handle_runs_many_decode_steps_against_one_encoder_kv() {
     // Encoder K/V uploaded and bound once; each step writes a new query into
-    // the same buffer and records into its own encoder.
-    let p = AttentionProblem::new(1, 4, 1, 333, 64);
-    let c = ctx();
-    let flash = FlashAttention::new(c, &p).unwrap();
-    let (q0, k, v) = inputs(&p, 40);
-    let t = AttentionTensors::upload(c, &p, &q0, &k, &v, None).unwrap();
-    let bound = flash.bind(&t.buffers()).unwrap();
-    for step in 0..5u64 {
-        let (q, _, _) = inputs(&p, 41 + step);
-        t.write_q(c, &q).unwrap();
-        let mut enc = c.device().create_command_encoder(&Default::default());
-        bound.record(&mut enc);
-        c.queue().submit([enc.finish()]);
-        let out = t.download(c).unwrap();
-        let r = xattn::reference::attention(&p, &q, &k, &v, None).unwrap();
-        assert!(
-            max_err(&out.o, &r.o) < 2e-5,
-            "step {step}: {:.3e}",
-            max_err(&out.o, &r.o)
-        );
-        assert!(max_err(&out.lse, &r.lse) < 2e-5, "step {step}");
+    // the same buffer (converted to the storage type) and records into its
+    // own encoder. An odd row count (1×5×7 = 35 halves) ends mid-word.
+    for (dtype, ulp) in [
+        (Dtype::F32, 0.0),
+        (Dtype::F16, 2f64.powi(-10)),
+        (Dtype::Bf16, 2f64.powi(-7)),
+    ] {
+        let p = AttentionProblem::new(1, 5, 1, 333, 7).with_dtype(dtype);
+        let c = ctx();
+        let flash = FlashAttention::new(c, &p).unwrap();
+        let round = |x: Vec<f32>| -> Vec<f32> { x.into_iter().map(|a| dtype.round(a)).collect() };
+        let (q0, k, v) = inputs(&p, 40);
+        let (k, v) = (round(k), round(v));
+        let t = AttentionTensors::upload(c, &p, &q0, &k, &v, None).unwrap();
+        let bound = flash.bind(&t.buffers()).unwrap();
+        for step in 0..5u64 {
+            let q = round(inputs(&p, 41 + step).0);
+            t.write_q(c, &q).unwrap();
+            let mut enc = c.device().create_command_encoder(&Default::default());
+            bound.record(&mut enc);
+            c.queue().submit([enc.finish()]);
+            let out = t.download(c).unwrap();
+            let r = xattn::reference::attention(&p, &q, &k, &v, None).unwrap();
+            // f32: within 2e-5; half: O rounded once to the storage type.
+            let max_o = r.o.iter().fold(0.0f64, |a, &b| a.max(b.abs()));
+            let bound_o = 2e-5 + max_o * ulp;
+            assert!(
+                max_err(&out.o, &r.o) < bound_o,
+                "{dtype} step {step}: {:.3e}",
+                max_err(&out.o, &r.o)
+            );
+            assert!(max_err(&out.lse, &r.lse) < 2e-5, "{dtype} step {step}");
+        }
     }
 }
 
