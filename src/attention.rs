@@ -50,6 +50,14 @@ impl Dtype {
         }
     }
 
+    /// [`Dtype::round`] over a vector, in place.
+    pub fn round_all(self, mut xs: Vec<f32>) -> Vec<f32> {
+        if self != Dtype::F32 {
+            xs.iter_mut().for_each(|x| *x = self.round(*x));
+        }
+        xs
+    }
+
     /// Encodes f32 values in this storage type, little-endian bytes.
     pub fn encode(self, xs: &[f32]) -> Vec<u8> {
         match self {

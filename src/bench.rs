@@ -264,7 +264,7 @@ fn first_slice(
 pub fn bench_problem(ctx: &Context, p: &AttentionProblem, opt: &BenchOptions) -> Result<BenchRow> {
     let flash = FlashAttention::with_tiles(ctx, p, opt.tiles)?;
     // Inputs in the storage type (exact in f32), as the kernel sees them.
-    let round = |x: Vec<f32>| -> Vec<f32> { x.into_iter().map(|v| p.dtype.round(v)).collect() };
+    let round = |x| p.dtype.round_all(x);
     let (q, k, v) = crate::check::inputs(p, 1);
     let (q, k, v) = (round(q), round(k), round(v));
     let tensors = AttentionTensors::upload(ctx, p, &q, &k, &v, None)?;

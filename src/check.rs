@@ -163,7 +163,7 @@ pub fn check_with(
     fused: impl FnOnce(&[f32], &[f32], &[f32]) -> Result<AttentionOutput>,
 ) -> Result<CheckReport> {
     // Inputs in the storage type (exact in f32), as the kernels will see them.
-    let round = |x: Vec<f32>| -> Vec<f32> { x.into_iter().map(|v| p.dtype.round(v)).collect() };
+    let round = |x| p.dtype.round_all(x);
     let (q, k, v) = inputs(p, seed);
     let (q, k, v) = (round(q), round(k), round(v));
     let r = reference::attention(p, &q, &k, &v, kv_lens)?;

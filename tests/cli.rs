@@ -425,7 +425,7 @@ fn run_reads_and_writes_float16_and_converts_for_bf16() {
         stdout_of_success(&out);
         let (o, is_f16) = npy::read_float(&dir("o")).unwrap();
         assert_eq!((o.shape.as_slice(), is_f16), (&[1, 5, 3, 7][..], f16_out));
-        let round = |x: &[f32]| -> Vec<f32> { x.iter().map(|&a| dtype.round(a)).collect() };
+        let round = |x: &[f32]| dtype.round_all(x.to_vec());
         let r = xattn::reference::attention(&p, &round(&q), &round(&k), &round(&v), None).unwrap();
         let max_o = r.o.iter().fold(0.0f64, |a, &b| a.max(b.abs()));
         let ulp = if dtype == xattn::Dtype::F16 {

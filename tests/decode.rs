@@ -124,7 +124,7 @@ fn bound_handle_runs_many_decode_steps_against_one_encoder_kv() {
         let p = AttentionProblem::new(1, 5, 1, 333, 7).with_dtype(dtype);
         let c = ctx();
         let flash = FlashAttention::new(c, &p).unwrap();
-        let round = |x: Vec<f32>| -> Vec<f32> { x.into_iter().map(|a| dtype.round(a)).collect() };
+        let round = |x| dtype.round_all(x);
         let (q0, k, v) = inputs(&p, 40);
         let (k, v) = (round(k), round(v));
         let t = AttentionTensors::upload(c, &p, &q0, &k, &v, None).unwrap();

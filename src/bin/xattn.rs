@@ -410,7 +410,7 @@ fn run(a: &RunArgs) -> Result<ExitCode, Error> {
     }
     p.validate()?;
     // What the device stores: the inputs rounded to the storage type.
-    let round = |x: Vec<f32>| -> Vec<f32> { x.into_iter().map(|x| dtype.round(x)).collect() };
+    let round = |x| dtype.round_all(x);
     let (q, k, v) = (
         npy::Array {
             data: round(q.data),
