@@ -1,5 +1,6 @@
 //! Criterion benches: the fused kernel against the naive unfused kernel on the
-//! issue's three shapes, throughput in FLOPs (4·B·H·n_q·n_kv·d).
+//! issue's three shapes, throughput in FLOPs (4·B·H·n_q·n_kv·d); and causal
+//! 1×8×1024² with block skipping on and off (throughput in dense FLOPs).
 //!
 //! `cargo bench` — each shape is checked against the f64 reference first.
 
@@ -7,7 +8,9 @@ use std::sync::OnceLock;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use xattn::check::inputs;
-use xattn::{AttentionProblem, AttentionTensors, Context, FlashAttention, NaiveAttention};
+use xattn::{
+    AttentionProblem, AttentionTensors, Context, FlashAttention, NaiveAttention, TileOverride,
+};
 
 fn ctx() -> &'static Context {
     static CTX: OnceLock<Context> = OnceLock::new();
@@ -51,6 +54,34 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 ctx.submit(|enc| naive.record(enc, &bufs, &scores))
                     .expect("run")
+            })
+        });
+    }
+    // Block skipping: causal, each launch checked against the reference.
+    let p = AttentionProblem::new(1, 8, 1024, 1024, 64).with_causal();
+    let (q, k, v) = inputs(&p, 1);
+    let tensors = AttentionTensors::upload(ctx, &p, &q, &k, &v, None).expect("upload");
+    let bufs = tensors.buffers();
+    group.throughput(Throughput::Elements(p.flops() as u64));
+    for (name, skip) in [("skip", true), ("no_skip", false)] {
+        let force = TileOverride {
+            block_skip: Some(skip),
+            ..Default::default()
+        };
+        let flash = FlashAttention::with_tiles(ctx, &p, force).expect("plan");
+        let report = xattn::check::check_masked(ctx, &p, &Default::default(), 1, |q, k, v| {
+            flash.run(q, k, v, None)
+        })
+        .expect("check");
+        assert!(report.passed(), "causal {name}: {report:?}");
+        let bound = flash.bind(&bufs).expect("bind");
+        group.bench_function(format!("fused/causal_1k_d64_{name}"), |b| {
+            b.iter(|| {
+                ctx.submit(|enc| {
+                    bound.record(enc);
+                    Ok(())
+                })
+                .expect("run")
             })
         });
     }

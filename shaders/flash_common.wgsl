@@ -1,11 +1,20 @@
-// Shared by the fused-attention kernels (flash_forward.wgsl, flash_lanes.wgsl):
-// constants, the params struct, the bindings and the guarded row loads. The
+// Shared by the fused-attention kernels (flash_forward.wgsl, flash_decode.wgsl,
+// flash_lanes.wgsl) and split_combine.wgsl: constants, the params struct, the
+// bindings, sequences, masks, row addressing and the split state. The
 // host prepends the specialisation constants and this file to each kernel.
 
 // Finite stand-in for −∞ inside the kernel: exp2(NEG_BIG − x) is 0 for any
 // real score x, and NEG_BIG − NEG_BIG is 0 rather than NaN.
 const NEG_BIG: f32 = -3.0e38;
+// A score hidden by the mask, the bias (−∞) or the window: below NEG_BIG, so
+// it never raises a row max and exp2(MASKED − m) is 0 for every max m.
+const MASKED: f32 = -3.4e38;
 const LN2: f32 = 0.6931471805599453;
+const LOG2E: f32 = 1.4426950408889634;
+// `seq_flags` bits.
+const SEQ_KV_LENS: u32 = 1u;
+const SEQ_Q_LENS: u32 = 2u;
+const SEQ_VARLEN: u32 = 4u;
 
 // Mirrors `FlashParams` in src/attention.rs field by field.
 struct Params {
@@ -14,8 +23,9 @@ struct Params {
     kv_heads: u32,
     n_q: u32,
     n_kv: u32,
-    // 1 when kv_len holds one key length per batch entry.
-    has_kv_len: u32,
+    // Which arrays the `seq` binding holds (SEQ_* bits); their offsets are
+    // kv_lens_at, q_lens_at, cu_q_at and cu_k_at.
+    seq_flags: u32,
     // ⌈n_q / BR⌉.
     q_blocks: u32,
     // Workgroups along x of the (possibly folded) dispatch grid.
@@ -53,19 +63,46 @@ struct Params {
     // state, and split_combine.wgsl merges them into O and LSE.
     splits: u32,
     split_keys: u32,
-    _pad0: u32,
+    // Offsets (in u32s) into `seq` of the key lengths [B], query lengths [B],
+    // cu_seqlens_q [B+1] and cu_seqlens_k [B+1].
+    kv_lens_at: u32,
+    q_lens_at: u32,
+    cu_q_at: u32,
+    cu_k_at: u32,
+    // Window (with WIN = 1): query i sees keys j with
+    // i + off − win_left ≤ j ≤ i + off + win_right, off = keys − queries of its
+    // sequence (bottom-right alignment); 2^30 stands for no limit.
+    win_left: u32,
+    win_right: u32,
+    // Strides of the bias (f32 elements) or boolean mask (u32 words of 32
+    // keys) between batch entries, heads and query rows; 0 where broadcast.
+    mask_stride_b: u32,
+    mask_stride_h: u32,
+    mask_stride_q: u32,
+    // lse (and state) row of query position t (q0 + i) of head h in batch
+    // entry b: b·lse_stride_b + h·lse_stride_h + t; `lse_rows` rows in all.
+    lse_stride_b: u32,
+    lse_stride_h: u32,
+    lse_rows: u32,
+    // 1: key blocks no query of a workgroup can see are not loaded (block
+    // skipping); 0: every allocated key is loaded and masked (for benchmarks).
+    skip: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 // q (binding 1), k (2), v (3) and o (5) are declared by the host-prepended
 // tensor access code (flash_io.wgsl), with their row loads q_row4, k_row4,
 // v_row4 and the row store store_o4.
-@group(0) @binding(4) var<storage, read> kv_len: array<u32>;
+// Per-batch lengths and packed-sequence offsets (see `seq_flags`).
+@group(0) @binding(4) var<storage, read> seq: array<u32>;
 @group(0) @binding(6) var<storage, read_write> lse: array<f32>;
 // Per split s and query row (b·H + h)·n_q + i, from state_base(s, row): one
 // vec4 (m, l, 0, 0), then DV4 vec4s of unnormalised O (m in log2 units, O not
 // yet divided by l).
 @group(0) @binding(7) var<storage, read_write> state: array<vec4<f32>>;
+// MASK = 1: additive bias, f32 bits [B|1, H|1, n_q|1, n_kv]; MASK = 2: boolean
+// mask, bit j % 32 of word j / 32 of row (b, h, i) set = key j visible.
+@group(0) @binding(8) var<storage, read> mask: array<u32>;
 
 // Which (query block, batch, head, kv head, key split) a workgroup owns, from
 // its index in the possibly folded grid. `live` is false for the grid's
@@ -98,28 +135,144 @@ fn workgroup_tile(wid: vec3<u32>) -> Tile {
     return grid_tile(wid, p.heads);
 }
 
+// One batch entry's sequences. Padded batches: q0 = k0 = 0, nq = n_q and
+// nkv_alloc = n_kv rows allocated. Packed (varlen) batches: the entry's rows
+// start at q0 = cu_seqlens_q[b] and k0 = cu_seqlens_k[b] of the packed
+// tensors. nq_used ≤ nq and nkv ≤ nkv_alloc are the rows in use (query and
+// key lengths); query rows in [nq_used, nq) are padding and get O = 0.
+struct Seq {
+    q0: u32,
+    k0: u32,
+    nq: u32,
+    nq_used: u32,
+    nkv_alloc: u32,
+    nkv: u32,
+}
+
+// The sequences of batch entry b, read from `seq` (lengths clamped to the
+// allocation, which is clamped to n_q / n_kv).
+fn seq_of(b: u32) -> Seq {
+    var s = Seq(0u, 0u, p.n_q, p.n_q, p.n_kv, p.n_kv);
+    if ((p.seq_flags & SEQ_VARLEN) != 0u) {
+        let q0 = seq[p.cu_q_at + b];
+        let k0 = seq[p.cu_k_at + b];
+        s.q0 = q0;
+        s.k0 = k0;
+        s.nq = min(max(seq[p.cu_q_at + b + 1u], q0) - q0, p.n_q);
+        s.nkv_alloc = min(max(seq[p.cu_k_at + b + 1u], k0) - k0, p.n_kv);
+    }
+    s.nq_used = s.nq;
+    s.nkv = s.nkv_alloc;
+    if ((p.seq_flags & SEQ_Q_LENS) != 0u) {
+        s.nq_used = min(seq[p.q_lens_at + b], s.nq);
+    }
+    if ((p.seq_flags & SEQ_KV_LENS) != 0u) {
+        s.nkv = min(seq[p.kv_lens_at + b], s.nkv_alloc);
+    }
+    return s;
+}
+
+var<workgroup> wg_seq: Seq;
+
+// seq_of(b), read by one invocation and broadcast so that loop bounds built
+// on it are workgroup-uniform.
+fn load_seq(b: u32, lid: u32) -> Seq {
+    if (lid == 0u) {
+        wg_seq = seq_of(b);
+    }
+    return workgroupUniformLoad(&wg_seq);
+}
+
+// The keys [x, y) of its sequence that query row i (< nq_used) may see by
+// key length and window, before the mask and bias.
+fn row_keys(s: Seq, i: u32) -> vec2<u32> {
+    if (WIN == 0u) {
+        return vec2<u32>(0u, s.nkv);
+    }
+    let diag = i32(i) + i32(s.nkv) - i32(s.nq_used);
+    let lo = clamp(diag - i32(p.win_left), 0, i32(s.nkv));
+    let hi = clamp(diag + i32(p.win_right) + 1, lo, i32(s.nkv));
+    return vec2<u32>(u32(lo), u32(hi));
+}
+
+// The keys a workgroup whose used query rows are [i0, i1] loads: the union of
+// those rows' keys (empty when i0 > i1: no used row), or every allocated key
+// when block skipping is off.
+fn block_keys(s: Seq, i0: u32, i1: u32) -> vec2<u32> {
+    if (p.skip == 0u) {
+        return vec2<u32>(0u, s.nkv_alloc);
+    }
+    if (i0 > i1) {
+        return vec2<u32>(0u);
+    }
+    return vec2<u32>(row_keys(s, i0).x, row_keys(s, i1).y);
+}
+
+// Whether key j is inside row i's length and window.
+fn key_in_row(s: Seq, i: u32, j: u32) -> bool {
+    let r = row_keys(s, i);
+    return j >= r.x && j < r.y;
+}
+
+// First word of the bias / mask row of (b, h, i).
+fn mask_row(b: u32, h: u32, i: u32) -> u32 {
+    return b * p.mask_stride_b + h * p.mask_stride_h + i * p.mask_stride_q;
+}
+
+// Score s (log2 units) of query i and key j of batch entry b, head h, with
+// the bias added (MASK = 1; a −∞ bias gives MASKED) or MASKED where the
+// boolean mask hides the key (MASK = 2).
+fn mask_score(s: f32, b: u32, h: u32, i: u32, j: u32) -> f32 {
+    if (MASK == 1u) {
+        return max(fma(bitcast<f32>(mask[mask_row(b, h, i) + j]), LOG2E, s), MASKED);
+    }
+    if (MASK == 2u) {
+        let w = mask[mask_row(b, h, i) + (j >> 5u)];
+        return select(MASKED, s, ((w >> (j & 31u)) & 1u) != 0u);
+    }
+    return s;
+}
+
+// The boolean mask's bits of row (b, h, i) for keys j0 … j0 + 31 (bit n: key
+// j0 + n), from the one or two words they straddle.
+fn mask_bits(b: u32, h: u32, i: u32, j0: u32) -> u32 {
+    let at = mask_row(b, h, i) + (j0 >> 5u);
+    let sh = j0 & 31u;
+    let lo = mask[at] >> sh;
+    return select(lo, lo | (mask[at + 1u] << (32u - sh)), sh != 0u);
+}
+
 // Row addressing shared by every kernel, through the layouts' strides: the
-// first element of query row qi of head h in batch entry b in q and in o, and
-// the row's index in lse and state order, (b·H + h)·n_q + qi.
-fn q_base(b: u32, qi: u32, h: u32) -> u32 {
-    return b * p.q_stride_b + qi * p.q_stride_s + h * p.q_stride_h;
+// first element of query position t (q0 + i) of head h in batch entry b in q
+// and in o, and the row's index in lse and state order.
+fn q_base(b: u32, t: u32, h: u32) -> u32 {
+    return b * p.q_stride_b + t * p.q_stride_s + h * p.q_stride_h;
 }
 
-fn o_base(b: u32, qi: u32, h: u32) -> u32 {
-    return b * p.o_stride_b + qi * p.o_stride_s + h * p.o_stride_h;
+fn o_base(b: u32, t: u32, h: u32) -> u32 {
+    return b * p.o_stride_b + t * p.o_stride_s + h * p.o_stride_h;
 }
 
-fn row_index(b: u32, h: u32, qi: u32) -> u32 {
-    return (b * p.heads + h) * p.n_q + qi;
+fn row_index(b: u32, h: u32, t: u32) -> u32 {
+    return b * p.lse_stride_b + h * p.lse_stride_h + t;
 }
 
-// Chunk c of query row (b, qi, h), pre-scaled by scale·log2(e) so the
-// softmax can use exp2; zeros for a row that does not exist (`live` false).
-fn q_scaled4(b: u32, qi: u32, h: u32, c: u32, live: bool) -> vec4<f32> {
+// First element of key position k0 + j of kv head hk in k and in v.
+fn k_base(b: u32, t: u32, hk: u32) -> u32 {
+    return b * p.k_stride_b + t * p.k_stride_s + hk * p.k_stride_h;
+}
+
+fn v_base(b: u32, t: u32, hk: u32) -> u32 {
+    return b * p.v_stride_b + t * p.v_stride_s + hk * p.v_stride_h;
+}
+
+// Chunk c of query position t of head h, pre-scaled by scale·log2(e) so the
+// softmax can use exp2; zeros for a row that is not used (`live` false).
+fn q_scaled4(b: u32, t: u32, h: u32, c: u32, live: bool) -> vec4<f32> {
     if (!live) {
         return vec4<f32>(0.0);
     }
-    return q_row4(q_base(b, qi, h), c, D) * p.scale_log2;
+    return q_row4(q_base(b, t, h), c, D) * p.scale_log2;
 }
 
 // Vec4s of one state row: (m, l, 0, 0), then the unnormalised O.
@@ -127,37 +280,21 @@ const STATE_VEC4S: u32 = 1u + DV4;
 
 // First vec4 of the state of query row `row` = (b·H + h)·n_q + i in `split`.
 fn state_base(split: u32, row: u32) -> u32 {
-    return (split * p.batch * p.heads * p.n_q + row) * STATE_VEC4S;
+    return (split * p.lse_rows + row) * STATE_VEC4S;
 }
 
 // The keys [x, y) this launch of `split` covers: the launch's chunk of the
-// split's range, clamped to the batch entry's key count.
-fn key_range(split: u32, n_valid: u32) -> vec2<u32> {
+// split's range, intersected with the keys `keys` the workgroup's rows see.
+fn key_range(split: u32, keys: vec2<u32>) -> vec2<u32> {
     let s0 = split * p.split_keys;
-    let hi = min(s0 + min(p.kv_end, p.split_keys), n_valid);
-    return vec2<u32>(min(s0 + p.kv_begin, hi), hi);
+    let hi = min(s0 + min(p.kv_end, p.split_keys), keys.y);
+    return vec2<u32>(min(max(s0 + p.kv_begin, keys.x), hi), hi);
 }
 
 // Whether this launch writes O and LSE (the last launch of an unsplit key
 // range) rather than the state.
 fn writes_output() -> bool {
     return (p.flags & 2u) != 0u && p.splits == 1u;
-}
-
-var<workgroup> wg_n_valid: u32;
-
-// Keys of batch entry `b` that exist (key padding: keys at or past kv_len[b]
-// do not). Read by one invocation and broadcast, so loop bounds built on it
-// are workgroup-uniform.
-fn key_count(b: u32, lid: u32) -> u32 {
-    if (lid == 0u) {
-        var n = p.n_kv;
-        if (p.has_kv_len != 0u) {
-            n = min(kv_len[b], p.n_kv);
-        }
-        wg_n_valid = n;
-    }
-    return workgroupUniformLoad(&wg_n_valid);
 }
 
 // LSE in natural-log units from m (log2 units) and l; −∞ for an empty row.

@@ -15,8 +15,10 @@
 // several splits, to `state` for split_combine.wgsl. No barrier inside the key
 // loop, no subgroup operations: it runs on every adapter, GL included.
 //
-// Host-prepended constants: D, DV, D4, DV4 (see flash_forward.wgsl), BR (rows
-// per workgroup), WG (invocations), DVC (vec4 columns per merge step).
+// Host-prepended constants: D, DV, D4, DV4, MASK, WIN (see flash_forward.wgsl),
+// BR (rows per workgroup), WG (invocations), DVC (vec4 columns per merge step).
+// Padded query rows (past their query length) hold an empty state, so they
+// come out as O = 0, LSE = −∞.
 
 var<private> q_reg: array<vec4<f32>, BR * D4>;
 var<private> acc: array<vec4<f32>, BR * DV4>;
@@ -30,11 +32,17 @@ var<workgroup> red_o: array<vec4<f32>, WG * DVC>;
 var<workgroup> wg_merged: vec2<f32>;
 
 // Query head and query row of packed row `r` of the workgroup; `x` is the
-// head, `y` the row, `z` 1 when the packed row exists.
-fn packed_row(t: Tile, r: u32) -> vec3<u32> {
+// head, `y` the row, `z` 1 when the packed row exists in this batch entry's
+// sequence.
+fn packed_row(t: Tile, sq: Seq, r: u32) -> vec3<u32> {
     let pr = t.qb * BR + r;
-    return vec3<u32>(t.hk * p.group + pr / p.n_q, pr % p.n_q, u32(pr < p.group * p.n_q));
+    let i = pr % p.n_q;
+    return vec3<u32>(t.hk * p.group + pr / p.n_q, i, u32(pr < p.group * p.n_q && i < sq.nq));
 }
+
+// Each row's visible key range [x, y) (length and window).
+var<private> row_lo: array<u32, BR>;
+var<private> row_hi: array<u32, BR>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -43,12 +51,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (!t.live) {
         return;
     }
-    let n_valid = key_count(t.b, lid);
+    let sq = load_seq(t.b, lid);
     let first = (p.flags & 1u) != 0u;
+    // The used rows' lowest and highest query index, for the key range.
+    var i_min = 0xffffffffu;
+    var i_max = 0u;
     for (var r = 0u; r < BR; r++) {
-        let hq = packed_row(t, r);
+        let hq = packed_row(t, sq, r);
+        let used = hq.z != 0u && hq.y < sq.nq_used;
+        if (used) {
+            i_min = min(i_min, hq.y);
+            i_max = max(i_max, hq.y);
+        }
+        let keys = row_keys(sq, hq.y);
+        row_lo[r] = select(1u, keys.x, used);
+        row_hi[r] = select(0u, keys.y, used);
         for (var c = 0u; c < D4; c++) {
-            q_reg[r * D4 + c] = q_scaled4(t.b, hq.y, hq.x, c, hq.z != 0u);
+            q_reg[r * D4 + c] = q_scaled4(t.b, sq.q0 + hq.y, hq.x, c, used);
         }
         m[r] = NEG_BIG;
         l[r] = 0.0;
@@ -56,8 +75,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             acc[r * DV4 + c] = vec4<f32>(0.0);
         }
         // A carried state continues in lane 0; the other lanes start empty.
-        if (!first && hq.z != 0u && lid == 0u) {
-            let sb = state_base(t.split, row_index(t.b, hq.x, hq.y));
+        if (!first && used && lid == 0u) {
+            let sb = state_base(t.split, row_index(t.b, hq.x, sq.q0 + hq.y));
             m[r] = state[sb].x;
             l[r] = state[sb].y;
             for (var c = 0u; c < DV4; c++) {
@@ -66,15 +85,29 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
     }
 
-    let k_base = t.b * p.k_stride_b + t.hk * p.k_stride_h;
-    let v_base = t.b * p.v_stride_b + t.hk * p.v_stride_h;
-    let range = key_range(t.split, n_valid);
+    let kb = k_base(t.b, sq.k0, t.hk);
+    let vb = v_base(t.b, sq.k0, t.hk);
+    // Block skipping: the union of the used rows' keys (per-key checks only
+    // where a window, mask or bias applies, or skipping is off).
+    let range = key_range(t.split, block_keys(sq, i_min, i_max + 1u));
+    let checked = WIN != 0u || MASK != 0u || p.skip == 0u;
     for (var j = range.x + lid; j < range.y; j += WG) {
+        if (MASK == 2u) {
+            // Keys no row of the workgroup sees are not loaded.
+            var seen = false;
+            for (var r = 0u; r < BR; r++) {
+                let hq = packed_row(t, sq, r);
+                seen = seen || ((mask_bits(t.b, hq.x, hq.y, j) & 1u) != 0u && j >= row_lo[r] && j < row_hi[r]);
+            }
+            if (!seen) {
+                continue;
+            }
+        }
         var part: array<vec4<f32>, BR>;
         for (var r = 0u; r < BR; r++) {
             part[r] = vec4<f32>(0.0);
         }
-        let kr = k_base + j * p.k_stride_s;
+        let kr = kb + j * p.k_stride_s;
         for (var c = 0u; c < D4; c++) {
             let kk = k_row4(kr, c, D);
             for (var r = 0u; r < BR; r++) {
@@ -83,7 +116,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         var pw: array<f32, BR>;
         for (var r = 0u; r < BR; r++) {
-            let s = (part[r].x + part[r].y) + (part[r].z + part[r].w);
+            var s = (part[r].x + part[r].y) + (part[r].z + part[r].w);
+            if (checked) {
+                let hq = packed_row(t, sq, r);
+                s = mask_score(s, t.b, hq.x, hq.y, j);
+                if (j < row_lo[r] || j >= row_hi[r]) {
+                    s = MASKED;
+                }
+            }
             if (s > m[r]) {
                 let alpha = exp2(m[r] - s);
                 l[r] *= alpha;
@@ -95,7 +135,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             pw[r] = exp2(s - m[r]);
             l[r] += pw[r];
         }
-        let vr = v_base + j * p.v_stride_s;
+        let vr = vb + j * p.v_stride_s;
         for (var c = 0u; c < DV4; c++) {
             let vv = v_row4(vr, c, DV);
             for (var r = 0u; r < BR; r++) {
@@ -104,14 +144,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
     }
 
+    // Padded query rows leave an empty state: O = 0, LSE = −∞.
+    for (var r = 0u; r < BR; r++) {
+        let hq = packed_row(t, sq, r);
+        if (hq.z == 0u || hq.y >= sq.nq_used) {
+            m[r] = NEG_BIG;
+            l[r] = 0.0;
+            for (var c = 0u; c < DV4; c++) {
+                acc[r * DV4 + c] = vec4<f32>(0.0);
+            }
+        }
+    }
+
     // Merge the WG lanes' states, row by row. Every barrier below is reached
     // by the whole workgroup: the loops' bounds are constants.
     let out = writes_output();
     for (var r = 0u; r < BR; r++) {
-        let hq = packed_row(t, r);
-        let row = row_index(t.b, hq.x, hq.y);
+        let hq = packed_row(t, sq, r);
+        let row = row_index(t.b, hq.x, sq.q0 + hq.y);
         let sb = state_base(t.split, row);
-        let ob = o_base(t.b, hq.y, hq.x);
+        let ob = o_base(t.b, sq.q0 + hq.y, hq.x);
         workgroupBarrier();
         red_m[lid] = m[r];
         red_l[lid] = l[r];

@@ -1,6 +1,9 @@
 // Fused attention forward, FlashAttention-2 style.
 //
-//   O = softmax(Q·Kᵀ·scale) · V,   LSE = log Σ_j exp(Q·Kᵀ·scale)
+//   O = softmax(Q·Kᵀ·scale + bias) · V,   LSE = log Σ_j exp(Q·Kᵀ·scale + bias)
+//
+// over the keys each query sees (key and query lengths, causal / sliding
+// window, boolean mask, −∞ bias; see flash_common.wgsl).
 //
 // One workgroup owns BR query rows of one (batch, head). Each invocation owns
 // TR of those rows (rows lid, lid + WG, …, so neighbouring invocations hold
@@ -34,6 +37,8 @@
 //   const BC: u32   key rows per K/V block
 //   const TR: u32   query rows per invocation (BR = TR · WG)
 //   const WG: u32   invocations per workgroup
+//   const MASK: u32 0 none, 1 additive bias, 2 boolean mask
+//   const WIN: u32  1 when a causal / sliding window applies
 // Function-scope arrays need const (not override) sizes, hence generated source
 // rather than pipeline-overridable constants.
 
@@ -46,25 +51,56 @@ var<private> acc: array<vec4<f32>, TR * DV4>;
 var<private> m: array<f32, TR>;
 var<private> l: array<f32, TR>;
 
-// Streams one K/V block of `count` valid rows starting at key `kv0` and folds
-// it into the running softmax state. `ragged` is a literal at each call site,
-// so the aligned path compiles without any per-key bounds checks.
-fn process_block(lid: u32, k_base: u32, v_base: u32, kv0: u32, count: u32, ragged: bool) {
+var<workgroup> wg_any: atomic<u32>;
+var<workgroup> wg_any_copy: u32;
+
+// Whether the boolean mask lets any used query row of this invocation see
+// any of the `count` keys from kv0; or-ed over the workgroup and broadcast.
+fn block_visible(lid: u32, b: u32, h: u32, i0: u32, i_end: u32, kv0: u32, count: u32) -> bool {
+    if (lid == 0u) {
+        atomicStore(&wg_any, 0u);
+    }
+    workgroupBarrier();
+    let keys = select((1u << count) - 1u, 0xffffffffu, count >= 32u);
+    var seen = 0u;
+    for (var t = 0u; t < TR; t++) {
+        let i = i0 + lid + t * WG;
+        if (i < i_end) {
+            seen |= mask_bits(b, h, i, kv0) & keys;
+        }
+    }
+    if (seen != 0u) {
+        atomicOr(&wg_any, 1u);
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        wg_any_copy = atomicLoad(&wg_any);
+    }
+    return workgroupUniformLoad(&wg_any_copy) != 0u;
+}
+
+// Streams one K/V block of `count` keys starting at key kv0 of the sequence
+// (kb, vb: its first key's k and v elements) and folds it into the running
+// softmax state. `edge` is a literal at each call site: false for interior
+// blocks (BC keys every row of the workgroup sees), which compile without
+// per-score checks; true for the rest, where every score outside its row's
+// length and window, or past `count`, becomes MASKED.
+fn process_block(lid: u32, sq: Seq, b: u32, h: u32, i0: u32, kb: u32, vb: u32, kv0: u32, count: u32, edge: bool) {
     // Everyone is done reading the previous block.
     workgroupBarrier();
     for (var i = lid; i < BC * D4; i += WG) {
         let j = i / D4;
         var val = vec4<f32>(0.0);
-        if (!ragged || j < count) {
-            val = k_row4(k_base + (kv0 + j) * p.k_stride_s, i % D4, D);
+        if (!edge || j < count) {
+            val = k_row4(kb + (kv0 + j) * p.k_stride_s, i % D4, D);
         }
         k_tile[i] = val;
     }
     for (var i = lid; i < BC * DV4; i += WG) {
         let j = i / DV4;
         var val = vec4<f32>(0.0);
-        if (!ragged || j < count) {
-            val = v_row4(v_base + (kv0 + j) * p.v_stride_s, i % DV4, DV);
+        if (!edge || j < count) {
+            val = v_row4(vb + (kv0 + j) * p.v_stride_s, i % DV4, DV);
         }
         v_tile[i] = val;
     }
@@ -89,21 +125,33 @@ fn process_block(lid: u32, k_base: u32, v_base: u32, kv0: u32, count: u32, ragge
         }
     }
 
-    // Online softmax: new row max, rescale factor, P in place of S.
+    // Lengths, window, bias and mask (compiled out when none applies).
+    if (edge || MASK != 0u) {
+        for (var t = 0u; t < TR; t++) {
+            let i = i0 + lid + t * WG;
+            let keys = row_keys(sq, i);
+            for (var j = 0u; j < BC; j++) {
+                let key = kv0 + j;
+                var x = mask_score(s[t * BC + j], b, h, i, key);
+                if (edge && (j >= count || key < keys.x || key >= keys.y)) {
+                    x = MASKED;
+                }
+                s[t * BC + j] = x;
+            }
+        }
+    }
+
+    // Online softmax: new row max, rescale factor, P in place of S. MASKED
+    // scores never raise the max (it starts at NEG_BIG) and give P = 0.
     for (var t = 0u; t < TR; t++) {
         var m_new = m[t];
         for (var j = 0u; j < BC; j++) {
-            if (!ragged || j < count) {
-                m_new = max(m_new, s[t * BC + j]);
-            }
+            m_new = max(m_new, s[t * BC + j]);
         }
         let alpha = exp2(m[t] - m_new);
         var row_sum = 0.0;
         for (var j = 0u; j < BC; j++) {
-            var pj = exp2(s[t * BC + j] - m_new);
-            if (ragged && j >= count) {
-                pj = 0.0;
-            }
+            let pj = exp2(s[t * BC + j] - m_new);
             s[t * BC + j] = pj;
             row_sum += pj;
         }
@@ -133,26 +181,31 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         // Padding workgroups of a folded grid; uniform across the workgroup.
         return;
     }
-    let qb = tile.qb;
     let b = tile.b;
     let h = tile.h;
-    let hk = tile.hk;
-    let n_valid = key_count(b, lid);
+    let sq = load_seq(b, lid);
+    // Rows [i0, i0 + BR) of the sequence; [i0, i_end) are used. A block past
+    // the sequence (packed batches: shorter than n_q) has nothing to do.
+    let i0 = tile.qb * BR;
+    if (i0 >= sq.nq) {
+        return;
+    }
+    let i_end = max(min(i0 + BR, sq.nq_used), i0);
 
     let first = (p.flags & 1u) != 0u;
     for (var t = 0u; t < TR; t++) {
-        let qi = qb * BR + lid + t * WG;
+        let i = i0 + lid + t * WG;
         for (var c = 0u; c < D4; c++) {
-            q_reg[t * D4 + c] = q_scaled4(b, qi, h, c, qi < p.n_q);
+            q_reg[t * D4 + c] = q_scaled4(b, sq.q0 + i, h, c, i < i_end);
         }
-        let sb = state_base(tile.split, row_index(b, h, qi));
-        if (first || qi >= p.n_q) {
+        if (first || i >= sq.nq) {
             for (var c = 0u; c < DV4; c++) {
                 acc[t * DV4 + c] = vec4<f32>(0.0);
             }
             m[t] = NEG_BIG;
             l[t] = 0.0;
         } else {
+            let sb = state_base(tile.split, row_index(b, h, sq.q0 + i));
             m[t] = state[sb].x;
             l[t] = state[sb].y;
             for (var c = 0u; c < DV4; c++) {
@@ -161,30 +214,51 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
     }
 
-    let k_base = b * p.k_stride_b + hk * p.k_stride_h;
-    let v_base = b * p.v_stride_b + hk * p.v_stride_h;
-    let range = key_range(tile.split, n_valid);
-    let full_blocks = (range.y - range.x) / BC;
-    for (var blk = 0u; blk < full_blocks; blk++) {
-        process_block(lid, k_base, v_base, range.x + blk * BC, BC, false);
+    let kb = k_base(b, sq.k0, tile.hk);
+    let vb = v_base(b, sq.k0, tile.hk);
+    // Block skipping: only keys some used row can see are loaded. Blocks in
+    // [int_lo, int_hi) are seen whole by every used row (interior).
+    let range = key_range(tile.split, block_keys(sq, i0, i_end));
+    var int_lo = 1u;
+    var int_hi = 0u;
+    if (i_end > i0) {
+        int_lo = row_keys(sq, i_end - 1u).x;
+        int_hi = row_keys(sq, i0).y;
     }
-    let tail = (range.y - range.x) % BC;
-    if (tail != 0u) {
-        process_block(lid, k_base, v_base, range.x + full_blocks * BC, tail, true);
+    for (var kv0 = range.x; kv0 < range.y; kv0 += BC) {
+        let count = min(BC, range.y - kv0);
+        if (MASK == 2u && p.skip != 0u) {
+            if (!block_visible(lid, b, h, i0, i_end, kv0, count)) {
+                continue;
+            }
+        }
+        if (count == BC && kv0 >= int_lo && kv0 + BC <= int_hi) {
+            process_block(lid, sq, b, h, i0, kb, vb, kv0, BC, false);
+        } else {
+            process_block(lid, sq, b, h, i0, kb, vb, kv0, count, true);
+        }
     }
 
     let out = writes_output();
     for (var t = 0u; t < TR; t++) {
-        let qi = qb * BR + lid + t * WG;
-        if (qi >= p.n_q) {
+        let i = i0 + lid + t * WG;
+        if (i >= sq.nq) {
             continue;
         }
-        let row = row_index(b, h, qi);
+        if (i >= i_end) {
+            // A padded query row: O = 0, LSE = −∞ (or an empty partial).
+            m[t] = NEG_BIG;
+            l[t] = 0.0;
+            for (var c = 0u; c < DV4; c++) {
+                acc[t * DV4 + c] = vec4<f32>(0.0);
+            }
+        }
+        let row = row_index(b, h, sq.q0 + i);
         if (out) {
             // Deferred normalisation. A row with no visible key has l = 0:
             // O = 0 and LSE = −∞ rather than 0/0.
             let inv = select(1.0 / l[t], 0.0, l[t] == 0.0);
-            let base = o_base(b, qi, h);
+            let base = o_base(b, sq.q0 + i, h);
             for (var c = 0u; c < DV4; c++) {
                 store_o4(base, c, acc[t * DV4 + c] * inv);
             }

@@ -8,6 +8,10 @@
 // lane keeps a partial O over its own keys, summed across lanes once at the
 // end. No workgroup memory, one barrier (the uniform load of the key length).
 //
+// Key lengths only: the planner refuses query lengths, packed batches,
+// windows, bias and masks for this variant (the sequence helpers it shares
+// then give q0 = k0 = 0 and every query row used).
+//
 // Host-prepended constants: D, DV, D4, DV4, BR (rows per workgroup), SG,
 // KPL (keys per lane per block).
 
@@ -24,25 +28,28 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (!tile.live) {
         return;
     }
-    let qb = tile.qb;
     let b = tile.b;
     let h = tile.h;
-    let hk = tile.hk;
-    let n_valid = key_count(b, lane);
+    let sq = load_seq(b, lane);
+    let i0 = tile.qb * BR;
+    if (i0 >= sq.nq) {
+        return;
+    }
+    let i_end = max(min(i0 + BR, sq.nq_used), i0);
 
     let first = (p.flags & 1u) != 0u;
     for (var r = 0u; r < BR; r++) {
-        let qi = qb * BR + r;
+        let qi = i0 + r;
         for (var c = 0u; c < D4; c++) {
-            q_reg[r * D4 + c] = q_scaled4(b, qi, h, c, qi < p.n_q);
+            q_reg[r * D4 + c] = q_scaled4(b, sq.q0 + qi, h, c, qi < i_end);
         }
-        let sb = state_base(tile.split, row_index(b, h, qi));
+        let sb = state_base(tile.split, row_index(b, h, sq.q0 + qi));
         m[r] = NEG_BIG;
         l[r] = 0.0;
         for (var c = 0u; c < DV4; c++) {
             acc[r * DV4 + c] = vec4<f32>(0.0);
         }
-        if (!first && qi < p.n_q) {
+        if (!first && qi < sq.nq) {
             m[r] = state[sb].x;
             l[r] = state[sb].y;
             if (lane == 0u) {
@@ -53,9 +60,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
     }
 
-    let k_base = b * p.k_stride_b + hk * p.k_stride_h;
-    let v_base = b * p.v_stride_b + hk * p.v_stride_h;
-    let range = key_range(tile.split, n_valid);
+    let kb = k_base(b, sq.k0, tile.hk);
+    let vb = v_base(b, sq.k0, tile.hk);
+    let range = key_range(tile.split, block_keys(sq, i0, i_end));
     let kv_begin = range.x;
     let kv_end = range.y;
     // Each block is SG·KPL keys: lane ℓ takes keys kv0 + ℓ + SG·u, u < KPL, so
@@ -66,14 +73,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             for (var c = 0u; c < D4; c++) {
                 var val = vec4<f32>(0.0);
                 if (j < kv_end) {
-                    val = k_row4(k_base + j * p.k_stride_s, c, D);
+                    val = k_row4(kb + j * p.k_stride_s, c, D);
                 }
                 k_row[u * D4 + c] = val;
             }
             for (var c = 0u; c < DV4; c++) {
                 var val = vec4<f32>(0.0);
                 if (j < kv_end) {
-                    val = v_row4(v_base + j * p.v_stride_s, c, DV);
+                    val = v_row4(vb + j * p.v_stride_s, c, DV);
                 }
                 v_row[u * DV4 + c] = val;
             }
@@ -88,7 +95,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 }
                 s[u] = (part.x + part.y) + (part.z + part.w);
                 if (kv0 + lane + SG * u >= kv_end) {
-                    s[u] = NEG_BIG;
+                    s[u] = MASKED;
                 }
                 s_max = max(s_max, s[u]);
             }
@@ -96,7 +103,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let alpha = exp2(m[r] - m_new);
             var p_sum = 0.0;
             for (var u = 0u; u < KPL; u++) {
-                s[u] = select(0.0, exp2(s[u] - m_new), kv0 + lane + SG * u < kv_end);
+                s[u] = exp2(s[u] - m_new);
                 p_sum += s[u];
             }
             l[r] = l[r] * alpha + subgroupAdd(p_sum);
@@ -113,14 +120,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
     let out = writes_output();
     for (var r = 0u; r < BR; r++) {
-        let qi = qb * BR + r;
-        let row = row_index(b, h, qi);
+        let qi = i0 + r;
+        if (qi >= i_end) {
+            // A padded query row: O = 0, LSE = −∞ (or an empty partial).
+            m[r] = NEG_BIG;
+            l[r] = 0.0;
+            for (var c = 0u; c < DV4; c++) {
+                acc[r * DV4 + c] = vec4<f32>(0.0);
+            }
+        }
+        let row = row_index(b, h, sq.q0 + qi);
         let inv = select(1.0 / l[r], 0.0, l[r] == 0.0);
         let sb = state_base(tile.split, row);
-        let ob = o_base(b, qi, h);
+        let ob = o_base(b, sq.q0 + qi, h);
         for (var c = 0u; c < DV4; c++) {
             let total = subgroupAdd(acc[r * DV4 + c]);
-            if (lane == 0u && qi < p.n_q) {
+            if (lane == 0u && qi < sq.nq) {
                 if (out) {
                     store_o4(ob, c, total * inv);
                 } else {
@@ -128,7 +143,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 }
             }
         }
-        if (lane == 0u && qi < p.n_q) {
+        if (lane == 0u && qi < sq.nq) {
             if (out) {
                 lse[row] = lse_of(m[r], l[r]);
             } else {

@@ -10,14 +10,16 @@
 // masked: m = NEG_BIG, l = 0, acc = 0) adds nothing; a row whose splits are all
 // empty gets O = 0 and LSE = −∞, never NaN.
 //
-// One invocation per query row; host-prepended constants D, DV, D4, DV4.
+// Padded query rows arrive as empty states from every split, so they too come
+// out as O = 0, LSE = −∞. One invocation per query row; host-prepended
+// constants D, DV, D4, DV4 (MASK and WIN are 0: the combine needs neither).
 
 var<private> sum: array<vec4<f32>, DV4>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = (wid.x + wid.y * nwg.x) * 64u + lid;
-    if (row >= p.batch * p.heads * p.n_q) {
+    if (row >= p.lse_rows) {
         return;
     }
     var mx = NEG_BIG;
@@ -38,9 +40,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
     }
     let inv = select(1.0 / total, 0.0, total == 0.0);
-    let qi = row % p.n_q;
-    let bh = row / p.n_q;
-    let base = o_base(bh / p.heads, qi, bh % p.heads);
+    // Row = b·lse_stride_b + h·lse_stride_h + t: lse [B, H, n_q] for padded
+    // batches, [H, total_q] for packed ones (lse_stride_b = 0).
+    let t = row % p.lse_stride_h;
+    let bh = row / p.lse_stride_h;
+    var b = 0u;
+    var h = bh;
+    if ((p.seq_flags & SEQ_VARLEN) == 0u) {
+        b = bh / p.heads;
+        h = bh % p.heads;
+    }
+    let base = o_base(b, t, h);
     for (var c = 0u; c < DV4; c++) {
         store_o4(base, c, sum[c] * inv);
     }

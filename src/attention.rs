@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::context::{Binding, Context, DeviceCaps, Kernel, PipelineKey};
 use crate::error::{Error, Result};
+use crate::mask::{Mask, MaskShape, Masks, SeqLayout, VarLen, Window, MAX_SEQ};
 use crate::tensor::AttentionTensors;
 
 /// Largest head dim (of Q/K or of V) the kernels support.
@@ -188,6 +189,16 @@ pub struct AttentionProblem {
     pub layout: Layout,
     /// Memory order of o.
     pub out_layout: Layout,
+    /// Whether per-batch query lengths (`[B]`, u32) are supplied: rows at or
+    /// past `q_lens[b]` are padding and get O = 0, LSE = −∞.
+    pub q_lens: bool,
+    /// A packed (variable-length) batch: `n_q`/`n_kv` are then the longest
+    /// sequences and the tensors `[total, H, d]` (see [`VarLen`]).
+    pub varlen: Option<VarLen>,
+    /// Causal or sliding-window masking, bottom-right aligned ([`Window`]).
+    pub window: Option<Window>,
+    /// Additive bias or boolean mask on the scores.
+    pub mask: Mask,
 }
 
 impl AttentionProblem {
@@ -206,7 +217,66 @@ impl AttentionProblem {
             dtype: Dtype::F32,
             layout: Layout::Bshd,
             out_layout: Layout::Bshd,
+            q_lens: false,
+            varlen: None,
+            window: None,
+            mask: Mask::None,
         }
+    }
+
+    /// Declares that per-batch query lengths will be supplied.
+    pub fn with_q_lens(mut self, on: bool) -> Self {
+        self.q_lens = on;
+        self
+    }
+
+    /// Makes the batch packed: `batch` sequences back to back in
+    /// `[total, H, d]` tensors, located by cu_seqlens_q/k; `n_q`/`n_kv` must
+    /// be the longest sequences (see [`VarLen::from_cu_seqlens`]).
+    pub fn with_varlen(mut self, varlen: VarLen) -> Self {
+        self.varlen = Some(varlen);
+        self
+    }
+
+    /// Causal masking, bottom-right aligned (see [`Window::causal`]).
+    pub fn with_causal(self) -> Self {
+        self.with_window(Window::causal())
+    }
+
+    /// A causal or sliding window.
+    pub fn with_window(mut self, window: Window) -> Self {
+        self.window = Some(window);
+        self
+    }
+
+    /// An additive f32 bias of this broadcast shape.
+    pub fn with_bias(mut self, shape: MaskShape) -> Self {
+        self.mask = Mask::Bias(shape);
+        self
+    }
+
+    /// A boolean mask of this broadcast shape (`true` = attend).
+    pub fn with_bool_mask(mut self, shape: MaskShape) -> Self {
+        self.mask = Mask::Bool(shape);
+        self
+    }
+
+    /// (batch, rows) of q and o as stored: (B, n_q), or (1, total_q) packed.
+    pub fn q_dims(&self) -> (usize, usize) {
+        self.varlen
+            .map_or((self.batch, self.n_q), |v| (1, v.total_q))
+    }
+
+    /// (batch, rows) of k and v as stored: (B, n_kv), or (1, total_kv) packed.
+    pub fn kv_dims(&self) -> (usize, usize) {
+        self.varlen
+            .map_or((self.batch, self.n_kv), |v| (1, v.total_kv))
+    }
+
+    /// Whether anything beyond key lengths decides which keys a query sees
+    /// (query lengths, packing, window, bias, mask).
+    pub fn has_masking(&self) -> bool {
+        self.q_lens || self.varlen.is_some() || self.window.is_some() || self.mask != Mask::None
     }
 
     /// Sets the memory order of q, k and v.
@@ -259,23 +329,35 @@ impl AttentionProblem {
 
     /// Elements of q.
     pub fn q_len(&self) -> usize {
-        self.batch * self.n_q * self.heads * self.head_dim
+        let (b, s) = self.q_dims();
+        b * s * self.heads * self.head_dim
     }
     /// Elements of k.
     pub fn k_len(&self) -> usize {
-        self.batch * self.n_kv * self.kv_heads * self.head_dim
+        let (b, s) = self.kv_dims();
+        b * s * self.kv_heads * self.head_dim
     }
     /// Elements of v.
     pub fn v_len(&self) -> usize {
-        self.batch * self.n_kv * self.kv_heads * self.head_dim_v
+        let (b, s) = self.kv_dims();
+        b * s * self.kv_heads * self.head_dim_v
     }
     /// Elements of o.
     pub fn o_len(&self) -> usize {
-        self.batch * self.n_q * self.heads * self.head_dim_v
+        let (b, s) = self.q_dims();
+        b * s * self.heads * self.head_dim_v
     }
-    /// Elements of lse.
+    /// Elements of lse: `[B, H, n_q]`, or `[H, total_q]` packed.
     pub fn lse_len(&self) -> usize {
-        self.batch * self.heads * self.n_q
+        let (b, s) = self.q_dims();
+        b * self.heads * s
+    }
+
+    /// The lse index of query row `t` (position in q's row dimension) of head
+    /// `h` in batch entry `b` (b is 0 for packed batches).
+    pub fn lse_index(&self, b: usize, h: usize, t: usize) -> usize {
+        let (_, s) = self.q_dims();
+        (b * self.heads + h) * s + t
     }
 
     /// FLOPs of one forward pass, 2·B·H·n_q·n_kv·(d + d_v) (4·B·H·n_q·n_kv·d
@@ -289,18 +371,15 @@ impl AttentionProblem {
 
     /// The tensors' names, shapes and element counts, in binding order.
     pub fn tensors(&self) -> [(&'static str, [usize; 4], usize); 5] {
-        let (b, h, hk) = (self.batch, self.heads, self.kv_heads);
+        let (h, hk) = (self.heads, self.kv_heads);
+        let ((bq, nq), (bk, nk)) = (self.q_dims(), self.kv_dims());
         let (l, ol) = (self.layout, self.out_layout);
         [
-            ("q", l.shape(b, self.n_q, h, self.head_dim), self.q_len()),
-            ("k", l.shape(b, self.n_kv, hk, self.head_dim), self.k_len()),
-            (
-                "v",
-                l.shape(b, self.n_kv, hk, self.head_dim_v),
-                self.v_len(),
-            ),
-            ("o", ol.shape(b, self.n_q, h, self.head_dim_v), self.o_len()),
-            ("lse", [b, h, self.n_q, 1], self.lse_len()),
+            ("q", l.shape(bq, nq, h, self.head_dim), self.q_len()),
+            ("k", l.shape(bk, nk, hk, self.head_dim), self.k_len()),
+            ("v", l.shape(bk, nk, hk, self.head_dim_v), self.v_len()),
+            ("o", ol.shape(bq, nq, h, self.head_dim_v), self.o_len()),
+            ("lse", [bq, h, nq, 1], self.lse_len()),
         ]
     }
 
@@ -335,6 +414,38 @@ impl AttentionProblem {
         if !self.scale().is_finite() {
             return Err(Error::BadScale { got: self.scale() });
         }
+        let (_, nq) = self.q_dims();
+        let (_, nk) = self.kv_dims();
+        for (name, n) in [
+            ("n_q", self.n_q),
+            ("n_kv", self.n_kv),
+            ("total_q", nq),
+            ("total_kv", nk),
+        ] {
+            if n > MAX_SEQ {
+                return Err(Error::BadSeqLens {
+                    name,
+                    reason: format!("{n} rows, past the {MAX_SEQ} the kernels index"),
+                });
+            }
+        }
+        if let Some(w) = self.window {
+            for (side, v) in [("left", w.left), ("right", w.right)] {
+                if v.is_some_and(|v| v > MAX_SEQ) {
+                    return Err(Error::BadSeqLens {
+                        name: "window",
+                        reason: format!("{side} = {v:?} is past {MAX_SEQ}; use None for no limit"),
+                    });
+                }
+            }
+        }
+        let words = self.mask.words(self);
+        if words as u64 > u32::MAX as u64 {
+            return Err(Error::TooManyElements {
+                name: "mask",
+                elements: words as u64,
+            });
+        }
         for (name, _, n) in self.tensors() {
             if n as u64 > u32::MAX as u64 {
                 return Err(Error::TooManyElements {
@@ -348,25 +459,7 @@ impl AttentionProblem {
 
     /// Checks host key lengths against the problem.
     pub fn validate_kv_lens(&self, kv_lens: Option<&[u32]>) -> Result<()> {
-        match kv_lens {
-            None if self.kv_lens => Err(Error::KvLensCount {
-                got: 0,
-                expected: self.batch,
-            }),
-            Some(l) if l.len() != self.batch => Err(Error::KvLensCount {
-                got: l.len(),
-                expected: self.batch,
-            }),
-            Some(l) => match l.iter().position(|&x| x as usize > self.n_kv) {
-                Some(b) => Err(Error::KvLenTooLong {
-                    batch: b,
-                    got: l[b] as i64,
-                    n_kv: self.n_kv,
-                }),
-                None => Ok(()),
-            },
-            None => Ok(()),
-        }
+        Masks::kv_lens(kv_lens).validate(self)
     }
 
     /// Bytes per element of tensor `name` (lse is always f32).
@@ -389,11 +482,17 @@ impl AttentionProblem {
         ((n * self.element_bytes(name)) as u64).next_multiple_of(4)
     }
 
-    /// Checks that each tensor fits one storage binding on this device.
+    /// Checks that each tensor (and the bias or mask) fits one storage
+    /// binding on this device.
     pub fn validate_limits(&self, caps: &DeviceCaps) -> Result<()> {
-        for (name, _, n) in self.tensors() {
-            let bytes = (n * self.element_bytes(name)) as u64;
-            let limit = caps.max_storage_binding.min(caps.max_buffer_size);
+        let limit = caps.max_storage_binding.min(caps.max_buffer_size);
+        let mask = ("mask", 4 * self.mask.words(self) as u64);
+        for (name, bytes) in self
+            .tensors()
+            .map(|(name, _, n)| (name, (n * self.element_bytes(name)) as u64))
+            .into_iter()
+            .chain([mask])
+        {
             if bytes > limit {
                 return Err(Error::BindingTooLarge { name, bytes, limit });
             }
@@ -418,6 +517,9 @@ pub struct FlashPlan {
     pub wg: u32,
     /// How q, k, v and o are stored and accessed.
     pub io: TensorIo,
+    /// Whether key blocks that no query of a workgroup can see (lengths,
+    /// window, boolean mask) are skipped rather than loaded and masked.
+    pub block_skip: bool,
     /// Workgroup memory used, bytes.
     pub workgroup_bytes: u32,
     /// ⌈n_q / Br⌉.
@@ -485,6 +587,8 @@ impl FlashPlan {
             ("VEC_QK", p.head_dim.is_multiple_of(4) as u32),
             ("VEC_V", p.head_dim_v.is_multiple_of(4) as u32),
             ("DT", self.io.code()),
+            ("MASK", p.mask.code()),
+            ("WIN", p.window.is_some() as u32),
             ("BR", self.br),
         ];
         match self.variant {
@@ -516,6 +620,9 @@ pub struct TileOverride {
     /// f16 storage through u32 words even where the device has SHADER_F16
     /// (default: the environment variable `XATTN_F16=packed`, else off).
     pub packed_f16: Option<bool>,
+    /// Block skipping (default on); off loads and masks every key, for
+    /// measuring what skipping saves.
+    pub block_skip: Option<bool>,
 }
 
 fn div_ceil(a: usize, b: usize) -> usize {
@@ -548,7 +655,13 @@ pub fn loop_safe_keys(p: &AttentionProblem, bc: u32, tr: u32, wg: u32) -> u32 {
         + (bc * dv4).div_ceil(wg)
         + bc * (1 + d4 * (1 + tr))
         + tr * (2 * bc + dv4 + 3)
-        + dv4 * (1 + bc * (1 + tr));
+        + dv4 * (1 + bc * (1 + tr))
+        // Per-score checks (window, bias, mask) and the mask's block test.
+        + if p.window.is_some() || p.mask != Mask::None {
+            tr * (bc + 2)
+        } else {
+            0
+        };
     let fixed = tr * (2 * d4 + 3 * dv4 + 8) + 100;
     let blocks = (LOOP_BUDGET.saturating_sub(fixed) / per_block).max(1);
     (blocks * bc).min(u32::MAX as u64) as u32
@@ -620,6 +733,7 @@ pub fn plan(
     tiles.plan.splits = splits;
     tiles.plan.split_keys = split_keys;
     tiles.plan.io = TensorIo::choose(problem.dtype, caps, force.packed_f16);
+    tiles.plan.block_skip = force.block_skip.unwrap_or(true);
     tiles.plan.chunk_keys = chunk_keys;
     tiles.plan.grid = fold_grid(
         tiles.base_workgroups * splits as usize,
@@ -758,6 +872,7 @@ fn plan_tiled(
         tr,
         wg,
         io: TensorIo::F32,
+        block_skip: true,
         workgroup_bytes: flash_workgroup_bytes(problem, bc),
         q_blocks: q_blocks as u32,
         grid: (1, 1),
@@ -789,6 +904,13 @@ fn lanes_rows(p: &AttentionProblem) -> u32 {
 /// The lane-per-key plan: one subgroup per workgroup, every lane holding all
 /// Br query rows (TR = Br) and one key of each block (Bc = subgroup size).
 fn plan_lanes(problem: &AttentionProblem, caps: &DeviceCaps, force: TileOverride) -> Result<Tiles> {
+    if problem.has_masking() {
+        return Err(Error::Unsupported {
+            kernel: "flash_lanes",
+            feature: "query lengths, packed batches, windows, bias or masks".into(),
+            hint: "use the default (tiled or decode) kernel",
+        });
+    }
     let fixed_subgroup = caps.subgroups
         && caps.subgroup_min_size == caps.subgroup_max_size
         && (4..=caps.max_invocations).contains(&caps.subgroup_min_size);
@@ -830,6 +952,7 @@ fn plan_lanes(problem: &AttentionProblem, caps: &DeviceCaps, force: TileOverride
         tr: br,
         wg: sg,
         io: TensorIo::F32,
+        block_skip: true,
         workgroup_bytes: 4,
         q_blocks: q_blocks as u32,
         grid: (1, 1),
@@ -902,7 +1025,12 @@ fn plan_decode(
     );
     // Loop iterations per key of one lane if nothing is unrolled: the dot
     // products, the softmax update with its (worst case) rescale, P·V.
-    let per_key = d4 * (1 + br64) + br64 * (3 + dv4) + dv4 * (1 + br64) + 2;
+    let p = problem;
+    let per_key = d4 * (1 + br64)
+        + br64 * (3 + dv4)
+        + dv4 * (1 + br64)
+        + 2
+        + u64::from(p.mask != Mask::None) * br64;
     let fixed = br64 * (2 * d4 + 3 * dv4 + 10) + 4 * br64 * (wg as u64 + dv4 * 2) + 100;
     let keys_per_lane = (LOOP_BUDGET.saturating_sub(fixed) / per_key).max(1);
     let loop_keys = if is_cpu(caps) {
@@ -917,6 +1045,7 @@ fn plan_decode(
         tr: br,
         wg,
         io: TensorIo::F32,
+        block_skip: true,
         workgroup_bytes: decode_workgroup_bytes(problem, wg),
         q_blocks: q_blocks as u32,
         grid: (1, 1),
@@ -1049,8 +1178,9 @@ pub struct FlashParams {
     pub n_q: u32,
     /// Key rows.
     pub n_kv: u32,
-    /// 1 when the kv_len binding holds per-batch key lengths.
-    pub has_kv_len: u32,
+    /// Which arrays the `lens` binding holds: bit 0 key lengths, bit 1
+    /// query lengths, bit 2 cu_seqlens_q/k (packed batch).
+    pub seq_flags: u32,
     /// ⌈n_q / Br⌉.
     pub q_blocks: u32,
     /// Workgroups along x of the folded grid.
@@ -1093,8 +1223,32 @@ pub struct FlashParams {
     pub splits: u32,
     /// Keys per split; `kv_begin`/`kv_end` are offsets inside a split.
     pub split_keys: u32,
-    /// Padding to a multiple of 16 bytes.
-    pub _pad0: u32,
+    /// Offset of the key lengths in the `lens` binding (u32s).
+    pub kv_lens_at: u32,
+    /// Offset of the query lengths.
+    pub q_lens_at: u32,
+    /// Offset of cu_seqlens_q.
+    pub cu_q_at: u32,
+    /// Offset of cu_seqlens_k.
+    pub cu_k_at: u32,
+    /// Keys visible before the diagonal (2^30: unbounded).
+    pub win_left: u32,
+    /// Keys visible after the diagonal (2^30: unbounded).
+    pub win_right: u32,
+    /// Bias / mask stride between batch entries (f32s or u32 words; 0: broadcast).
+    pub mask_stride_b: u32,
+    /// Bias / mask stride between heads.
+    pub mask_stride_h: u32,
+    /// Bias / mask stride between query rows.
+    pub mask_stride_q: u32,
+    /// lse row stride between batch entries (0 for packed batches).
+    pub lse_stride_b: u32,
+    /// lse row stride between heads.
+    pub lse_stride_h: u32,
+    /// lse rows (state rows per split).
+    pub lse_rows: u32,
+    /// 1: skip key blocks no query of a workgroup sees.
+    pub skip: u32,
 }
 
 impl FlashParams {
@@ -1106,23 +1260,40 @@ impl FlashParams {
             p.head_dim as u32,
             p.head_dim_v as u32,
         );
-        let (nq, nkv) = (p.n_q as u32, p.n_kv as u32);
+        // Rows of the stored tensors (the packed totals for varlen).
+        let (nq, nkv) = (p.q_dims().1 as u32, p.kv_dims().1 as u32);
+        // Packed batches address rows by position in the packed tensors.
+        let packed = p.varlen.is_some();
         let strides = |l: Layout, s: u32, h: u32, d: u32| {
-            l.strides(s as usize, h as usize, d as usize)
-                .map(|x| x as u32)
+            let mut st = l
+                .strides(s as usize, h as usize, d as usize)
+                .map(|x| x as u32);
+            if packed {
+                st[0] = 0;
+            }
+            st
         };
         let (qs, ks) = (strides(p.layout, nq, h, d), strides(p.layout, nkv, hk, d));
         let (vs, os) = (
             strides(p.layout, nkv, hk, dv),
             strides(p.out_layout, nq, h, dv),
         );
+        let seq = SeqLayout::of(p);
+        let at = |o: Option<usize>| o.unwrap_or(0) as u32;
+        let unbounded = 1u32 << 30;
+        let win = |w: Option<usize>| w.map_or(unbounded, |w| w.min(unbounded as usize) as u32);
+        let row_words = p.mask.row_words(p);
+        let ms = p
+            .mask
+            .shape()
+            .map_or([0; 3], |s| s.row_strides(p).map(|x| (x * row_words) as u32));
         Self {
             batch: p.batch as u32,
             heads: h,
             kv_heads: hk,
-            n_q: nq,
-            n_kv: nkv,
-            has_kv_len: p.kv_lens as u32,
+            n_q: p.n_q as u32,
+            n_kv: p.n_kv as u32,
+            seq_flags: p.kv_lens as u32 | (p.q_lens as u32) << 1 | (packed as u32) << 2,
             q_blocks: plan.q_blocks,
             grid_x: plan.grid.0,
             q_stride_b: qs[0],
@@ -1144,7 +1315,19 @@ impl FlashParams {
             flags: 3,
             splits: plan.splits,
             split_keys: plan.split_keys,
-            _pad0: 0,
+            kv_lens_at: at(seq.kv_lens),
+            q_lens_at: at(seq.q_lens),
+            cu_q_at: at(seq.cu_q),
+            cu_k_at: at(seq.cu_k),
+            win_left: win(p.window.and_then(|w| w.left)),
+            win_right: win(p.window.and_then(|w| w.right)),
+            mask_stride_b: ms[0],
+            mask_stride_h: ms[1],
+            mask_stride_q: ms[2],
+            lse_stride_b: if packed { 0 } else { h * p.n_q as u32 },
+            lse_stride_h: nq,
+            lse_rows: p.lse_len() as u32,
+            skip: plan.block_skip as u32,
         }
     }
 }
@@ -1279,21 +1462,27 @@ pub fn specialise(body: &str, spec: &[(&'static str, u32)]) -> String {
 }
 
 /// The device buffers of one launch. Any buffer with `STORAGE` usage and at
-/// least the problem's element count (f32) works; `kv_lens` holds u32.
+/// least the problem's size works.
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionBuffers<'a> {
-    /// `[B, n_q, H, d]`.
+    /// `[B, n_q, H, d]` (or as the problem's layout / packing says).
     pub q: &'a wgpu::Buffer,
     /// `[B, n_kv, H_kv, d]`.
     pub k: &'a wgpu::Buffer,
     /// `[B, n_kv, H_kv, d_v]`.
     pub v: &'a wgpu::Buffer,
-    /// `[B]` key lengths, required iff the problem says `kv_lens`. Values past
-    /// n_kv are clamped to n_kv by the kernel.
-    pub kv_lens: Option<&'a wgpu::Buffer>,
+    /// u32 lengths and packed-sequence offsets, required iff the problem
+    /// declares any: key lengths `[B]`, query lengths `[B]`, cu_seqlens_q
+    /// `[B+1]`, cu_seqlens_k `[B+1]`, back to back in that order, each only
+    /// if declared ([`SeqLayout`]; with key lengths alone it is just them).
+    /// Lengths past their sequence are clamped by the kernels; cu_seqlens
+    /// must hold what [`Masks::validate`] checks on the host.
+    pub lens: Option<&'a wgpu::Buffer>,
+    /// The bias (f32) or packed boolean mask (u32 words), iff declared.
+    pub mask: Option<&'a wgpu::Buffer>,
     /// `[B, n_q, H, d_v]`, written.
     pub o: &'a wgpu::Buffer,
-    /// `[B, H, n_q]`, written (natural log).
+    /// `[B, H, n_q]` (packed: `[H, total_q]`), written (natural log).
     pub lse: &'a wgpu::Buffer,
 }
 
@@ -1312,17 +1501,41 @@ impl AttentionBuffers<'_> {
                 });
             }
         }
-        match (p.kv_lens, self.kv_lens) {
-            (true, None) => Err(Error::KvLensCount {
-                got: 0,
-                expected: p.batch,
-            }),
-            (true, Some(b)) if b.size() / 4 < p.batch as u64 => Err(Error::KvLensCount {
-                got: (b.size() / 4) as usize,
-                expected: p.batch,
-            }),
-            _ => Ok(()),
+        let words = SeqLayout::of(p).words;
+        let lens_bad = |got: u64, reason: &str| Error::BadSeqLens {
+            name: "lens",
+            reason: format!(
+                "{reason}: {got} u32s, expected {words} ({:?})",
+                SeqLayout::of(p)
+            ),
+        };
+        match (words, self.lens) {
+            (0, Some(b)) => {
+                return Err(lens_bad(b.size() / 4, "buffer given but nothing declared"))
+            }
+            (w, None) if w > 0 && p.kv_lens && !p.has_masking() => {
+                return Err(Error::KvLensCount {
+                    got: 0,
+                    expected: p.batch,
+                })
+            }
+            (w, None) if w > 0 => return Err(lens_bad(0, "no buffer")),
+            (w, Some(b)) if b.size() / 4 < w as u64 => {
+                return Err(lens_bad(b.size() / 4, "buffer too small"))
+            }
+            _ => {}
         }
+        let words = p.mask.words(p) as u64;
+        let got = self.mask.map(|b| b.size() / 4);
+        if (p.mask != Mask::None) != got.is_some() || got.is_some_and(|g| g < words) {
+            return Err(Error::SizeMismatch {
+                name: "mask",
+                got: got.unwrap_or(0),
+                expected: words,
+                shape: format!("{:?}", p.mask),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -1341,7 +1554,7 @@ pub(crate) fn validate_host(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    kv_lens: Option<&[u32]>,
+    masks: &Masks<'_>,
 ) -> Result<()> {
     for ((name, shape, n), got) in p.tensors().into_iter().zip([q.len(), k.len(), v.len()]) {
         if got != n {
@@ -1353,7 +1566,7 @@ pub(crate) fn validate_host(
             });
         }
     }
-    p.validate_kv_lens(kv_lens)
+    masks.validate(p)
 }
 
 /// The fused kernel, planned and compiled for one problem. Cheap to keep and
@@ -1401,7 +1614,9 @@ impl<'c> FlashAttention<'c> {
             || plan.variant.specialised(&spec),
         )?;
         let combine = if plan.splits > 1 {
-            let spec = spec[..7].to_vec();
+            // The storage forms; the combine needs no mask or window.
+            let mut spec = spec[..7].to_vec();
+            spec.extend([("MASK", 0), ("WIN", 0)]);
             let kernel = ctx.pipeline(
                 PipelineKey {
                     kernel: "split_combine",
@@ -1476,12 +1691,15 @@ impl<'c> FlashAttention<'c> {
     pub fn bind(&self, bufs: &AttentionBuffers<'_>) -> Result<BoundAttention> {
         bufs.validate(&self.problem)?;
         let device = self.ctx.device();
-        let kv = bufs.kv_lens.unwrap_or(self.ctx.dummy_buffer());
+        let lens = bufs.lens.unwrap_or(self.ctx.dummy_buffer());
+        let mask = bufs.mask.unwrap_or(self.ctx.dummy_buffer());
         let state = self.state.as_ref().unwrap_or(self.ctx.dummy_rw_buffer());
         let bind = |params: &wgpu::Buffer, kernel: &Kernel| {
             kernel.bind(
                 device,
-                &[params, bufs.q, bufs.k, bufs.v, kv, bufs.o, bufs.lse, state],
+                &[
+                    params, bufs.q, bufs.k, bufs.v, lens, bufs.o, bufs.lse, state, mask,
+                ],
             )
         };
         let launches = self
@@ -1530,7 +1748,19 @@ impl<'c> FlashAttention<'c> {
         v: &[f32],
         kv_lens: Option<&[u32]>,
     ) -> Result<AttentionOutput> {
-        let t = AttentionTensors::upload(self.ctx, &self.problem, q, k, v, kv_lens)?;
+        self.run_with(q, k, v, &Masks::kv_lens(kv_lens))
+    }
+
+    /// [`FlashAttention::run`] with lengths, packed-sequence offsets, bias
+    /// or mask, as the problem declares.
+    pub fn run_with(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        masks: &Masks<'_>,
+    ) -> Result<AttentionOutput> {
+        let t = AttentionTensors::upload_with(self.ctx, &self.problem, q, k, v, masks)?;
         self.ctx.submit(|enc| self.record(enc, &t.buffers()))?;
         t.download(self.ctx)
     }
@@ -1574,8 +1804,9 @@ impl BoundAttention {
     }
 }
 
-/// Bind group 0 of `flash_forward.wgsl`: params, q, k, v, kv_len, o, lse, state.
-const FLASH_BINDINGS: [Binding; 8] = [
+/// Bind group 0 of `flash_forward.wgsl`: params, q, k, v, lens, o, lse,
+/// state, mask: 8 storage buffers, WebGPU's default limit.
+const FLASH_BINDINGS: [Binding; 9] = [
     Binding::Uniform,
     Binding::Read,
     Binding::Read,
@@ -1584,6 +1815,7 @@ const FLASH_BINDINGS: [Binding; 8] = [
     Binding::ReadWrite,
     Binding::ReadWrite,
     Binding::ReadWrite,
+    Binding::Read,
 ];
 
 impl Context {

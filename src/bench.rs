@@ -6,6 +6,7 @@ use crate::attention::{
 };
 use crate::context::{Binding, Context, Kernel, PipelineKey};
 use crate::error::{Error, Result};
+use crate::mask::{Masks, Window};
 use crate::naive::NaiveAttention;
 use crate::tensor::AttentionTensors;
 
@@ -290,7 +291,7 @@ pub fn bench_problem(ctx: &Context, p: &AttentionProblem, opt: &BenchOptions) ->
                 .copied()
         })
         .collect();
-    let naive_f32 = crate::reference::attention_f32(&sub, &sq, &sk, &sv, None)?;
+    let naive_f32 = crate::reference::attention_f32(&sub, &sq, &sk, &sv, &Default::default())?;
     let err = |a: &[f32]| {
         a.iter()
             .zip(&reference.o)
@@ -421,9 +422,20 @@ pub fn time_fused(
     force: TileOverride,
     opt: &BenchOptions,
 ) -> Result<(f64, FlashPlan)> {
+    time_fused_masked(ctx, p, &Masks::default(), force, opt)
+}
+
+/// [`time_fused`] with lengths, packing, bias or mask.
+pub fn time_fused_masked(
+    ctx: &Context,
+    p: &AttentionProblem,
+    masks: &Masks<'_>,
+    force: TileOverride,
+    opt: &BenchOptions,
+) -> Result<(f64, FlashPlan)> {
     let flash = FlashAttention::with_tiles(ctx, p, force)?;
     let (q, k, v) = crate::check::inputs(p, 2);
-    let tensors = AttentionTensors::upload(ctx, p, &q, &k, &v, None)?;
+    let tensors = AttentionTensors::upload_with(ctx, p, &q, &k, &v, masks)?;
     let bound = flash.bind(&tensors.buffers())?;
     let record = |enc: &mut wgpu::CommandEncoder,
                   ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
@@ -453,4 +465,131 @@ pub fn decode_loop_ms(ctx: &Context, p: &AttentionProblem, steps: usize) -> Resu
     }
     ctx.wait()?;
     Ok(t.elapsed().as_secs_f64() * 1e3 / steps.max(1) as f64)
+}
+
+/// A masked workload: the problem and its lengths.
+#[derive(Debug, Clone)]
+pub struct MaskedWorkload {
+    /// Name in the table.
+    pub name: String,
+    /// The problem (window, lengths declared).
+    pub problem: AttentionProblem,
+    /// Key lengths, if declared.
+    pub kv_lens: Option<Vec<u32>>,
+    /// Query lengths, if declared.
+    pub q_lens: Option<Vec<u32>>,
+}
+
+impl MaskedWorkload {
+    /// The host masks.
+    pub fn masks(&self) -> Masks<'_> {
+        Masks {
+            kv_lens: self.kv_lens.as_deref(),
+            q_lens: self.q_lens.as_deref(),
+            ..Masks::default()
+        }
+    }
+
+    /// Fraction of the (query, key) pairs of the padded problem that are
+    /// visible (FLOPs actually needed / dense FLOPs).
+    pub fn visible_fraction(&self) -> f64 {
+        let p = &self.problem;
+        let mut seen = 0usize;
+        for b in 0..p.batch {
+            let nq = self.q_lens.as_ref().map_or(p.n_q, |l| l[b] as usize);
+            let nk = self.kv_lens.as_ref().map_or(p.n_kv, |l| l[b] as usize);
+            seen += (0..nq)
+                .map(|i| {
+                    let (lo, hi) = p.window.map_or((0, nk), |w| w.keys(i, nq, nk));
+                    hi - lo
+                })
+                .sum::<usize>();
+        }
+        seen as f64 / (p.batch * p.n_q * p.n_kv) as f64
+    }
+}
+
+/// The block-skipping suite: causal 2k × 2k, a sliding window, and a padded
+/// batch whose query and key lengths leave half of each padding.
+pub fn masks_suite() -> Vec<MaskedWorkload> {
+    let square = AttentionProblem::new(1, 8, 2048, 2048, 64);
+    let lens = vec![1024u32, 512, 384, 128];
+    vec![
+        MaskedWorkload {
+            name: "causal 1x8 2048x2048 d64".into(),
+            problem: square.with_causal(),
+            kv_lens: None,
+            q_lens: None,
+        },
+        MaskedWorkload {
+            name: "window 256,0 1x8 2048² d64".into(),
+            problem: square.with_window(Window::sliding(256, 0)),
+            kv_lens: None,
+            q_lens: None,
+        },
+        MaskedWorkload {
+            name: "50% padding 4x4 1024² d64".into(),
+            problem: AttentionProblem::new(4, 4, 1024, 1024, 64)
+                .with_kv_lens(true)
+                .with_q_lens(true),
+            kv_lens: Some(lens.clone()),
+            q_lens: Some(lens),
+        },
+    ]
+}
+
+/// What block skipping saves on one masked workload, measured in one run.
+#[derive(Debug, Clone)]
+pub struct SkipRow {
+    /// The workload.
+    pub workload: MaskedWorkload,
+    /// Plan of the skipping launch.
+    pub plan: FlashPlan,
+    /// Median ms with block skipping (the default).
+    pub skip_ms: f64,
+    /// Median ms with skipping off: every allocated key loaded and masked.
+    pub no_skip_ms: f64,
+    /// Median ms of the same shape with no mask and no lengths (dense).
+    pub dense_ms: f64,
+    /// Max |O_skip − O_no_skip| (both also tested against the reference).
+    pub max_diff: f64,
+}
+
+impl SkipRow {
+    /// GFLOP/s counting only the visible (query, key) pairs.
+    pub fn visible_gflops(&self) -> f64 {
+        self.workload.problem.flops() * self.workload.visible_fraction()
+            / (self.skip_ms * 1e-3)
+            / 1e9
+    }
+}
+
+/// Times a masked workload with and without block skipping and dense.
+pub fn bench_skipping(ctx: &Context, w: &MaskedWorkload, opt: &BenchOptions) -> Result<SkipRow> {
+    let p = &w.problem;
+    let masks = w.masks();
+    let off = TileOverride {
+        block_skip: Some(false),
+        ..opt.tiles
+    };
+    let (q, k, v) = crate::check::inputs(p, 2);
+    let run = |force| FlashAttention::with_tiles(ctx, p, force)?.run_with(&q, &k, &v, &masks);
+    let (a, b) = (run(opt.tiles)?, run(off)?);
+    let max_diff =
+        a.o.iter()
+            .zip(&b.o)
+            .map(|(x, y)| (x - y).abs() as f64)
+            .fold(0.0, f64::max);
+    let (skip_ms, plan) = time_fused_masked(ctx, p, &masks, opt.tiles, opt)?;
+    let (no_skip_ms, _) = time_fused_masked(ctx, p, &masks, off, opt)?;
+    let dense = AttentionProblem::new(p.batch, p.heads, p.n_q, p.n_kv, p.head_dim);
+    let (dense_ms, _) = time_fused(ctx, &dense, opt.tiles, opt)?;
+    Ok(SkipRow {
+        workload: w.clone(),
+        plan,
+        skip_ms,
+        no_skip_ms,
+        dense_ms,
+        max_diff,
+    })
 }

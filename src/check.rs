@@ -6,6 +6,7 @@
 use crate::attention::{AttentionOutput, AttentionProblem, Dtype, Layout};
 use crate::context::Context;
 use crate::error::Result;
+use crate::mask::Masks;
 use crate::naive::NaiveAttention;
 use crate::reference::{self, ReferenceOutput};
 
@@ -162,12 +163,41 @@ pub fn check_with(
     seed: u64,
     fused: impl FnOnce(&[f32], &[f32], &[f32]) -> Result<AttentionOutput>,
 ) -> Result<CheckReport> {
+    check_masked(ctx, p, &Masks::kv_lens(kv_lens), seed, fused)
+}
+
+/// [`check_with`] for problems with query lengths, packed sequences,
+/// windows, bias or masks. The naive baseline of the tolerance rule is then
+/// the f32 CPU computation in the naive order ([`reference::attention_f32`]:
+/// full dot products, max, sum, P·V; O rounded to the storage type), since
+/// the naive WGSL kernel implements key lengths only.
+pub fn check_masked(
+    ctx: &Context,
+    p: &AttentionProblem,
+    masks: &Masks<'_>,
+    seed: u64,
+    fused: impl FnOnce(&[f32], &[f32], &[f32]) -> Result<AttentionOutput>,
+) -> Result<CheckReport> {
     // Inputs in the storage type (exact in f32), as the kernels will see them.
     let round = |x| p.dtype.round_all(x);
     let (q, k, v) = inputs(p, seed);
     let (q, k, v) = (round(q), round(k), round(v));
-    let r = reference::attention(p, &q, &k, &v, kv_lens)?;
+    let r = reference::attention_masked(p, &q, &k, &v, masks)?;
     let f = fused(&q, &k, &v)?;
+    let max_o = r.o.iter().fold(0.0f64, |a, &b| a.max(b.abs()));
+    if p.has_masking() {
+        let n = reference::attention_f32(p, &q, &k, &v, masks)?;
+        let n = AttentionOutput {
+            o: round(n.o),
+            lse: n.lse,
+        };
+        return Ok(CheckReport {
+            fused: Errors::of(&f, &r),
+            naive: Errors::of(&n, &r),
+            o_slack: o_slack(p.dtype, max_o),
+        });
+    }
+    let kv_lens = masks.kv_lens;
     // The naive kernel in the same storage precision: f32 loads of the
     // rounded inputs, f32 arithmetic, O rounded to the storage type.
     // It reads and writes BSHD: give it BSHD copies of the same values and
@@ -189,7 +219,6 @@ pub fn check_with(
         kv_lens,
     )?;
     n.o = Layout::Bshd.convert(p.out_layout, &round(n.o), [p.batch, p.n_q, hq, dv]);
-    let max_o = r.o.iter().fold(0.0f64, |a, &b| a.max(b.abs()));
     Ok(CheckReport {
         fused: Errors::of(&f, &r),
         naive: Errors::of(&n, &r),

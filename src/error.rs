@@ -76,6 +76,27 @@ pub enum Error {
         n_kv: usize,
     },
 
+    /// Query lengths, packed-sequence offsets, a bias or a mask that do not
+    /// match the problem.
+    #[error("{name}: {reason}")]
+    BadSeqLens {
+        /// Which array.
+        name: &'static str,
+        /// What is wrong and what was expected.
+        reason: String,
+    },
+
+    /// A feature the chosen kernel does not implement.
+    #[error("{kernel} does not support {feature}: {hint}")]
+    Unsupported {
+        /// Kernel family.
+        kernel: &'static str,
+        /// The feature.
+        feature: String,
+        /// What to use instead.
+        hint: &'static str,
+    },
+
     /// A scale that is NaN or infinite.
     #[error("scale must be finite, got {got}")]
     BadScale {

@@ -36,6 +36,7 @@ pub mod bench;
 pub mod check;
 pub mod context;
 pub mod error;
+pub mod mask;
 pub mod naive;
 pub mod npy;
 pub mod reference;
@@ -49,6 +50,7 @@ pub use attention::{
 };
 pub use context::{Context, ContextOptions, DeviceCaps};
 pub use error::{Error, Result};
+pub use mask::{pack_mask, Mask, MaskShape, Masks, SeqLayout, VarLen, Window, MAX_SEQ};
 pub use naive::{NaiveAttention, NaiveParams};
 pub use tensor::AttentionTensors;
 /// The wgpu this crate is built against, for callers of the integration API.

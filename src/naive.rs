@@ -77,6 +77,16 @@ impl<'c> NaiveAttention<'c> {
                 reason: "the naive baseline reads and writes BSHD only".into(),
             });
         }
+        if problem.has_masking() {
+            // The tolerance rule's baseline for these is the f32 CPU naive
+            // computation (`reference::attention_f32`), see `check::check_with`.
+            return Err(Error::Unsupported {
+                kernel: "naive",
+                feature: "query lengths, packed batches, windows, bias or masks".into(),
+                hint: "it implements key lengths only; use reference::attention_f32 as the \
+                       unfused baseline",
+            });
+        }
         if problem.dtype != crate::attention::Dtype::F32 {
             // The tolerance rule's half-precision baseline is this kernel on
             // inputs rounded to the storage type, with O rounded on the way
@@ -206,7 +216,7 @@ impl<'c> NaiveAttention<'c> {
                 ),
             });
         }
-        let kv = bufs.kv_lens.unwrap_or(self.ctx.dummy_buffer());
+        let kv = bufs.lens.unwrap_or(self.ctx.dummy_buffer());
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("naive"),
             timestamp_writes: timestamps,

@@ -136,6 +136,29 @@ pub fn read_int(path: &Path) -> Result<Array<i64>> {
     Ok(Array { shape, data })
 }
 
+/// Reads a boolean array: numpy bool, or int32 / int64 where nonzero is true.
+pub fn read_bool(path: &Path) -> Result<Array<bool>> {
+    let npy = open(path)?;
+    if type_str(&npy).is_some_and(|t| t.type_char() == TypeChar::Bool) {
+        let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+        let data = npy
+            .into_vec::<bool>()
+            .map_err(|e| err(path, format!("cannot read data: {e}")))?;
+        return Ok(Array { shape, data });
+    }
+    let a = read_int(path).map_err(|e| match e {
+        Error::Npy { path, reason } => Error::Npy {
+            path,
+            reason: format!("{reason}; a mask is bool (or int32/int64, nonzero = attend)"),
+        },
+        e => e,
+    })?;
+    Ok(Array {
+        shape: a.shape,
+        data: a.data.iter().map(|&x| x != 0).collect(),
+    })
+}
+
 /// Writes a float32 array in C order.
 pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     write(path, shape, data.iter().copied())

@@ -1,11 +1,13 @@
 //! The CPU reference: f64 accumulation, scores materialised row by row, the
-//! same semantics as the kernels (GQA, key lengths, scale, LSE, empty rows).
+//! same semantics as the kernels (GQA, key and query lengths, packed
+//! sequences, windows, bias and masks, scale, LSE, empty rows).
 //! Written to be trusted by reading, parallel over rows with rayon.
 
 use rayon::prelude::*;
 
 use crate::attention::{validate_host, AttentionProblem};
 use crate::error::Result;
+use crate::mask::{Mask, Masks};
 
 /// O and LSE in the kernels' layouts: o `[B, n_q, H, d_v]`, lse `[B, H, n_q]`
 /// (natural log, −∞ for rows with no visible key).
@@ -76,7 +78,20 @@ pub fn attention(
     v: &[f32],
     kv_lens: Option<&[u32]>,
 ) -> Result<ReferenceOutput> {
-    attention_in::<f64>(p, q, k, v, kv_lens)
+    attention_in::<f64>(p, q, k, v, &Masks::kv_lens(kv_lens))
+}
+
+/// [`attention`] with everything the problem declares: query and key
+/// lengths, packed sequences, window, bias, boolean mask (see [`crate::mask`]
+/// for the semantics).
+pub fn attention_masked(
+    p: &AttentionProblem,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    masks: &Masks<'_>,
+) -> Result<ReferenceOutput> {
+    attention_in::<f64>(p, q, k, v, masks)
 }
 
 /// The same computation in f32, in the naive order (full dot products, max,
@@ -86,60 +101,124 @@ pub fn attention_f32(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    kv_lens: Option<&[u32]>,
+    masks: &Masks<'_>,
 ) -> Result<ReferenceOutput<f32>> {
-    attention_in::<f32>(p, q, k, v, kv_lens)
+    attention_in::<f32>(p, q, k, v, masks)
 }
 
-/// [`attention`] in the arithmetic `T`.
+/// One batch entry's sequences: first rows in the (packed) q and k, rows
+/// allocated, rows used.
+struct Entry {
+    q0: usize,
+    k0: usize,
+    nq: usize,
+    nq_used: usize,
+    nk: usize,
+}
+
+fn entry(p: &AttentionProblem, m: &Masks<'_>, b: usize) -> Entry {
+    let span = |cu: Option<&[u32]>, n: usize| {
+        cu.map_or((0, n), |c| (c[b] as usize, (c[b + 1] - c[b]) as usize))
+    };
+    let (q0, nq) = span(m.cu_seqlens_q, p.n_q);
+    let (k0, nk_alloc) = span(m.cu_seqlens_k, p.n_kv);
+    Entry {
+        q0,
+        k0,
+        nq,
+        nq_used: m.q_lens.map_or(nq, |l| (l[b] as usize).min(nq)),
+        nk: m
+            .kv_lens
+            .map_or(nk_alloc, |l| (l[b] as usize).min(nk_alloc)),
+    }
+}
+
+/// [`attention_masked`] in the arithmetic `T`.
 pub fn attention_in<T: Real>(
     p: &AttentionProblem,
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    kv_lens: Option<&[u32]>,
+    masks: &Masks<'_>,
 ) -> Result<ReferenceOutput<T>> {
     p.validate()?;
-    validate_host(p, q, k, v, kv_lens)?;
+    validate_host(p, q, k, v, masks)?;
     let (h_q, h_kv, d, dv) = (p.heads, p.kv_heads, p.head_dim, p.head_dim_v);
     let group = h_q / h_kv;
     let scale = T::of(p.scale());
-    let rows = p.batch * p.n_q * h_q;
-    // Element strides (batch, row, head) of each tensor in its layout.
-    let qs = p.layout.strides(p.n_q, h_q, d);
-    let ks = p.layout.strides(p.n_kv, h_kv, d);
-    let vs = p.layout.strides(p.n_kv, h_kv, dv);
-    let os = p.out_layout.strides(p.n_q, h_q, dv);
-    let per_row: Vec<(Vec<T>, T)> = (0..rows)
-        .into_par_iter()
-        .map(|r| {
-            // Row r is (b, i, h), in BSHD order.
-            let h = r % h_q;
-            let i = (r / h_q) % p.n_q;
-            let b = r / (h_q * p.n_q);
+    let ((_, nq_rows), (_, nk_rows)) = (p.q_dims(), p.kv_dims());
+    // Element strides (batch, row, head) of each tensor in its layout; packed
+    // batches address rows by their position in the packed tensors.
+    let packed = p.varlen.is_some();
+    let st = |l: crate::Layout, s: usize, h: usize, d: usize| {
+        let mut x = l.strides(s, h, d);
+        if packed {
+            x[0] = 0;
+        }
+        x
+    };
+    let qs = st(p.layout, nq_rows, h_q, d);
+    let ks = st(p.layout, nk_rows, h_kv, d);
+    let vs = st(p.layout, nk_rows, h_kv, dv);
+    let os = st(p.out_layout, nq_rows, h_q, dv);
+    let row_words = p.mask.row_words(p);
+    // Every (batch entry, local query row, head) with a row allocated.
+    let rows: Vec<(usize, usize, usize)> = (0..p.batch)
+        .flat_map(|b| {
+            let e = entry(p, masks, b);
+            (0..e.nq).flat_map(move |i| (0..h_q).map(move |h| (b, i, h)))
+        })
+        .collect();
+    let per_row: Vec<(Vec<T>, T)> = rows
+        .par_iter()
+        .map(|&(b, i, h)| {
+            let e = entry(p, masks, b);
             let hk = h / group;
-            let n_valid = kv_lens.map_or(p.n_kv, |l| l[b] as usize).min(p.n_kv);
-            let qrow = &q[b * qs[0] + i * qs[1] + h * qs[2]..][..d];
-            let scores: Vec<T> = (0..n_valid)
-                .map(|j| {
-                    let krow = &k[b * ks[0] + j * ks[1] + hk * ks[2]..][..d];
+            let mut out = vec![T::ZERO; dv];
+            if i >= e.nq_used {
+                return (out, T::NEG_INF);
+            }
+            let (lo, hi) = p.window.map_or((0, e.nk), |w| w.keys(i, e.nq_used, e.nk));
+            let mrow = p.mask.shape().map(|s| s.row(p, b, h, i) * row_words);
+            let qrow = &q[b * qs[0] + (e.q0 + i) * qs[1] + h * qs[2]..][..d];
+            // (key, score) of every visible key.
+            let scores: Vec<(usize, T)> = (lo..hi)
+                .filter_map(|j| {
+                    let bias = match (p.mask, mrow) {
+                        (Mask::Bias(_), Some(r)) => masks.bias.map_or(0.0, |x| x[r + j]),
+                        (Mask::Bool(_), Some(r)) => {
+                            let on = masks
+                                .mask
+                                .is_some_and(|x| x[r + j / 32] >> (j % 32) & 1 != 0);
+                            if on {
+                                0.0
+                            } else {
+                                f32::NEG_INFINITY
+                            }
+                        }
+                        _ => 0.0,
+                    };
+                    if bias == f32::NEG_INFINITY {
+                        return None;
+                    }
+                    let krow = &k[b * ks[0] + (e.k0 + j) * ks[1] + hk * ks[2]..][..d];
                     let dot: T = qrow
                         .iter()
                         .zip(krow)
                         .map(|(&a, &b)| T::of(a) * T::of(b))
                         .sum();
-                    dot * scale
+                    Some((j, dot * scale + T::of(bias)))
                 })
                 .collect();
-            let mut out = vec![T::ZERO; dv];
-            if n_valid == 0 {
+            if scores.is_empty() {
                 return (out, T::NEG_INF);
             }
-            let max = scores.iter().copied().fold(T::NEG_INF, T::max);
-            let weights: Vec<T> = scores.iter().map(|&s| (s - max).exp()).collect();
-            let sum: T = weights.iter().copied().sum();
-            for (j, &w) in weights.iter().enumerate() {
-                let vrow = &v[b * vs[0] + j * vs[1] + hk * vs[2]..][..dv];
+            let max = scores.iter().map(|s| s.1).fold(T::NEG_INF, T::max);
+            let weights: Vec<(usize, T)> =
+                scores.iter().map(|&(j, s)| (j, (s - max).exp())).collect();
+            let sum: T = weights.iter().map(|w| w.1).sum();
+            for &(j, w) in &weights {
+                let vrow = &v[b * vs[0] + (e.k0 + j) * vs[1] + hk * vs[2]..][..dv];
                 for (o, &x) in out.iter_mut().zip(vrow) {
                     *o += w * T::of(x);
                 }
@@ -148,14 +227,13 @@ pub fn attention_in<T: Real>(
             (out, max + sum.ln())
         })
         .collect();
-    let mut o = vec![T::ZERO; rows * dv];
-    let mut lse = vec![T::ZERO; rows];
-    for (r, (row, l)) in per_row.into_iter().enumerate() {
-        let h = r % h_q;
-        let i = (r / h_q) % p.n_q;
-        let b = r / (h_q * p.n_q);
-        o[b * os[0] + i * os[1] + h * os[2]..][..dv].copy_from_slice(&row);
-        lse[(b * h_q + h) * p.n_q + i] = l;
+    let mut o = vec![T::ZERO; p.o_len()];
+    let mut lse = vec![T::ZERO; p.lse_len()];
+    for (&(b, i, h), (row, l)) in rows.iter().zip(per_row) {
+        let e = entry(p, masks, b);
+        let t = e.q0 + i;
+        o[b * os[0] + t * os[1] + h * os[2]..][..dv].copy_from_slice(&row);
+        lse[p.lse_index(if packed { 0 } else { b }, h, t)] = l;
     }
     Ok(ReferenceOutput { o, lse })
 }

@@ -5,7 +5,7 @@
 use plotters::prelude::*;
 use serde_json::{json, Value};
 
-use crate::bench::{kv_bytes, BenchRow, Probe};
+use crate::bench::{kv_bytes, BenchRow, Probe, SkipRow};
 use crate::error::{Error, Result};
 
 /// Version of the JSON layout written by [`Report::json`]; bumped when a
@@ -54,6 +54,8 @@ pub struct Report {
     pub skipped: Vec<(String, String)>,
     /// The decode loop: steps and wall-clock ms per step.
     pub decode_loop: Option<(usize, f64)>,
+    /// The masks suite: block skipping on and off.
+    pub skipping: Vec<SkipRow>,
 }
 
 fn ms_or_note(r: &std::result::Result<f64, String>) -> Value {
@@ -132,6 +134,27 @@ impl Report {
             "rows": self.rows.iter().map(|r| r.json(&self.probe)).collect::<Vec<_>>(),
             "skipped": self.skipped.iter().map(|(n, why)| json!({"name": n, "why": why})).collect::<Vec<_>>(),
             "decode_loop": self.decode_loop.map(|(steps, ms)| json!({"steps": steps, "ms_per_step": ms})),
+            "block_skipping": self.skipping.iter().map(|r| {
+                let w = &r.workload;
+                let p = &w.problem;
+                json!({
+                    "name": w.name,
+                    "problem": {
+                        "batch": p.batch, "heads": p.heads, "n_q": p.n_q, "n_kv": p.n_kv,
+                        "head_dim": p.head_dim,
+                        "window": p.window.map(|w| json!({"left": w.left, "right": w.right})),
+                        "kv_lens": w.kv_lens, "q_lens": w.q_lens,
+                    },
+                    "visible_fraction": w.visible_fraction(),
+                    "plan": r.plan.why,
+                    "skip_ms": r.skip_ms,
+                    "no_skip_ms": r.no_skip_ms,
+                    "dense_ms": r.dense_ms,
+                    "speedup_from_skipping": r.no_skip_ms / r.skip_ms,
+                    "visible_gflops": r.visible_gflops(),
+                    "max_diff_skip_vs_no_skip": r.max_diff,
+                })
+            }).collect::<Vec<_>>(),
         })
     }
 

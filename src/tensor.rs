@@ -4,6 +4,7 @@
 use crate::attention::{validate_host, AttentionBuffers, AttentionOutput, AttentionProblem, Dtype};
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::mask::{Mask, Masks};
 
 /// The buffers of one problem, owned: q, k, v (and key lengths) uploaded from
 /// host f32 slices (converted to the problem's storage type), o and lse
@@ -15,7 +16,8 @@ pub struct AttentionTensors {
     q: wgpu::Buffer,
     k: wgpu::Buffer,
     v: wgpu::Buffer,
-    kv_lens: Option<wgpu::Buffer>,
+    lens: Option<wgpu::Buffer>,
+    mask: Option<wgpu::Buffer>,
     o: wgpu::Buffer,
     lse: wgpu::Buffer,
 }
@@ -30,14 +32,30 @@ impl AttentionTensors {
         v: &[f32],
         kv_lens: Option<&[u32]>,
     ) -> Result<Self> {
+        Self::upload_with(ctx, problem, q, k, v, &Masks::kv_lens(kv_lens))
+    }
+
+    /// [`AttentionTensors::upload`] with lengths, packed-sequence offsets,
+    /// bias or mask (validated against the problem, then uploaded into the
+    /// `lens` and `mask` buffers).
+    pub fn upload_with(
+        ctx: &Context,
+        problem: &AttentionProblem,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        masks: &Masks<'_>,
+    ) -> Result<Self> {
         problem.validate()?;
-        validate_host(problem, q, k, v, kv_lens)?;
+        validate_host(problem, q, k, v, masks)?;
+        let (lens, mask) = (masks.lens_words(problem), masks.mask_words());
         Ok(Self {
             problem: *problem,
             q: upload_as(ctx, "q", problem.dtype, q),
             k: upload_as(ctx, "k", problem.dtype, k),
             v: upload_as(ctx, "v", problem.dtype, v),
-            kv_lens: kv_lens.map(|l| ctx.upload("kv_lens", l)),
+            lens: (!lens.is_empty()).then(|| ctx.upload("lens", &lens)),
+            mask: (problem.mask != Mask::None).then(|| ctx.upload("mask", &mask)),
             o: ctx.storage("o", problem.tensor_bytes("o")),
             lse: ctx.storage("lse", problem.tensor_bytes("lse")),
         })
@@ -49,7 +67,8 @@ impl AttentionTensors {
             q: &self.q,
             k: &self.k,
             v: &self.v,
-            kv_lens: self.kv_lens.as_ref(),
+            lens: self.lens.as_ref(),
+            mask: self.mask.as_ref(),
             o: &self.o,
             lse: &self.lse,
         }
@@ -86,7 +105,11 @@ impl AttentionTensors {
             .iter()
             .map(|b| b.size())
             .sum::<u64>()
-            + self.kv_lens.as_ref().map_or(0, |b| b.size())
+            + [&self.lens, &self.mask]
+                .iter()
+                .filter_map(|b| b.as_ref())
+                .map(|b| b.size())
+                .sum::<u64>()
     }
 
     /// Copies O and LSE back to the host.

@@ -132,7 +132,8 @@ fn small_device_buffers_are_rejected() {
         q: &big,
         k: &small,
         v: &big,
-        kv_lens: None,
+        lens: None,
+        mask: None,
         o: &big,
         lse: &big,
     };
@@ -196,7 +197,8 @@ fn integration_api_records_into_the_callers_encoder() {
         q: &qb,
         k: &kb,
         v: &vb,
-        kv_lens: None,
+        lens: None,
+        mask: None,
         o: &ob,
         lse: &lb,
     };

@@ -138,7 +138,8 @@ fn nan_poisoned_padding_is_never_read() {
         q: &qb,
         k: &kb,
         v: &vb,
-        kv_lens: Some(&lb),
+        lens: Some(&lb),
+        mask: None,
         o: &ob,
         lse: &lseb,
     };

@@ -478,3 +478,235 @@ fn bench_in_f16_reports_the_speed_up_over_f32() {
     );
     assert!(text.contains("naive baseline stores f32 only"), "{text}");
 }
+
+fn write_nd<T: npyz::AutoSerialize + Copy>(path: &Path, shape: &[usize], data: &[T]) {
+    use npyz::WriterBuilder;
+    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    let mut w = npyz::WriteOptions::<T>::new()
+        .default_dtype()
+        .shape(&shape)
+        .writer(std::io::BufWriter::new(
+            std::fs::File::create(path).unwrap(),
+        ))
+        .begin_nd()
+        .unwrap();
+    w.extend(data.iter().copied()).unwrap();
+    w.finish().unwrap();
+}
+
+/// `xattn run` with extra arguments; (exit code, stderr).
+fn run_with(
+    q: &Path,
+    k: &Path,
+    v: &Path,
+    out: &Path,
+    lse: &Path,
+    extra: &[&Path],
+) -> (i32, String) {
+    let o = bin()
+        .args(["run", "--q"])
+        .arg(q)
+        .arg("--k")
+        .arg(k)
+        .arg("--v")
+        .arg(v)
+        .arg("--out")
+        .arg(out)
+        .arg("--lse")
+        .arg(lse)
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn run_with_masks_windows_and_lengths_matches_the_reference() {
+    use xattn::{pack_mask, MaskShape, Masks, Window};
+    let (b, h, nq, nk, d) = (2, 2, 20, 50, 16);
+    let base = AttentionProblem::new(b, h, nq, nk, d);
+    let (q, k, v) = inputs(&base, 5);
+    let f = |n: &str| tmp(&format!("m{n}.npy"));
+    let (qp, kp, vp, op, lp) = (f("q"), f("k"), f("v"), f("o"), f("lse"));
+    write(&qp, &[b, nq, h, d], &q);
+    write(&kp, &[b, nk, h, d], &k);
+    write(&vp, &[b, nk, h, d], &v);
+    // Boolean mask [B, 1, n_q, n_kv] as numpy bool, causal, both lengths.
+    let bools: Vec<bool> = (0..b * nq * nk).map(|i| (i * 7919) % 10 < 7).collect();
+    write_nd(&f("mask"), &[b, 1, nq, nk], &bools);
+    npyz::to_file_1d(f("ql"), [20i32, 9]).unwrap();
+    npyz::to_file_1d(f("kl"), [31i64, 50]).unwrap();
+    let (code, err) = run_with(
+        &qp,
+        &kp,
+        &vp,
+        &op,
+        &lp,
+        &[
+            Path::new("--causal"),
+            Path::new("--mask"),
+            &f("mask"),
+            Path::new("--q-lens"),
+            &f("ql"),
+            Path::new("--kv-lens"),
+            &f("kl"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let shape = MaskShape {
+        batch: true,
+        heads: false,
+        rows: true,
+    };
+    let p = base
+        .with_causal()
+        .with_bool_mask(shape)
+        .with_q_lens(true)
+        .with_kv_lens(true);
+    let bits = pack_mask(&bools, nk);
+    let masks = Masks {
+        q_lens: Some(&[20, 9]),
+        kv_lens: Some(&[31, 50]),
+        mask: Some(&bits),
+        ..Masks::default()
+    };
+    let r = xattn::reference::attention_masked(&p, &q, &k, &v, &masks).unwrap();
+    assert!(max_err(&npy::read_f32(&op).unwrap().data, &r.o) < 1e-4);
+    assert!(max_err(&npy::read_f32(&lp).unwrap().data, &r.lse) < 1e-4);
+
+    // A bias [1, H, 1, n_kv] with -inf entries and a sliding window.
+    let bias: Vec<f32> = (0..h * nk)
+        .map(|i| {
+            if i % 5 == 0 {
+                f32::NEG_INFINITY
+            } else {
+                (i % 7) as f32 * 0.3
+            }
+        })
+        .collect();
+    write(&f("bias"), &[1, h, 1, nk], &bias);
+    let (code, err) = run_with(
+        &qp,
+        &kp,
+        &vp,
+        &op,
+        &lp,
+        &[
+            Path::new("--bias"),
+            &f("bias"),
+            Path::new("--window"),
+            Path::new("4,-1"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let p = base
+        .with_bias(MaskShape {
+            batch: false,
+            heads: true,
+            rows: false,
+        })
+        .with_window(Window {
+            left: Some(4),
+            right: None,
+        });
+    let masks = Masks {
+        bias: Some(&bias),
+        ..Masks::default()
+    };
+    let r = xattn::reference::attention_masked(&p, &q, &k, &v, &masks).unwrap();
+    assert!(max_err(&npy::read_f32(&op).unwrap().data, &r.o) < 1e-4);
+    assert!(max_err(&npy::read_f32(&lp).unwrap().data, &r.lse) < 1e-4);
+
+    // Bad window and a mask of the wrong shape: exit 2 naming the problem.
+    let (code, err) = run_with(
+        &qp,
+        &kp,
+        &vp,
+        &op,
+        &lp,
+        &[Path::new("--window"), Path::new("3")],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("window"), "{err}");
+    write_nd(&f("badmask"), &[b, 3, nq, nk], &vec![true; b * 3 * nq * nk]);
+    let (code, err) = run_with(
+        &qp,
+        &kp,
+        &vp,
+        &op,
+        &lp,
+        &[Path::new("--mask"), &f("badmask")],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("mask") && err.contains("[2|1, 2|1, 20|1, 50]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_packed_varlen_batch_matches_the_reference() {
+    use xattn::{Masks, VarLen};
+    let cu_q = [0u32, 7, 7, 30];
+    let cu_k = [0u32, 12, 40, 41];
+    let (vl, mq, mk) = VarLen::from_cu_seqlens(&cu_q, &cu_k);
+    let (h, d) = (3, 24);
+    let p = AttentionProblem::new(3, h, mq, mk, d)
+        .with_varlen(vl)
+        .with_causal();
+    let (q, k, v) = inputs(&p, 8);
+    let f = |n: &str| tmp(&format!("v{n}.npy"));
+    let (qp, kp, vp, op, lp) = (f("q"), f("k"), f("v"), f("o"), f("lse"));
+    write(&qp, &[30, h, d], &q);
+    write(&kp, &[41, h, d], &k);
+    write(&vp, &[41, h, d], &v);
+    npyz::to_file_1d(f("cq"), cu_q.map(i32::try_from).map(Result::unwrap)).unwrap();
+    npyz::to_file_1d(f("ck"), cu_k.map(i64::from)).unwrap();
+    let (code, err) = run_with(
+        &qp,
+        &kp,
+        &vp,
+        &op,
+        &lp,
+        &[
+            Path::new("--cu-seqlens-q"),
+            &f("cq"),
+            Path::new("--cu-seqlens-k"),
+            &f("ck"),
+            Path::new("--causal"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let masks = Masks {
+        cu_seqlens_q: Some(&cu_q),
+        cu_seqlens_k: Some(&cu_k),
+        ..Masks::default()
+    };
+    let r = xattn::reference::attention_masked(&p, &q, &k, &v, &masks).unwrap();
+    let o = npy::read_f32(&op).unwrap();
+    assert_eq!(o.shape, [30, h, d]);
+    assert!(max_err(&o.data, &r.o) < 1e-4);
+    let lse = npy::read_f32(&lp).unwrap();
+    assert_eq!(lse.shape, [h, 30]);
+    assert!(max_err(&lse.data, &r.lse) < 1e-4);
+    // cu_seqlens that do not end at the tensors' rows: exit 2.
+    npyz::to_file_1d(f("cq2"), [0i32, 7, 7, 29]).unwrap();
+    let (code, err) = run_with(
+        &qp,
+        &kp,
+        &vp,
+        &op,
+        &lp,
+        &[
+            Path::new("--cu-seqlens-q"),
+            &f("cq2"),
+            Path::new("--cu-seqlens-k"),
+            &f("ck"),
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("cu_seqlens"), "{err}");
+}

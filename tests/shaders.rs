@@ -8,7 +8,9 @@ use xattn::wgpu;
 use xattn::attention::{flash_source, FlashVariant, SPLIT_COMBINE_WGSL};
 use xattn::check::grid;
 use xattn::naive::NAIVE_WGSL;
-use xattn::{plan, AttentionProblem, DeviceCaps, FlashParams, NaiveParams, TileOverride};
+use xattn::{
+    plan, AttentionProblem, DeviceCaps, FlashParams, MaskShape, NaiveParams, TileOverride, Window,
+};
 
 fn validate(src: &str, what: &str) -> naga::Module {
     let module = naga::front::wgsl::parse_str(src)
@@ -46,16 +48,26 @@ fn flash_forward_validates_for_every_planned_specialisation() {
         AttentionProblem::new(1, 1, 1, 1, 256),
         AttentionProblem::new(1, 1, 4096, 77, 40),
     ];
+    // Every problem plain, and with each mask kind and a window.
+    let masked = |p: AttentionProblem| {
+        [
+            p,
+            p.with_bias(MaskShape::full()).with_causal(),
+            p.with_bool_mask(MaskShape::default()),
+            p.with_window(Window::sliding(3, 2)).with_q_lens(true),
+        ]
+    };
     let problems: Vec<AttentionProblem> = grid(false)
         .into_iter()
         .map(|c| c.problem)
         .chain(extra)
+        .flat_map(masked)
         .collect();
     let mut combines = std::collections::HashSet::new();
     for dev in &devices {
         for p in &problems {
             let mut variants = vec![None, Some(FlashVariant::Tiled), Some(FlashVariant::Decode)];
-            if dev.subgroups && p.head_dim <= 64 {
+            if dev.subgroups && p.head_dim <= 64 && !p.has_masking() {
                 variants.push(Some(FlashVariant::Lanes));
             }
             for variant in variants {
@@ -79,7 +91,8 @@ fn flash_forward_validates_for_every_planned_specialisation() {
                             &format!("{:?} {spec:?}", plan.variant),
                         );
                     }
-                    let combine = spec[..7].to_vec();
+                    let mut combine = spec[..7].to_vec();
+                    combine.extend([("MASK", 0), ("WIN", 0)]);
                     if combines.insert(combine.clone()) {
                         validate(
                             &flash_source(SPLIT_COMBINE_WGSL, &combine),
@@ -91,6 +104,12 @@ fn flash_forward_validates_for_every_planned_specialisation() {
         }
     }
     assert!(seen.len() > 10);
+    for (name, v) in [("MASK", 1), ("MASK", 2), ("WIN", 1)] {
+        assert!(
+            seen.iter().any(|(_, s)| s.contains(&(name, v))),
+            "{name} = {v} never planned"
+        );
+    }
     for v in [
         FlashVariant::Lanes,
         FlashVariant::Tiled,
@@ -151,6 +170,8 @@ fn flash_params_match_the_wgsl_struct() {
         ("VEC_QK", 1),
         ("VEC_V", 1),
         ("DT", 0),
+        ("MASK", 2),
+        ("WIN", 1),
         ("BR", 64),
         ("BC", 16),
         ("TR", 4),
@@ -165,7 +186,7 @@ fn flash_params_match_the_wgsl_struct() {
         kv_heads,
         n_q,
         n_kv,
-        has_kv_len,
+        seq_flags,
         q_blocks,
         grid_x,
         q_stride_b,
@@ -187,7 +208,19 @@ fn flash_params_match_the_wgsl_struct() {
         flags,
         splits,
         split_keys,
-        _pad0
+        kv_lens_at,
+        q_lens_at,
+        cu_q_at,
+        cu_k_at,
+        win_left,
+        win_right,
+        mask_stride_b,
+        mask_stride_h,
+        mask_stride_q,
+        lse_stride_b,
+        lse_stride_h,
+        lse_rows,
+        skip
     );
     assert_eq!(members, host);
     assert_eq!(span as usize, size_of::<FlashParams>());

@@ -8,7 +8,10 @@ use clap::{Parser, Subcommand};
 use xattn::bench::{self, BenchOptions};
 use xattn::npy;
 use xattn::report::{DecodeFigures, Report, ReportRow};
-use xattn::{AttentionProblem, Context, ContextOptions, Error, TileOverride};
+use xattn::{
+    pack_mask, AttentionProblem, Context, ContextOptions, Error, FlashAttention, MaskShape, Masks,
+    TileOverride, VarLen, Window,
+};
 use xattn::{Dtype, FlashVariant};
 
 #[derive(Parser)]
@@ -32,11 +35,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Attention on .npy inputs (float32, C order, BSHD).
+    /// Attention on .npy inputs (float32 or float16, C order, BSHD).
     ///
-    /// Example: xattn run --q q.npy --k k.npy --v v.npy --out o.npy --lse lse.npy
+    /// Examples: xattn run --q q.npy --k k.npy --v v.npy --out o.npy --lse lse.npy ·
+    /// xattn run … --causal --q-lens ql.npy --kv-lens kl.npy · xattn run … --mask m.npy ·
+    /// xattn run --q q.npy (packed [total_q, H, d]) … --cu-seqlens-q cq.npy --cu-seqlens-k ck.npy
     Run {
-        /// Queries [B, n_q, H, d].
+        /// Queries [B, n_q, H, d] ([total_q, H, d] with --cu-seqlens-q).
         #[arg(long)]
         q: PathBuf,
         /// Keys [B, n_kv, H_kv, d].
@@ -54,6 +59,30 @@ enum Command {
         /// Per-batch key lengths [B], int32 or int64.
         #[arg(long)]
         kv_lens: Option<PathBuf>,
+        /// Per-batch query lengths [B], int32 or int64: rows past them get O = 0.
+        #[arg(long)]
+        q_lens: Option<PathBuf>,
+        /// Packed batch: cumulative query rows [B+1] (int32/int64); q and o
+        /// are then [total_q, H, d], lse [H, total_q].
+        #[arg(long, requires = "cu_seqlens_k")]
+        cu_seqlens_q: Option<PathBuf>,
+        /// Packed batch: cumulative key rows [B+1]; k and v [total_kv, H_kv, d].
+        #[arg(long, requires = "cu_seqlens_q")]
+        cu_seqlens_k: Option<PathBuf>,
+        /// Additive float32 bias [B|1, H|1, n_q|1, n_kv] (-inf hides a key).
+        #[arg(long, conflicts_with = "mask")]
+        bias: Option<PathBuf>,
+        /// Boolean mask [B|1, H|1, n_q|1, n_kv], true = attend (bool or int).
+        #[arg(long)]
+        mask: Option<PathBuf>,
+        /// Causal, aligned bottom-right (key j visible to query i iff
+        /// j <= i + n_kv - n_q), as flash-attn; PyTorch's is_causal is top-left.
+        #[arg(long, conflicts_with = "window")]
+        causal: bool,
+        /// Sliding window L,R: query i sees keys i+n_kv-n_q-L ..= i+n_kv-n_q+R;
+        /// -1 for no limit on that side.
+        #[arg(long, allow_hyphen_values = true)]
+        window: Option<String>,
         /// Softmax scale (default 1/sqrt(d)).
         #[arg(long)]
         scale: Option<f32>,
@@ -88,8 +117,9 @@ enum Command {
         #[arg(long)]
         shape: Option<String>,
         /// Suite: seeds (the literature's workloads), square (n = 256 … 8192,
-        /// d 64) or decode (n_q 1 and 16 against n_kv 512 … 32 768, split-KV
-        /// on and off, K/V GB/s, and a 448-step decode loop).
+        /// d 64), decode (n_q 1 and 16 against n_kv 512 … 32 768, split-KV
+        /// on and off, K/V GB/s, and a 448-step decode loop) or masks (block
+        /// skipping on and off: causal 2k², a sliding window, 50% padding).
         #[arg(long, value_enum, default_value_t = Suite::Seeds)]
         suite: Suite,
         /// Timed runs per kernel.
@@ -149,6 +179,7 @@ enum Suite {
     Seeds,
     Square,
     Decode,
+    Masks,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -180,6 +211,13 @@ fn main() -> ExitCode {
             out,
             lse,
             kv_lens,
+            q_lens,
+            cu_seqlens_q,
+            cu_seqlens_k,
+            bias,
+            mask,
+            causal,
+            window,
             scale,
             reference,
             dtype,
@@ -190,6 +228,12 @@ fn main() -> ExitCode {
             out,
             lse,
             kv_lens,
+            q_lens,
+            cu_seqlens: cu_seqlens_q.zip(cu_seqlens_k),
+            bias,
+            mask,
+            causal,
+            window,
             scale,
             reference,
             dtype: dtype.map(DtypeArg::dtype),
@@ -222,6 +266,7 @@ fn main() -> ExitCode {
                     variant: variant.map(VariantArg::variant),
                     splits,
                     packed_f16: None,
+                    block_skip: None,
                 },
                 naive: !no_naive,
                 ..Default::default()
@@ -326,6 +371,12 @@ struct RunArgs {
     out: PathBuf,
     lse: Option<PathBuf>,
     kv_lens: Option<PathBuf>,
+    q_lens: Option<PathBuf>,
+    cu_seqlens: Option<(PathBuf, PathBuf)>,
+    bias: Option<PathBuf>,
+    mask: Option<PathBuf>,
+    causal: bool,
+    window: Option<String>,
     scale: Option<f32>,
     reference: bool,
     dtype: Option<Dtype>,
@@ -336,6 +387,62 @@ fn shape_err(name: &str, got: &[usize], want: &str) -> Error {
         path: name.to_string(),
         reason: format!("shape {got:?} does not fit: expected {want}"),
     }
+}
+
+/// A 1-D int array of `n` non-negative entries as u32.
+fn read_u32s(path: &std::path::Path, name: &str, n: usize) -> Result<Vec<u32>, Error> {
+    let l = npy::read_int(path)?;
+    if l.shape != [n] {
+        return Err(shape_err(name, &l.shape, &format!("[{n}]")));
+    }
+    l.data
+        .iter()
+        .map(|&x| {
+            u32::try_from(x).map_err(|_| Error::Npy {
+                path: path.display().to_string(),
+                reason: format!("{name} holds {x}; expected values in 0..=4294967295"),
+            })
+        })
+        .collect()
+}
+
+/// The broadcast shape of a [B|1, H|1, n_q|1, n_kv] bias or mask file.
+fn mask_shape(name: &str, got: &[usize], p: &AttentionProblem) -> Result<MaskShape, Error> {
+    let want = format!("[{}|1, {}|1, {}|1, {}]", p.batch, p.heads, p.n_q, p.n_kv);
+    let dims = <[usize; 4]>::try_from(got).map_err(|_| shape_err(name, got, &want))?;
+    let full = |i: usize, n: usize| match dims[i] {
+        x if x == n => Ok(true),
+        1 => Ok(false),
+        _ => Err(shape_err(name, got, &want)),
+    };
+    if dims[3] != p.n_kv {
+        return Err(shape_err(name, got, &want));
+    }
+    Ok(MaskShape {
+        batch: full(0, p.batch)?,
+        heads: full(1, p.heads)?,
+        rows: full(2, p.n_q)?,
+    })
+}
+
+/// `L,R` with -1 for no limit.
+fn parse_window(s: &str) -> Result<Window, Error> {
+    let bad = || Error::BadSeqLens {
+        name: "window",
+        reason: format!("{s:?}: expected L,R (keys before and after the diagonal, -1 = no limit)"),
+    };
+    let side = |x: &str| -> Result<Option<usize>, Error> {
+        match x.trim().parse::<i64>().map_err(|_| bad())? {
+            -1 => Ok(None),
+            v if v >= 0 => Ok(Some(v as usize)),
+            _ => Err(bad()),
+        }
+    };
+    let (l, r) = s.split_once(',').ok_or_else(bad)?;
+    Ok(Window {
+        left: side(l)?,
+        right: side(r)?,
+    })
 }
 
 fn run(a: &RunArgs) -> Result<ExitCode, Error> {
@@ -365,84 +472,136 @@ fn run(a: &RunArgs) -> Result<ExitCode, Error> {
         }
         (false, d) => d.unwrap_or(Dtype::F32),
     };
-    let rank4 = |arr: &npy::Array<f32>, name: &str, want: &str| -> Result<[usize; 4], Error> {
-        <[usize; 4]>::try_from(arr.shape.as_slice()).map_err(|_| shape_err(name, &arr.shape, want))
+    // Packed batches: [total, H, d] tensors, read as BSHD with B = 1.
+    let packed = a.cu_seqlens.is_some();
+    let rank = |arr: &npy::Array<f32>, name: &str, want4: &str, want3: &str| {
+        let s = &arr.shape;
+        match (packed, s.len()) {
+            (false, 4) => Ok([s[0], s[1], s[2], s[3]]),
+            (true, 3) => Ok([1, s[0], s[1], s[2]]),
+            _ => Err(shape_err(name, s, if packed { want3 } else { want4 })),
+        }
     };
-    let [b, nq, h, d] = rank4(&q, "q", "[B, n_q, H, d]")?;
-    let [kb, nkv, hkv, kd] = rank4(&k, "k", "[B, n_kv, H_kv, d]")?;
+    let [b, nq, h, d] = rank(&q, "q", "[B, n_q, H, d]", "[total_q, H, d]")?;
+    let [kb, nkv, hkv, kd] = rank(&k, "k", "[B, n_kv, H_kv, d]", "[total_kv, H_kv, d]")?;
     let want_k = format!("[{b}, n_kv, H_kv, {d}] (batch and d of q)");
     if kb != b || kd != d {
         return Err(shape_err("k", &k.shape, &want_k));
     }
-    let [vb, vn, vh, dv] = rank4(&v, "v", "[B, n_kv, H_kv, d_v]")?;
+    let [vb, vn, vh, dv] = rank(&v, "v", "[B, n_kv, H_kv, d_v]", "[total_kv, H_kv, d_v]")?;
     let want_v = format!("[{b}, {nkv}, {hkv}, d_v] (B, n_kv, H_kv of k)");
     if (vb, vn, vh) != (b, nkv, hkv) {
         return Err(shape_err("v", &v.shape, &want_v));
     }
-    let lens: Option<Vec<u32>> = match &a.kv_lens {
+    // The batch as the kernels see it: packed batches take B, the longest
+    // sequences and the totals from cu_seqlens.
+    let cu = match &a.cu_seqlens {
         None => None,
-        Some(path) => {
-            let l = npy::read_int(path)?;
-            if l.shape != [b] {
-                return Err(shape_err("kv_lens", &l.shape, &format!("[{b}]")));
+        Some((cq, ck)) => {
+            let nq_file = npy::read_int(cq)?.shape;
+            let n = nq_file.first().copied().unwrap_or(0);
+            if nq_file.len() != 1 || n < 2 {
+                return Err(shape_err("cu_seqlens_q", &nq_file, "[B+1] with B >= 1"));
             }
-            let mut out = Vec::with_capacity(b);
-            for (i, &x) in l.data.iter().enumerate() {
-                if x < 0 || x as usize > nkv {
-                    return Err(Error::KvLenTooLong {
-                        batch: i,
-                        got: x,
-                        n_kv: nkv,
-                    });
-                }
-                out.push(x as u32);
-            }
-            Some(out)
+            Some((
+                read_u32s(cq, "cu_seqlens_q", n)?,
+                read_u32s(ck, "cu_seqlens_k", n)?,
+            ))
         }
     };
-    let mut p = AttentionProblem::new(b, h, nq, nkv, d)
-        .with_kv_heads(hkv)
-        .with_head_dim_v(dv)
-        .with_kv_lens(lens.is_some())
-        .with_dtype(dtype);
+    let mut p = match &cu {
+        None => AttentionProblem::new(b, h, nq, nkv, d),
+        Some((cq, ck)) => {
+            let (vl, max_q, max_k) = VarLen::from_cu_seqlens(cq, ck);
+            if (vl.total_q, vl.total_kv) != (nq, nkv) {
+                return Err(Error::BadSeqLens {
+                    name: "cu_seqlens_q",
+                    reason: format!(
+                        "cu_seqlens end at {} and {}, but q and k hold {nq} and {nkv} rows",
+                        vl.total_q, vl.total_kv
+                    ),
+                });
+            }
+            AttentionProblem::new(cq.len() - 1, h, max_q, max_k, d).with_varlen(vl)
+        }
+    }
+    .with_kv_heads(hkv)
+    .with_head_dim_v(dv)
+    .with_dtype(dtype);
+    let batch = p.batch;
+    let kv_lens = a
+        .kv_lens
+        .as_ref()
+        .map(|f| read_u32s(f, "kv_lens", batch))
+        .transpose()?;
+    let q_lens = a
+        .q_lens
+        .as_ref()
+        .map(|f| read_u32s(f, "q_lens", batch))
+        .transpose()?;
+    p = p
+        .with_kv_lens(kv_lens.is_some())
+        .with_q_lens(q_lens.is_some());
     if let Some(s) = a.scale {
         p = p.with_scale(s);
     }
+    if a.causal {
+        p = p.with_causal();
+    }
+    if let Some(w) = &a.window {
+        p = p.with_window(parse_window(w)?);
+    }
+    let bias = match &a.bias {
+        None => None,
+        Some(path) => {
+            let x = npy::read_f32(path)?;
+            p = p.with_bias(mask_shape("bias", &x.shape, &p)?);
+            Some(x.data)
+        }
+    };
+    let bits = match &a.mask {
+        None => None,
+        Some(path) => {
+            let x = npy::read_bool(path)?;
+            p = p.with_bool_mask(mask_shape("mask", &x.shape, &p)?);
+            Some(pack_mask(&x.data, p.n_kv))
+        }
+    };
     p.validate()?;
+    let masks = Masks {
+        kv_lens: kv_lens.as_deref(),
+        q_lens: q_lens.as_deref(),
+        cu_seqlens_q: cu.as_ref().map(|c| c.0.as_slice()),
+        cu_seqlens_k: cu.as_ref().map(|c| c.1.as_slice()),
+        bias: bias.as_deref(),
+        mask: bits.as_deref(),
+    };
     // What the device stores: the inputs rounded to the storage type.
     let round = |x| dtype.round_all(x);
-    let (q, k, v) = (
-        npy::Array {
-            data: round(q.data),
-            ..q
-        },
-        npy::Array {
-            data: round(k.data),
-            ..k
-        },
-        npy::Array {
-            data: round(v.data),
-            ..v
-        },
-    );
+    let (q, k, v) = (round(q.data), round(k.data), round(v.data));
     let (o, lse) = if a.reference {
-        let r = xattn::reference::attention(&p, &q.data, &k.data, &v.data, lens.as_deref())?;
+        let r = xattn::reference::attention_masked(&p, &q, &k, &v, &masks)?;
         (
             r.o.iter().map(|&x| x as f32).collect::<Vec<f32>>(),
             r.lse.iter().map(|&x| x as f32).collect::<Vec<f32>>(),
         )
     } else {
         let ctx = Context::new()?;
-        let r = ctx.attention(&p, &q.data, &k.data, &v.data, lens.as_deref())?;
+        let r = FlashAttention::new(&ctx, &p)?.run_with(&q, &k, &v, &masks)?;
         (r.o, r.lse)
     };
-    if q16 {
-        npy::write_f16(&a.out, &[b, nq, h, dv], &o)?;
+    let (o_shape, lse_shape) = if packed {
+        (vec![nq, h, dv], vec![h, nq])
     } else {
-        npy::write_f32(&a.out, &[b, nq, h, dv], &o)?;
+        (vec![b, nq, h, dv], vec![b, h, nq])
+    };
+    if q16 {
+        npy::write_f16(&a.out, &o_shape, &o)?;
+    } else {
+        npy::write_f32(&a.out, &o_shape, &o)?;
     }
     if let Some(path) = &a.lse {
-        npy::write_f32(path, &[b, h, nq], &lse)?;
+        npy::write_f32(path, &lse_shape, &lse)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -530,6 +689,7 @@ fn bench_cmd(a: BenchArgs) -> Result<ExitCode, Error> {
                 .collect(),
         ),
         (None, Suite::Decode) => ("decode", bench::decode_suite()),
+        (None, Suite::Masks) => ("masks", Vec::new()),
     };
     // Check the output paths before minutes of measuring.
     for path in a.json.iter().chain(&a.svg) {
@@ -547,7 +707,10 @@ fn bench_cmd(a: BenchArgs) -> Result<ExitCode, Error> {
         probe.fma_gflops,
         probe.copy_gbps
     );
-    print_header(decode, a.dtype);
+    let masks = a.suite == Suite::Masks && a.shape.is_none();
+    if !masks {
+        print_header(decode, a.dtype);
+    }
     let bar = indicatif::ProgressBar::new(shapes.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} ({elapsed})")
@@ -561,7 +724,40 @@ fn bench_cmd(a: BenchArgs) -> Result<ExitCode, Error> {
         rows: Vec::new(),
         skipped: Vec::new(),
         decode_loop: None,
+        skipping: Vec::new(),
     };
+    if masks {
+        println!(
+            "{:<28} {:>8} {:>10} {:>11} {:>8} {:>10} {:>9} {:>9}",
+            "workload",
+            "visible",
+            "skip ms",
+            "no-skip ms",
+            "speedup",
+            "dense ms",
+            "GFLOP/s",
+            "max diff"
+        );
+        for w in bench::masks_suite() {
+            let r = bench::bench_skipping(&ctx, &w, &a.opt)?;
+            println!(
+                "{:<28} {:>7.1}% {:>10.2} {:>11.2} {:>7.2}x {:>10.2} {:>9.2} {:>9.1e}",
+                w.name,
+                100.0 * w.visible_fraction(),
+                r.skip_ms,
+                r.no_skip_ms,
+                r.no_skip_ms / r.skip_ms,
+                r.dense_ms,
+                r.visible_gflops(),
+                r.max_diff
+            );
+            report.skipping.push(r);
+        }
+        println!(
+            "skip: block skipping on (default); no-skip: every allocated key loaded and masked; \
+             dense: same shape, no mask or lengths; GFLOP/s counts visible pairs only"
+        );
+    }
     for (name, p) in shapes {
         let p = p.with_dtype(a.dtype);
         bar.set_message(name.clone());
