@@ -84,9 +84,14 @@ struct Params {
     lse_stride_b: u32,
     lse_stride_h: u32,
     lse_rows: u32,
-    // 1: key blocks no query of a workgroup can see are not loaded (block
-    // skipping); 0: every allocated key is loaded and masked (for benchmarks).
-    skip: u32,
+    // Workgroup order (see grid_tile): grid slot s runs tile
+    // (s % grid_stride)·grid_rows + s / grid_stride; grid_stride = 1 is the
+    // plain order.
+    grid_stride: u32,
+    grid_rows: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -121,8 +126,15 @@ struct Tile {
 // workgroup (h its index, hk = h / group), H_kv for flash_decode.wgsl, whose
 // workgroups own a kv head (then h = hk = that kv head, and qb indexes the
 // packed rows of its query heads).
+//
+// With grid_stride S > 1 the grid has S·grid_rows slots and consecutive slots
+// run tiles grid_rows apart, so any contiguous run of slots samples the whole
+// problem: CPU drivers hand each thread a contiguous share of a dispatch, and
+// with uneven work per tile (causal, padding) the plain order gave one thread
+// most of it.
 fn grid_tile(wid: vec3<u32>, heads: u32) -> Tile {
-    let linear = wid.x + wid.y * p.grid_x;
+    let slot = wid.x + wid.y * p.grid_x;
+    let linear = select((slot % p.grid_stride) * p.grid_rows + slot / p.grid_stride, 0xffffffffu, slot >= p.grid_stride * p.grid_rows);
     let per_split = p.q_blocks * p.batch * heads;
     let rest = linear % per_split;
     let bh = rest / p.q_blocks;
@@ -195,17 +207,17 @@ fn row_keys(s: Seq, i: u32) -> vec2<u32> {
     return vec2<u32>(u32(lo), u32(hi));
 }
 
-// The keys a workgroup whose used query rows are [i0, i1] loads: the union of
-// those rows' keys (empty when i0 > i1: no used row), or every allocated key
-// when block skipping is off.
-fn block_keys(s: Seq, i0: u32, i1: u32) -> vec2<u32> {
-    if (p.skip == 0u) {
+// The keys a workgroup whose used query rows are [i0, i_end) loads: the
+// union of those rows' keys (empty when i_end ≤ i0: no used row), or every
+// allocated key when block skipping is off (SKIP = 0).
+fn block_keys(s: Seq, i0: u32, i_end: u32) -> vec2<u32> {
+    if (SKIP == 0u) {
         return vec2<u32>(0u, s.nkv_alloc);
     }
-    if (i0 > i1) {
+    if (i_end <= i0) {
         return vec2<u32>(0u);
     }
-    return vec2<u32>(row_keys(s, i0).x, row_keys(s, i1).y);
+    return vec2<u32>(row_keys(s, i0).x, row_keys(s, i_end - 1u).y);
 }
 
 // Whether key j is inside row i's length and window.

@@ -15,7 +15,7 @@
 // several splits, to `state` for split_combine.wgsl. No barrier inside the key
 // loop, no subgroup operations: it runs on every adapter, GL included.
 //
-// Host-prepended constants: D, DV, D4, DV4, MASK, WIN (see flash_forward.wgsl),
+// Host-prepended constants: D, DV, D4, DV4, MASK, WIN, SKIP (see flash_forward.wgsl),
 // BR (rows per workgroup), WG (invocations), DVC (vec4 columns per merge step).
 // Padded query rows (past their query length) hold an empty state, so they
 // come out as O = 0, LSE = −∞.
@@ -90,7 +90,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     // Block skipping: the union of the used rows' keys (per-key checks only
     // where a window, mask or bias applies, or skipping is off).
     let range = key_range(t.split, block_keys(sq, i_min, i_max + 1u));
-    let checked = WIN != 0u || MASK != 0u || p.skip == 0u;
+    let checked = WIN != 0u || MASK != 0u || SKIP == 0u;
     for (var j = range.x + lid; j < range.y; j += WG) {
         if (MASK == 2u) {
             // Keys no row of the workgroup sees are not loaded.

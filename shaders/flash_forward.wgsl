@@ -39,6 +39,9 @@
 //   const WG: u32   invocations per workgroup
 //   const MASK: u32 0 none, 1 additive bias, 2 boolean mask
 //   const WIN: u32  1 when a causal / sliding window applies
+//   const SKIP: u32 1: block skipping (key blocks no query of the workgroup
+//                   sees are not loaded); 0: every allocated key is loaded
+//                   and masked (to measure what skipping saves)
 // Function-scope arrays need const (not override) sizes, hence generated source
 // rather than pipeline-overridable constants.
 
@@ -225,16 +228,52 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         int_lo = row_keys(sq, i_end - 1u).x;
         int_hi = row_keys(sq, i0).y;
     }
-    for (var kv0 = range.x; kv0 < range.y; kv0 += BC) {
-        let count = min(BC, range.y - kv0);
-        if (MASK == 2u && p.skip != 0u) {
-            if (!block_visible(lid, b, h, i0, i_end, kv0, count)) {
-                continue;
-            }
+    if (WIN == 0u && MASK == 0u && SKIP == 1u) {
+        // No window or mask: every block is interior but a ragged last one.
+        // (Kept apart: on lavapipe, any edge path in the loop, a second
+        // inlined copy or a runtime flag, made the interior blocks 14 %
+        // slower: square 2k 1 850 against 1 620 ms.)
+        let full = (range.y - range.x) / BC;
+        for (var n = 0u; n < full; n++) {
+            process_block(lid, sq, b, h, i0, kb, vb, range.x + n * BC, BC, false);
         }
-        if (count == BC && kv0 >= int_lo && kv0 + BC <= int_hi) {
+        let tail = (range.y - range.x) % BC;
+        if (tail != 0u) {
+            process_block(lid, sq, b, h, i0, kb, vb, range.x + full * BC, tail, true);
+        }
+    } else {
+        // Blocks n = 0 … n_blocks − 1 start at range.x + n·BC; those in
+        // [n_int, n_end) are interior and run with no per-score checks.
+        let n_blocks = (range.y - range.x + BC - 1u) / BC;
+        var n_int = 0u;
+        if (int_lo > range.x) {
+            n_int = (int_lo - range.x + BC - 1u) / BC;
+        }
+        var n_end = 0u;
+        if (int_hi > range.x) {
+            n_end = (min(int_hi, range.y) - range.x) / BC;
+        }
+        n_int = min(n_int, n_blocks);
+        n_end = max(n_end, n_int);
+        for (var n = n_int; n < n_end; n++) {
+            let kv0 = range.x + n * BC;
+            if (MASK == 2u && SKIP == 1u) {
+                if (!block_visible(lid, b, h, i0, i_end, kv0, BC)) {
+                    continue;
+                }
+            }
             process_block(lid, sq, b, h, i0, kb, vb, kv0, BC, false);
-        } else {
+        }
+        // Edge blocks: before the interior run, then after it.
+        for (var e = 0u; e < n_int + (n_blocks - n_end); e++) {
+            let n = select(e - n_int + n_end, e, e < n_int);
+            let kv0 = range.x + n * BC;
+            let count = min(BC, range.y - kv0);
+            if (MASK == 2u && SKIP == 1u) {
+                if (!block_visible(lid, b, h, i0, i_end, kv0, count)) {
+                    continue;
+                }
+            }
             process_block(lid, sq, b, h, i0, kb, vb, kv0, count, true);
         }
     }

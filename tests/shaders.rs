@@ -92,7 +92,7 @@ fn flash_forward_validates_for_every_planned_specialisation() {
                         );
                     }
                     let mut combine = spec[..7].to_vec();
-                    combine.extend([("MASK", 0), ("WIN", 0)]);
+                    combine.extend([("MASK", 0), ("WIN", 0), ("SKIP", 1)]);
                     if combines.insert(combine.clone()) {
                         validate(
                             &flash_source(SPLIT_COMBINE_WGSL, &combine),
@@ -172,6 +172,7 @@ fn flash_params_match_the_wgsl_struct() {
         ("DT", 0),
         ("MASK", 2),
         ("WIN", 1),
+        ("SKIP", 1),
         ("BR", 64),
         ("BC", 16),
         ("TR", 4),
@@ -220,7 +221,11 @@ fn flash_params_match_the_wgsl_struct() {
         lse_stride_b,
         lse_stride_h,
         lse_rows,
-        skip
+        grid_stride,
+        grid_rows,
+        _pad0,
+        _pad1,
+        _pad2
     );
     assert_eq!(members, host);
     assert_eq!(span as usize, size_of::<FlashParams>());

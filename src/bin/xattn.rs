@@ -144,6 +144,10 @@ enum Command {
         /// Force the number of key splits (split-KV); 1 turns splitting off.
         #[arg(long)]
         splits: Option<u32>,
+        /// Force the workgroup order's stride (1: plain order; the planner
+        /// uses 16 on CPU adapters for masked or padded problems).
+        #[arg(long)]
+        grid_stride: Option<u32>,
         /// Storage type of q, k, v and o; for f16/bf16 the table adds the
         /// speed-up over the same kernel in f32 (the naive baseline is f32-only).
         #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
@@ -249,6 +253,7 @@ fn main() -> ExitCode {
             no_naive,
             variant,
             splits,
+            grid_stride,
             dtype,
             json,
             svg,
@@ -267,6 +272,7 @@ fn main() -> ExitCode {
                     splits,
                     packed_f16: None,
                     block_skip: None,
+                    grid_stride,
                 },
                 naive: !no_naive,
                 ..Default::default()
