@@ -494,33 +494,48 @@ fn write_nd<T: npyz::AutoSerialize + Copy>(path: &Path, shape: &[usize], data: &
     w.finish().unwrap();
 }
 
-/// `xattn run` with extra arguments; (exit code, stderr).
-fn run_with(
-    q: &Path,
-    k: &Path,
-    v: &Path,
-    out: &Path,
-    lse: &Path,
-    extra: &[&Path],
-) -> (i32, String) {
-    let o = bin()
-        .args(["run", "--q"])
-        .arg(q)
-        .arg("--k")
-        .arg(k)
-        .arg("--v")
-        .arg(v)
-        .arg("--out")
-        .arg(out)
-        .arg("--lse")
-        .arg(lse)
-        .args(extra)
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+/// The .npy files of one `xattn run`: inputs q, k, v and outputs o, lse.
+struct RunFiles {
+    q: PathBuf,
+    k: PathBuf,
+    v: PathBuf,
+    o: PathBuf,
+    lse: PathBuf,
+}
+
+impl RunFiles {
+    fn new(tag: &str) -> Self {
+        let f = |n: &str| tmp(&format!("{tag}{n}.npy"));
+        Self {
+            q: f("q"),
+            k: f("k"),
+            v: f("v"),
+            o: f("o"),
+            lse: f("lse"),
+        }
+    }
+
+    /// `xattn run` on these files with extra arguments; (exit code, stderr).
+    fn run(&self, extra: &[&Path]) -> (i32, String) {
+        let o = bin()
+            .args(["run", "--q"])
+            .arg(&self.q)
+            .arg("--k")
+            .arg(&self.k)
+            .arg("--v")
+            .arg(&self.v)
+            .arg("--out")
+            .arg(&self.o)
+            .arg("--lse")
+            .arg(&self.lse)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
 }
 
 #[test]
@@ -530,31 +545,25 @@ fn run_with_masks_windows_and_lengths_matches_the_reference() {
     let base = AttentionProblem::new(b, h, nq, nk, d);
     let (q, k, v) = inputs(&base, 5);
     let f = |n: &str| tmp(&format!("m{n}.npy"));
-    let (qp, kp, vp, op, lp) = (f("q"), f("k"), f("v"), f("o"), f("lse"));
-    write(&qp, &[b, nq, h, d], &q);
-    write(&kp, &[b, nk, h, d], &k);
-    write(&vp, &[b, nk, h, d], &v);
+    let files = RunFiles::new("m");
+    let (qp, kp, vp, op, lp) = (&files.q, &files.k, &files.v, &files.o, &files.lse);
+    write(qp, &[b, nq, h, d], &q);
+    write(kp, &[b, nk, h, d], &k);
+    write(vp, &[b, nk, h, d], &v);
     // Boolean mask [B, 1, n_q, n_kv] as numpy bool, causal, both lengths.
     let bools: Vec<bool> = (0..b * nq * nk).map(|i| (i * 7919) % 10 < 7).collect();
     write_nd(&f("mask"), &[b, 1, nq, nk], &bools);
     npyz::to_file_1d(f("ql"), [20i32, 9]).unwrap();
     npyz::to_file_1d(f("kl"), [31i64, 50]).unwrap();
-    let (code, err) = run_with(
-        &qp,
-        &kp,
-        &vp,
-        &op,
-        &lp,
-        &[
-            Path::new("--causal"),
-            Path::new("--mask"),
-            &f("mask"),
-            Path::new("--q-lens"),
-            &f("ql"),
-            Path::new("--kv-lens"),
-            &f("kl"),
-        ],
-    );
+    let (code, err) = files.run(&[
+        Path::new("--causal"),
+        Path::new("--mask"),
+        &f("mask"),
+        Path::new("--q-lens"),
+        &f("ql"),
+        Path::new("--kv-lens"),
+        &f("kl"),
+    ]);
     assert_eq!(code, 0, "{err}");
     let shape = MaskShape {
         batch: true,
@@ -574,8 +583,8 @@ fn run_with_masks_windows_and_lengths_matches_the_reference() {
         ..Masks::default()
     };
     let r = xattn::reference::attention_masked(&p, &q, &k, &v, &masks).unwrap();
-    assert!(max_err(&npy::read_f32(&op).unwrap().data, &r.o) < 1e-4);
-    assert!(max_err(&npy::read_f32(&lp).unwrap().data, &r.lse) < 1e-4);
+    assert!(max_err(&npy::read_f32(op).unwrap().data, &r.o) < 1e-4);
+    assert!(max_err(&npy::read_f32(lp).unwrap().data, &r.lse) < 1e-4);
 
     // A bias [1, H, 1, n_kv] with -inf entries and a sliding window.
     let bias: Vec<f32> = (0..h * nk)
@@ -588,19 +597,12 @@ fn run_with_masks_windows_and_lengths_matches_the_reference() {
         })
         .collect();
     write(&f("bias"), &[1, h, 1, nk], &bias);
-    let (code, err) = run_with(
-        &qp,
-        &kp,
-        &vp,
-        &op,
-        &lp,
-        &[
-            Path::new("--bias"),
-            &f("bias"),
-            Path::new("--window"),
-            Path::new("4,-1"),
-        ],
-    );
+    let (code, err) = files.run(&[
+        Path::new("--bias"),
+        &f("bias"),
+        Path::new("--window"),
+        Path::new("4,-1"),
+    ]);
     assert_eq!(code, 0, "{err}");
     let p = base
         .with_bias(MaskShape {
@@ -617,29 +619,15 @@ fn run_with_masks_windows_and_lengths_matches_the_reference() {
         ..Masks::default()
     };
     let r = xattn::reference::attention_masked(&p, &q, &k, &v, &masks).unwrap();
-    assert!(max_err(&npy::read_f32(&op).unwrap().data, &r.o) < 1e-4);
-    assert!(max_err(&npy::read_f32(&lp).unwrap().data, &r.lse) < 1e-4);
+    assert!(max_err(&npy::read_f32(op).unwrap().data, &r.o) < 1e-4);
+    assert!(max_err(&npy::read_f32(lp).unwrap().data, &r.lse) < 1e-4);
 
     // Bad window and a mask of the wrong shape: exit 2 naming the problem.
-    let (code, err) = run_with(
-        &qp,
-        &kp,
-        &vp,
-        &op,
-        &lp,
-        &[Path::new("--window"), Path::new("3")],
-    );
+    let (code, err) = files.run(&[Path::new("--window"), Path::new("3")]);
     assert_eq!(code, 2);
     assert!(err.contains("window"), "{err}");
     write_nd(&f("badmask"), &[b, 3, nq, nk], &vec![true; b * 3 * nq * nk]);
-    let (code, err) = run_with(
-        &qp,
-        &kp,
-        &vp,
-        &op,
-        &lp,
-        &[Path::new("--mask"), &f("badmask")],
-    );
+    let (code, err) = files.run(&[Path::new("--mask"), &f("badmask")]);
     assert_eq!(code, 2);
     assert!(
         err.contains("mask") && err.contains("[2|1, 2|1, 20|1, 50]"),
@@ -659,26 +647,20 @@ fn run_packed_varlen_batch_matches_the_reference() {
         .with_causal();
     let (q, k, v) = inputs(&p, 8);
     let f = |n: &str| tmp(&format!("v{n}.npy"));
-    let (qp, kp, vp, op, lp) = (f("q"), f("k"), f("v"), f("o"), f("lse"));
-    write(&qp, &[30, h, d], &q);
-    write(&kp, &[41, h, d], &k);
-    write(&vp, &[41, h, d], &v);
+    let files = RunFiles::new("v");
+    let (qp, kp, vp, op, lp) = (&files.q, &files.k, &files.v, &files.o, &files.lse);
+    write(qp, &[30, h, d], &q);
+    write(kp, &[41, h, d], &k);
+    write(vp, &[41, h, d], &v);
     npyz::to_file_1d(f("cq"), cu_q.map(i32::try_from).map(Result::unwrap)).unwrap();
     npyz::to_file_1d(f("ck"), cu_k.map(i64::from)).unwrap();
-    let (code, err) = run_with(
-        &qp,
-        &kp,
-        &vp,
-        &op,
-        &lp,
-        &[
-            Path::new("--cu-seqlens-q"),
-            &f("cq"),
-            Path::new("--cu-seqlens-k"),
-            &f("ck"),
-            Path::new("--causal"),
-        ],
-    );
+    let (code, err) = files.run(&[
+        Path::new("--cu-seqlens-q"),
+        &f("cq"),
+        Path::new("--cu-seqlens-k"),
+        &f("ck"),
+        Path::new("--causal"),
+    ]);
     assert_eq!(code, 0, "{err}");
     let masks = Masks {
         cu_seqlens_q: Some(&cu_q),
@@ -686,27 +668,20 @@ fn run_packed_varlen_batch_matches_the_reference() {
         ..Masks::default()
     };
     let r = xattn::reference::attention_masked(&p, &q, &k, &v, &masks).unwrap();
-    let o = npy::read_f32(&op).unwrap();
+    let o = npy::read_f32(op).unwrap();
     assert_eq!(o.shape, [30, h, d]);
     assert!(max_err(&o.data, &r.o) < 1e-4);
-    let lse = npy::read_f32(&lp).unwrap();
+    let lse = npy::read_f32(lp).unwrap();
     assert_eq!(lse.shape, [h, 30]);
     assert!(max_err(&lse.data, &r.lse) < 1e-4);
     // cu_seqlens that do not end at the tensors' rows: exit 2.
     npyz::to_file_1d(f("cq2"), [0i32, 7, 7, 29]).unwrap();
-    let (code, err) = run_with(
-        &qp,
-        &kp,
-        &vp,
-        &op,
-        &lp,
-        &[
-            Path::new("--cu-seqlens-q"),
-            &f("cq2"),
-            Path::new("--cu-seqlens-k"),
-            &f("ck"),
-        ],
-    );
+    let (code, err) = files.run(&[
+        Path::new("--cu-seqlens-q"),
+        &f("cq2"),
+        Path::new("--cu-seqlens-k"),
+        &f("ck"),
+    ]);
     assert_eq!(code, 2);
     assert!(err.contains("cu_seqlens"), "{err}");
 }
