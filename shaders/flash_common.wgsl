@@ -101,7 +101,7 @@ struct Params {
 // Per-batch lengths and packed-sequence offsets (see `seq_flags`).
 @group(0) @binding(4) var<storage, read> seq: array<u32>;
 @group(0) @binding(6) var<storage, read_write> lse: array<f32>;
-// Per split s and query row (b·H + h)·n_q + i, from state_base(s, row): one
+// Per split s and query row row_index(b, h, t), from state_base(s, row): one
 // vec4 (m, l, 0, 0), then DV4 vec4s of unnormalised O (m in log2 units, O not
 // yet divided by l).
 @group(0) @binding(7) var<storage, read_write> state: array<vec4<f32>>;
@@ -220,38 +220,32 @@ fn block_keys(s: Seq, i0: u32, i_end: u32) -> vec2<u32> {
     return vec2<u32>(row_keys(s, i0).x, row_keys(s, i_end - 1u).y);
 }
 
-// Whether key j is inside row i's length and window.
-fn key_in_row(s: Seq, i: u32, j: u32) -> bool {
-    let r = row_keys(s, i);
-    return j >= r.x && j < r.y;
-}
-
 // First word of the bias / mask row of (b, h, i).
 fn mask_row(b: u32, h: u32, i: u32) -> u32 {
     return b * p.mask_stride_b + h * p.mask_stride_h + i * p.mask_stride_q;
 }
 
-// Score s (log2 units) of query i and key j of batch entry b, head h, with
-// the bias added (MASK = 1; a −∞ bias gives MASKED) or MASKED where the
-// boolean mask hides the key (MASK = 2).
-fn mask_score(s: f32, b: u32, h: u32, i: u32, j: u32) -> f32 {
+// Score s (log2 units) of key j in the bias / mask row starting at `at`
+// (mask_row of its query), with the bias added (MASK = 1; a −∞ bias gives
+// MASKED) or MASKED where the boolean mask hides the key (MASK = 2).
+fn mask_score(s: f32, at: u32, j: u32) -> f32 {
     if (MASK == 1u) {
-        return max(fma(bitcast<f32>(mask[mask_row(b, h, i) + j]), LOG2E, s), MASKED);
+        return max(fma(bitcast<f32>(mask[at + j]), LOG2E, s), MASKED);
     }
     if (MASK == 2u) {
-        let w = mask[mask_row(b, h, i) + (j >> 5u)];
+        let w = mask[at + (j >> 5u)];
         return select(MASKED, s, ((w >> (j & 31u)) & 1u) != 0u);
     }
     return s;
 }
 
-// The boolean mask's bits of row (b, h, i) for keys j0 … j0 + 31 (bit n: key
-// j0 + n), from the one or two words they straddle.
-fn mask_bits(b: u32, h: u32, i: u32, j0: u32) -> u32 {
-    let at = mask_row(b, h, i) + (j0 >> 5u);
+// The boolean mask's bits for keys j0 … j0 + 31 (bit n: key j0 + n) of the
+// mask row starting at `at`, from the one or two words they straddle.
+fn mask_bits(at: u32, j0: u32) -> u32 {
+    let w = at + (j0 >> 5u);
     let sh = j0 & 31u;
-    let lo = mask[at] >> sh;
-    return select(lo, lo | (mask[at + 1u] << (32u - sh)), sh != 0u);
+    let lo = mask[w] >> sh;
+    return select(lo, lo | (mask[w + 1u] << (32u - sh)), sh != 0u);
 }
 
 // Row addressing shared by every kernel, through the layouts' strides: the
@@ -290,7 +284,7 @@ fn q_scaled4(b: u32, t: u32, h: u32, c: u32, live: bool) -> vec4<f32> {
 // Vec4s of one state row: (m, l, 0, 0), then the unnormalised O.
 const STATE_VEC4S: u32 = 1u + DV4;
 
-// First vec4 of the state of query row `row` = (b·H + h)·n_q + i in `split`.
+// First vec4 of the state of query row `row` (row_index) in `split`.
 fn state_base(split: u32, row: u32) -> u32 {
     return (split * p.lse_rows + row) * STATE_VEC4S;
 }

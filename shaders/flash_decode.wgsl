@@ -40,9 +40,11 @@ fn packed_row(t: Tile, sq: Seq, r: u32) -> vec3<u32> {
     return vec3<u32>(t.hk * p.group + pr / p.n_q, i, u32(pr < p.group * p.n_q && i < sq.nq));
 }
 
-// Each row's visible key range [x, y) (length and window).
+// Each row's visible key range [x, y) (length and window) and the first
+// word of its bias / mask row, computed once before the key loop.
 var<private> row_lo: array<u32, BR>;
 var<private> row_hi: array<u32, BR>;
+var<private> row_mask: array<u32, BR>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -66,6 +68,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let keys = row_keys(sq, hq.y);
         row_lo[r] = select(1u, keys.x, used);
         row_hi[r] = select(0u, keys.y, used);
+        row_mask[r] = mask_row(t.b, hq.x, hq.y);
         for (var c = 0u; c < D4; c++) {
             q_reg[r * D4 + c] = q_scaled4(t.b, sq.q0 + hq.y, hq.x, c, used);
         }
@@ -96,8 +99,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             // Keys no row of the workgroup sees are not loaded.
             var seen = false;
             for (var r = 0u; r < BR; r++) {
-                let hq = packed_row(t, sq, r);
-                seen = seen || ((mask_bits(t.b, hq.x, hq.y, j) & 1u) != 0u && j >= row_lo[r] && j < row_hi[r]);
+                seen = seen || ((mask_bits(row_mask[r], j) & 1u) != 0u && j >= row_lo[r] && j < row_hi[r]);
             }
             if (!seen) {
                 continue;
@@ -118,8 +120,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var r = 0u; r < BR; r++) {
             var s = (part[r].x + part[r].y) + (part[r].z + part[r].w);
             if (checked) {
-                let hq = packed_row(t, sq, r);
-                s = mask_score(s, t.b, hq.x, hq.y, j);
+                s = mask_score(s, row_mask[r], j);
                 if (j < row_lo[r] || j >= row_hi[r]) {
                     s = MASKED;
                 }

@@ -69,7 +69,7 @@ fn block_visible(lid: u32, b: u32, h: u32, i0: u32, i_end: u32, kv0: u32, count:
     for (var t = 0u; t < TR; t++) {
         let i = i0 + lid + t * WG;
         if (i < i_end) {
-            seen |= mask_bits(b, h, i, kv0) & keys;
+            seen |= mask_bits(mask_row(b, h, i), kv0) & keys;
         }
     }
     if (seen != 0u) {
@@ -133,9 +133,10 @@ fn process_block(lid: u32, sq: Seq, b: u32, h: u32, i0: u32, kb: u32, vb: u32, k
         for (var t = 0u; t < TR; t++) {
             let i = i0 + lid + t * WG;
             let keys = row_keys(sq, i);
+            let at = mask_row(b, h, i);
             for (var j = 0u; j < BC; j++) {
                 let key = kv0 + j;
-                var x = mask_score(s[t * BC + j], b, h, i, key);
+                var x = mask_score(s[t * BC + j], at, key);
                 if (edge && (j >= count || key < keys.x || key >= keys.y)) {
                     x = MASKED;
                 }

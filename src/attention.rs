@@ -353,6 +353,24 @@ impl AttentionProblem {
         b * self.heads * s
     }
 
+    /// Element strides (batch, row, head) of q, k, v and o as stored, in
+    /// their layouts. Packed batches address rows by their position in the
+    /// packed tensors, so their batch stride is 0.
+    pub fn tensor_strides(&self) -> [[usize; 3]; 4] {
+        let ((_, nq), (_, nk)) = (self.q_dims(), self.kv_dims());
+        let (h, hk, d, dv) = (self.heads, self.kv_heads, self.head_dim, self.head_dim_v);
+        let mut out = [
+            self.layout.strides(nq, h, d),
+            self.layout.strides(nk, hk, d),
+            self.layout.strides(nk, hk, dv),
+            self.out_layout.strides(nq, h, dv),
+        ];
+        if self.varlen.is_some() {
+            out.iter_mut().for_each(|st| st[0] = 0);
+        }
+        out
+    }
+
     /// The lse index of query row `t` (position in q's row dimension) of head
     /// `h` in batch entry `b` (b is 0 for packed batches).
     pub fn lse_index(&self, b: usize, h: usize, t: usize) -> usize {
@@ -1301,30 +1319,11 @@ pub struct FlashParams {
 impl FlashParams {
     /// Parameters for the problem's layouts (contiguous BSHD or BHSD).
     pub fn new(p: &AttentionProblem, plan: &FlashPlan) -> Self {
-        let (h, hk, d, dv) = (
-            p.heads as u32,
-            p.kv_heads as u32,
-            p.head_dim as u32,
-            p.head_dim_v as u32,
-        );
-        // Rows of the stored tensors (the packed totals for varlen).
-        let (nq, nkv) = (p.q_dims().1 as u32, p.kv_dims().1 as u32);
-        // Packed batches address rows by position in the packed tensors.
+        let (h, hk) = (p.heads as u32, p.kv_heads as u32);
+        // Rows of the stored q (the packed total for varlen).
+        let nq = p.q_dims().1 as u32;
         let packed = p.varlen.is_some();
-        let strides = |l: Layout, s: u32, h: u32, d: u32| {
-            let mut st = l
-                .strides(s as usize, h as usize, d as usize)
-                .map(|x| x as u32);
-            if packed {
-                st[0] = 0;
-            }
-            st
-        };
-        let (qs, ks) = (strides(p.layout, nq, h, d), strides(p.layout, nkv, hk, d));
-        let (vs, os) = (
-            strides(p.layout, nkv, hk, dv),
-            strides(p.out_layout, nq, h, dv),
-        );
+        let [qs, ks, vs, os] = p.tensor_strides().map(|st| st.map(|x| x as u32));
         let seq = SeqLayout::of(p);
         let at = |o: Option<usize>| o.unwrap_or(0) as u32;
         let unbounded = 1u32 << 30;

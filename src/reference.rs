@@ -146,21 +146,8 @@ pub fn attention_in<T: Real>(
     let (h_q, h_kv, d, dv) = (p.heads, p.kv_heads, p.head_dim, p.head_dim_v);
     let group = h_q / h_kv;
     let scale = T::of(p.scale());
-    let ((_, nq_rows), (_, nk_rows)) = (p.q_dims(), p.kv_dims());
-    // Element strides (batch, row, head) of each tensor in its layout; packed
-    // batches address rows by their position in the packed tensors.
     let packed = p.varlen.is_some();
-    let st = |l: crate::Layout, s: usize, h: usize, d: usize| {
-        let mut x = l.strides(s, h, d);
-        if packed {
-            x[0] = 0;
-        }
-        x
-    };
-    let qs = st(p.layout, nq_rows, h_q, d);
-    let ks = st(p.layout, nk_rows, h_kv, d);
-    let vs = st(p.layout, nk_rows, h_kv, dv);
-    let os = st(p.out_layout, nq_rows, h_q, dv);
+    let [qs, ks, vs, os] = p.tensor_strides();
     let row_words = p.mask.row_words(p);
     // Every (batch entry, local query row, head) with a row allocated.
     let rows: Vec<(usize, usize, usize)> = (0..p.batch)
