@@ -1,7 +1,8 @@
 // Shared by the fused-attention kernels (flash_forward.wgsl, flash_decode.wgsl,
 // flash_lanes.wgsl) and split_combine.wgsl: constants, the params struct, the
-// bindings, sequences, masks, row addressing and the split state. The
-// host prepends the specialisation constants and this file to each kernel.
+// bindings, sequences, masks and row addressing. The host prepends the
+// specialisation constants, the tensor access (flash_io.wgsl), this file and
+// the softmax state (softmax_state.wgsl) to each kernel (src/source.rs).
 
 // Finite stand-in for −∞ inside the kernel: exp2(NEG_BIG − x) is 0 for any
 // real score x, and NEG_BIG − NEG_BIG is 0 rather than NaN.
@@ -11,12 +12,18 @@ const NEG_BIG: f32 = -3.0e38;
 const MASKED: f32 = -3.4e38;
 const LN2: f32 = 0.6931471805599453;
 const LOG2E: f32 = 1.4426950408889634;
-// `seq_flags` bits.
+// `seq_flags` bits (FlashParams::SEQ_*).
 const SEQ_KV_LENS: u32 = 1u;
 const SEQ_Q_LENS: u32 = 2u;
 const SEQ_VARLEN: u32 = 4u;
+// `flags` bits (FlashParams::FIRST_LAUNCH, LAST_LAUNCH).
+const LAUNCH_FIRST: u32 = 1u;
+const LAUNCH_LAST: u32 = 2u;
+// `MASK` bits: what the `mask` binding holds.
+const MASK_BIAS: u32 = 1u;
+const MASK_BOOL: u32 = 2u;
 
-// Mirrors `FlashParams` in src/attention.rs field by field.
+// Mirrors `FlashParams` in src/params.rs field by field.
 struct Params {
     batch: u32,
     heads: u32,
@@ -50,12 +57,12 @@ struct Params {
     // This launch covers keys [kv_begin, kv_end) (clamped to the batch
     // entry's key length). Long key ranges are cut into several launches on
     // adapters that bound a shader's total loop iterations (see `chunk_keys`
-    // in src/attention.rs); the softmax state is carried between them.
+    // in src/plan/); the softmax state is carried between them.
     kv_begin: u32,
     kv_end: u32,
-    // Bit 0: first launch of the range (start from m = −∞, l = 0, O = 0).
-    // Bit 1: last launch. Otherwise the state (m, l, unnormalised O) is read
-    // from / written to `state`.
+    // LAUNCH_FIRST: the first launch of the range (the state starts empty).
+    // LAUNCH_LAST: the last launch. Otherwise the state (m, l, unnormalised
+    // O) is read from / written to `state`.
     flags: u32,
     // Split-KV: the key range is cut into `splits` parts of `split_keys` keys,
     // each owned by its own workgroups; kv_begin/kv_end are then offsets
@@ -74,11 +81,17 @@ struct Params {
     // sequence (bottom-right alignment); 2^30 stands for no limit.
     win_left: u32,
     win_right: u32,
-    // Strides of the bias (f32 elements) or boolean mask (u32 words of 32
-    // keys) between batch entries, heads and query rows; 0 where broadcast.
-    mask_stride_b: u32,
-    mask_stride_h: u32,
-    mask_stride_q: u32,
+    // Strides of the bias (f32 elements, from word 0 of `mask`) between batch
+    // entries, heads and query rows; 0 where broadcast.
+    bias_stride_b: u32,
+    bias_stride_h: u32,
+    bias_stride_q: u32,
+    // The boolean mask (u32 words of 32 keys) starts at word bits_at of
+    // `mask`, after the bias; its strides as the bias's.
+    bits_at: u32,
+    bits_stride_b: u32,
+    bits_stride_h: u32,
+    bits_stride_q: u32,
     // lse (and state) row of query position t (q0 + i) of head h in batch
     // entry b: b·lse_stride_b + h·lse_stride_h + t; `lse_rows` rows in all.
     lse_stride_b: u32,
@@ -94,7 +107,7 @@ struct Params {
     _pad2: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(0) var<uniform> params: Params;
 // q (binding 1), k (2), v (3) and o (5) are declared by the host-prepended
 // tensor access code (flash_io.wgsl), with their row loads q_row4, k_row4,
 // v_row4 and the row store store_o4.
@@ -105,8 +118,9 @@ struct Params {
 // vec4 (m, l, 0, 0), then DV4 vec4s of unnormalised O (m in log2 units, O not
 // yet divided by l).
 @group(0) @binding(7) var<storage, read_write> state: array<vec4<f32>>;
-// MASK = 1: additive bias, f32 bits [B|1, H|1, n_q|1, n_kv]; MASK = 2: boolean
-// mask, bit j % 32 of word j / 32 of row (b, h, i) set = key j visible.
+// MASK_BIAS: additive bias, f32 bits [B|1, H|1, n_q|1, n_kv] from word 0;
+// MASK_BOOL: boolean mask from word bits_at, bit j % 32 of word j / 32 of row
+// (b, h, i) set = key j visible. Either, both or neither.
 @group(0) @binding(8) var<storage, read> mask: array<u32>;
 
 // Which (query block, batch, head, kv head, key split) a workgroup owns, from
@@ -133,18 +147,18 @@ struct Tile {
 // with uneven work per tile (causal, padding) the plain order gave one thread
 // most of it.
 fn grid_tile(wid: vec3<u32>, heads: u32) -> Tile {
-    let slot = wid.x + wid.y * p.grid_x;
-    let linear = select((slot % p.grid_stride) * p.grid_rows + slot / p.grid_stride, 0xffffffffu, slot >= p.grid_stride * p.grid_rows);
-    let per_split = p.q_blocks * p.batch * heads;
+    let slot = wid.x + wid.y * params.grid_x;
+    let linear = select((slot % params.grid_stride) * params.grid_rows + slot / params.grid_stride, 0xffffffffu, slot >= params.grid_stride * params.grid_rows);
+    let per_split = params.q_blocks * params.batch * heads;
     let rest = linear % per_split;
-    let bh = rest / p.q_blocks;
+    let bh = rest / params.q_blocks;
     let h = bh % heads;
-    let hk = select(h / p.group, h, heads == p.kv_heads);
-    return Tile(linear < per_split * p.splits, rest % p.q_blocks, bh / heads, h, hk, linear / per_split);
+    let hk = select(h / params.group, h, heads == params.kv_heads);
+    return Tile(linear < per_split * params.splits, rest % params.q_blocks, bh / heads, h, hk, linear / per_split);
 }
 
 fn workgroup_tile(wid: vec3<u32>) -> Tile {
-    return grid_tile(wid, p.heads);
+    return grid_tile(wid, params.heads);
 }
 
 // One batch entry's sequences. Padded batches: q0 = k0 = 0, nq = n_q and
@@ -164,22 +178,22 @@ struct Seq {
 // The sequences of batch entry b, read from `seq` (lengths clamped to the
 // allocation, which is clamped to n_q / n_kv).
 fn seq_of(b: u32) -> Seq {
-    var s = Seq(0u, 0u, p.n_q, p.n_q, p.n_kv, p.n_kv);
-    if ((p.seq_flags & SEQ_VARLEN) != 0u) {
-        let q0 = seq[p.cu_q_at + b];
-        let k0 = seq[p.cu_k_at + b];
+    var s = Seq(0u, 0u, params.n_q, params.n_q, params.n_kv, params.n_kv);
+    if ((params.seq_flags & SEQ_VARLEN) != 0u) {
+        let q0 = seq[params.cu_q_at + b];
+        let k0 = seq[params.cu_k_at + b];
         s.q0 = q0;
         s.k0 = k0;
-        s.nq = min(max(seq[p.cu_q_at + b + 1u], q0) - q0, p.n_q);
-        s.nkv_alloc = min(max(seq[p.cu_k_at + b + 1u], k0) - k0, p.n_kv);
+        s.nq = min(max(seq[params.cu_q_at + b + 1u], q0) - q0, params.n_q);
+        s.nkv_alloc = min(max(seq[params.cu_k_at + b + 1u], k0) - k0, params.n_kv);
     }
     s.nq_used = s.nq;
     s.nkv = s.nkv_alloc;
-    if ((p.seq_flags & SEQ_Q_LENS) != 0u) {
-        s.nq_used = min(seq[p.q_lens_at + b], s.nq);
+    if ((params.seq_flags & SEQ_Q_LENS) != 0u) {
+        s.nq_used = min(seq[params.q_lens_at + b], s.nq);
     }
-    if ((p.seq_flags & SEQ_KV_LENS) != 0u) {
-        s.nkv = min(seq[p.kv_lens_at + b], s.nkv_alloc);
+    if ((params.seq_flags & SEQ_KV_LENS) != 0u) {
+        s.nkv = min(seq[params.kv_lens_at + b], s.nkv_alloc);
     }
     return s;
 }
@@ -202,8 +216,8 @@ fn row_keys(s: Seq, i: u32) -> vec2<u32> {
         return vec2<u32>(0u, s.nkv);
     }
     let diag = i32(i) + i32(s.nkv) - i32(s.nq_used);
-    let lo = clamp(diag - i32(p.win_left), 0, i32(s.nkv));
-    let hi = clamp(diag + i32(p.win_right) + 1, lo, i32(s.nkv));
+    let lo = clamp(diag - i32(params.win_left), 0, i32(s.nkv));
+    let hi = clamp(diag + i32(params.win_right) + 1, lo, i32(s.nkv));
     return vec2<u32>(u32(lo), u32(hi));
 }
 
@@ -220,27 +234,32 @@ fn block_keys(s: Seq, i0: u32, i_end: u32) -> vec2<u32> {
     return vec2<u32>(row_keys(s, i0).x, row_keys(s, i_end - 1u).y);
 }
 
-// First word of the bias / mask row of (b, h, i).
-fn mask_row(b: u32, h: u32, i: u32) -> u32 {
-    return b * p.mask_stride_b + h * p.mask_stride_h + i * p.mask_stride_q;
+// First words of the bias row (x) and the boolean-mask row (y) of (b, h, i).
+fn mask_row(b: u32, h: u32, i: u32) -> vec2<u32> {
+    return vec2<u32>(
+        b * params.bias_stride_b + h * params.bias_stride_h + i * params.bias_stride_q,
+        params.bits_at + b * params.bits_stride_b + h * params.bits_stride_h + i * params.bits_stride_q,
+    );
 }
 
-// Score s (log2 units) of key j in the bias / mask row starting at `at`
-// (mask_row of its query), with the bias added (MASK = 1; a −∞ bias gives
-// MASKED) or MASKED where the boolean mask hides the key (MASK = 2).
-fn mask_score(s: f32, at: u32, j: u32) -> f32 {
-    if (MASK == 1u) {
-        return max(fma(bitcast<f32>(mask[at + j]), LOG2E, s), MASKED);
+// Score s (log2 units) of key j for the query whose mask rows are `at`
+// (mask_row): the bias added (a −∞ bias gives MASKED), then MASKED where the
+// boolean mask hides the key. Compiled out when MASK is 0.
+fn mask_score(s: f32, at: vec2<u32>, j: u32) -> f32 {
+    var x = s;
+    if ((MASK & MASK_BIAS) != 0u) {
+        x = max(fma(bitcast<f32>(mask[at.x + j]), LOG2E, x), MASKED);
     }
-    if (MASK == 2u) {
-        let w = mask[at + (j >> 5u)];
-        return select(MASKED, s, ((w >> (j & 31u)) & 1u) != 0u);
+    if ((MASK & MASK_BOOL) != 0u) {
+        let w = mask[at.y + (j >> 5u)];
+        x = select(MASKED, x, ((w >> (j & 31u)) & 1u) != 0u);
     }
-    return s;
+    return x;
 }
 
 // The boolean mask's bits for keys j0 … j0 + 31 (bit n: key j0 + n) of the
-// mask row starting at `at`, from the one or two words they straddle.
+// mask row starting at word `at` (mask_row(…).y), from the one or two words
+// they straddle.
 fn mask_bits(at: u32, j0: u32) -> u32 {
     let w = at + (j0 >> 5u);
     let sh = j0 & 31u;
@@ -252,24 +271,24 @@ fn mask_bits(at: u32, j0: u32) -> u32 {
 // first element of query position t (q0 + i) of head h in batch entry b in q
 // and in o, and the row's index in lse and state order.
 fn q_base(b: u32, t: u32, h: u32) -> u32 {
-    return b * p.q_stride_b + t * p.q_stride_s + h * p.q_stride_h;
+    return b * params.q_stride_b + t * params.q_stride_s + h * params.q_stride_h;
 }
 
 fn o_base(b: u32, t: u32, h: u32) -> u32 {
-    return b * p.o_stride_b + t * p.o_stride_s + h * p.o_stride_h;
+    return b * params.o_stride_b + t * params.o_stride_s + h * params.o_stride_h;
 }
 
 fn row_index(b: u32, h: u32, t: u32) -> u32 {
-    return b * p.lse_stride_b + h * p.lse_stride_h + t;
+    return b * params.lse_stride_b + h * params.lse_stride_h + t;
 }
 
 // First element of key position k0 + j of kv head hk in k and in v.
 fn k_base(b: u32, t: u32, hk: u32) -> u32 {
-    return b * p.k_stride_b + t * p.k_stride_s + hk * p.k_stride_h;
+    return b * params.k_stride_b + t * params.k_stride_s + hk * params.k_stride_h;
 }
 
 fn v_base(b: u32, t: u32, hk: u32) -> u32 {
-    return b * p.v_stride_b + t * p.v_stride_s + hk * p.v_stride_h;
+    return b * params.v_stride_b + t * params.v_stride_s + hk * params.v_stride_h;
 }
 
 // Chunk c of query position t of head h, pre-scaled by scale·log2(e) so the
@@ -278,32 +297,13 @@ fn q_scaled4(b: u32, t: u32, h: u32, c: u32, live: bool) -> vec4<f32> {
     if (!live) {
         return vec4<f32>(0.0);
     }
-    return q_row4(q_base(b, t, h), c, D) * p.scale_log2;
-}
-
-// Vec4s of one state row: (m, l, 0, 0), then the unnormalised O.
-const STATE_VEC4S: u32 = 1u + DV4;
-
-// First vec4 of the state of query row `row` (row_index) in `split`.
-fn state_base(split: u32, row: u32) -> u32 {
-    return (split * p.lse_rows + row) * STATE_VEC4S;
+    return q_row4(q_base(b, t, h), c, D) * params.scale_log2;
 }
 
 // The keys [x, y) this launch of `split` covers: the launch's chunk of the
 // split's range, intersected with the keys `keys` the workgroup's rows see.
 fn key_range(split: u32, keys: vec2<u32>) -> vec2<u32> {
-    let s0 = split * p.split_keys;
-    let hi = min(s0 + min(p.kv_end, p.split_keys), keys.y);
-    return vec2<u32>(min(max(s0 + p.kv_begin, keys.x), hi), hi);
-}
-
-// Whether this launch writes O and LSE (the last launch of an unsplit key
-// range) rather than the state.
-fn writes_output() -> bool {
-    return (p.flags & 2u) != 0u && p.splits == 1u;
-}
-
-// LSE in natural-log units from m (log2 units) and l; −∞ for an empty row.
-fn lse_of(m: f32, l: f32) -> f32 {
-    return select((m + log2(l)) * LN2, bitcast<f32>(0xff800000u), l == 0.0);
+    let s0 = split * params.split_keys;
+    let hi = min(s0 + min(params.kv_end, params.split_keys), keys.y);
+    return vec2<u32>(min(max(s0 + params.kv_begin, keys.x), hi), hi);
 }

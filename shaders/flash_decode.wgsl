@@ -8,22 +8,23 @@
 // one split of the key range. Invocation `lid` takes keys lid, lid + WG, … of
 // the range straight from memory (each key is read once per workgroup) and
 // keeps, for each of its BR rows, a private online softmax: running max m,
-// sum l and unnormalised O. The rescale happens only when a lane's max grows,
-// which after the first few keys is rare. When the keys are done the WG
-// partial states are merged through workgroup memory (lane 0 finds the max and the
-// rescaled sum, then DVC vec4 columns of O at a time), and the merged state goes to O and LSE or, with
+// sum l and unnormalised O (softmax_state.wgsl, ROWS = BR). Each key is
+// merged into that state (state_merge), whose rescale happens only when a
+// lane's max grows, which after the first few keys is rare. When the keys are
+// done the WG partial states are merged through workgroup memory with the
+// same formula (lane 0 finds the max and the weighted sum, then DVC vec4
+// columns of O at a time), and the merged state goes to O and LSE or, with
 // several splits, to `state` for split_combine.wgsl. No barrier inside the key
 // loop, no subgroup operations: it runs on every adapter, GL included.
 //
 // Host-prepended constants: D, DV, D4, DV4, MASK, WIN, SKIP (see flash_forward.wgsl),
-// BR (rows per workgroup), WG (invocations), DVC (vec4 columns per merge step).
+// BR (rows per workgroup, = ROWS), WG (invocations), DVC (vec4 columns per
+// merge step).
 // Padded query rows (past their query length) hold an empty state, so they
 // come out as O = 0, LSE = −∞.
 
-var<private> q_reg: array<vec4<f32>, BR * D4>;
-var<private> acc: array<vec4<f32>, BR * DV4>;
-var<private> m: array<f32, BR>;
-var<private> l: array<f32, BR>;
+// The BR rows of Q, scaled (m, l and O: softmax_state.wgsl).
+var<private> Q: array<vec4<f32>, BR * D4>;
 
 var<workgroup> red_m: array<f32, WG>;
 var<workgroup> red_l: array<f32, WG>;
@@ -36,25 +37,25 @@ var<workgroup> wg_merged: vec2<f32>;
 // sequence.
 fn packed_row(t: Tile, sq: Seq, r: u32) -> vec3<u32> {
     let pr = t.qb * BR + r;
-    let i = pr % p.n_q;
-    return vec3<u32>(t.hk * p.group + pr / p.n_q, i, u32(pr < p.group * p.n_q && i < sq.nq));
+    let i = pr % params.n_q;
+    return vec3<u32>(t.hk * params.group + pr / params.n_q, i, u32(pr < params.group * params.n_q && i < sq.nq));
 }
 
 // Each row's visible key range [x, y) (length and window) and the first
 // word of its bias / mask row, computed once before the key loop.
 var<private> row_lo: array<u32, BR>;
 var<private> row_hi: array<u32, BR>;
-var<private> row_mask: array<u32, BR>;
+var<private> row_mask: array<vec2<u32>, BR>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     // qb: the block of packed rows; h = hk: the kv head.
-    let t = grid_tile(wid, p.kv_heads);
+    let t = grid_tile(wid, params.kv_heads);
     if (!t.live) {
         return;
     }
     let sq = load_seq(t.b, lid);
-    let first = (p.flags & 1u) != 0u;
+    let first = (params.flags & LAUNCH_FIRST) != 0u;
     // The used rows' lowest and highest query index, for the key range.
     var i_min = 0xffffffffu;
     var i_max = 0u;
@@ -70,21 +71,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         row_hi[r] = select(0u, keys.y, used);
         row_mask[r] = mask_row(t.b, hq.x, hq.y);
         for (var c = 0u; c < D4; c++) {
-            q_reg[r * D4 + c] = q_scaled4(t.b, sq.q0 + hq.y, hq.x, c, used);
-        }
-        m[r] = NEG_BIG;
-        l[r] = 0.0;
-        for (var c = 0u; c < DV4; c++) {
-            acc[r * DV4 + c] = vec4<f32>(0.0);
+            Q[r * D4 + c] = q_scaled4(t.b, sq.q0 + hq.y, hq.x, c, used);
         }
         // A carried state continues in lane 0; the other lanes start empty.
         if (!first && used && lid == 0u) {
-            let sb = state_base(t.split, row_index(t.b, hq.x, sq.q0 + hq.y));
-            m[r] = state[sb].x;
-            l[r] = state[sb].y;
-            for (var c = 0u; c < DV4; c++) {
-                acc[r * DV4 + c] = state[sb + 1u + c];
-            }
+            state_load(r, state_base(t.split, row_index(t.b, hq.x, sq.q0 + hq.y)));
+        } else {
+            state_reset(r);
         }
     }
 
@@ -95,11 +88,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let range = key_range(t.split, block_keys(sq, i_min, i_max + 1u));
     let checked = WIN != 0u || MASK != 0u || SKIP == 0u;
     for (var j = range.x + lid; j < range.y; j += WG) {
-        if (MASK == 2u) {
+        if ((MASK & MASK_BOOL) != 0u) {
             // Keys no row of the workgroup sees are not loaded.
             var seen = false;
             for (var r = 0u; r < BR; r++) {
-                seen = seen || ((mask_bits(row_mask[r], j) & 1u) != 0u && j >= row_lo[r] && j < row_hi[r]);
+                seen = seen || ((mask_bits(row_mask[r].y, j) & 1u) != 0u && j >= row_lo[r] && j < row_hi[r]);
             }
             if (!seen) {
                 continue;
@@ -109,38 +102,30 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var r = 0u; r < BR; r++) {
             part[r] = vec4<f32>(0.0);
         }
-        let kr = kb + j * p.k_stride_s;
+        let kr = kb + j * params.k_stride_s;
         for (var c = 0u; c < D4; c++) {
             let kk = k_row4(kr, c, D);
             for (var r = 0u; r < BR; r++) {
-                part[r] = fma(q_reg[r * D4 + c], kk, part[r]);
+                part[r] = fma(Q[r * D4 + c], kk, part[r]);
             }
         }
-        var pw: array<f32, BR>;
+        // One key is a state of its own: m = S, l = 1, O = V; P is its weight.
+        var P: array<f32, BR>;
         for (var r = 0u; r < BR; r++) {
-            var s = (part[r].x + part[r].y) + (part[r].z + part[r].w);
+            var S = (part[r].x + part[r].y) + (part[r].z + part[r].w);
             if (checked) {
-                s = mask_score(s, row_mask[r], j);
+                S = mask_score(S, row_mask[r], j);
                 if (j < row_lo[r] || j >= row_hi[r]) {
-                    s = MASKED;
+                    S = MASKED;
                 }
             }
-            if (s > m[r]) {
-                let alpha = exp2(m[r] - s);
-                l[r] *= alpha;
-                for (var c = 0u; c < DV4; c++) {
-                    acc[r * DV4 + c] *= alpha;
-                }
-                m[r] = s;
-            }
-            pw[r] = exp2(s - m[r]);
-            l[r] += pw[r];
+            P[r] = state_merge(r, S, 1.0);
         }
-        let vr = vb + j * p.v_stride_s;
+        let vr = vb + j * params.v_stride_s;
         for (var c = 0u; c < DV4; c++) {
             let vv = v_row4(vr, c, DV);
             for (var r = 0u; r < BR; r++) {
-                acc[r * DV4 + c] = fma(vec4<f32>(pw[r]), vv, acc[r * DV4 + c]);
+                O[r * DV4 + c] = fma(vec4<f32>(P[r]), vv, O[r * DV4 + c]);
             }
         }
     }
@@ -149,16 +134,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var r = 0u; r < BR; r++) {
         let hq = packed_row(t, sq, r);
         if (hq.z == 0u || hq.y >= sq.nq_used) {
-            m[r] = NEG_BIG;
-            l[r] = 0.0;
-            for (var c = 0u; c < DV4; c++) {
-                acc[r * DV4 + c] = vec4<f32>(0.0);
-            }
+            state_reset(r);
         }
     }
 
-    // Merge the WG lanes' states, row by row. Every barrier below is reached
-    // by the whole workgroup: the loops' bounds are constants.
+    // Merge the WG lanes' states, row by row (the merge formula of
+    // softmax_state.wgsl in two passes: the max M, then the weights). Every
+    // barrier below is reached by the whole workgroup: the loops' bounds are
+    // constants.
     let out = writes_output();
     for (var r = 0u; r < BR; r++) {
         let hq = packed_row(t, sq, r);
@@ -176,20 +159,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
             var total = 0.0;
             for (var i = 0u; i < WG; i++) {
-                total = fma(red_l[i], exp2(red_m[i] - mx), total);
+                total = fma(red_l[i], merge_weight(red_m[i], mx), total);
             }
             wg_merged = vec2<f32>(mx, total);
         }
         let merged = workgroupUniformLoad(&wg_merged);
         let mx = merged.x;
         let total = merged.y;
-        let w = exp2(m[r] - mx);
-        let inv = select(1.0 / total, 0.0, total == 0.0);
+        let w = merge_weight(m[r], mx);
+        let inv = inv_l(total);
         for (var c0 = 0u; c0 < DV4; c0 += DVC) {
             workgroupBarrier();
             for (var cc = 0u; cc < DVC; cc++) {
                 if (c0 + cc < DV4) {
-                    red_o[lid * DVC + cc] = acc[r * DV4 + c0 + cc] * w;
+                    red_o[lid * DVC + cc] = O[r * DV4 + c0 + cc] * w;
                 }
             }
             workgroupBarrier();

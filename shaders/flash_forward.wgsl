@@ -8,26 +8,26 @@
 // One workgroup owns BR query rows of one (batch, head). Each invocation owns
 // TR of those rows (rows lid, lid + WG, …, so neighbouring invocations hold
 // neighbouring rows) and keeps, in registers, its rows of Q (pre-multiplied by
-// scale·log2(e) so the softmax can use exp2), the running max m, the running
-// sum l and the unnormalised output accumulator O. K and V stream through
+// scale·log2(e) so the softmax can use exp2) and their softmax state m, l, O
+// (softmax_state.wgsl, ROWS = TR). K and V stream through
 // workgroup memory in blocks of BC rows; every invocation reads the same K/V
 // element at the same time (a broadcast on GPUs, a scalar load on CPU drivers),
 // so each shared load feeds TR fused multiply-adds.
 //
 // Per block:  S = Q·Kᵀ (TR × BC tile per invocation, in registers)
-//             m_new = max(m, rowmax S);  P = exp2(S − m_new)
-//             l = exp2(m − m_new)·l + rowsum P;  O = exp2(m − m_new)·O + P·V
-// and once at the end O /= l, LSE = (m + log2 l)·ln 2. No score ever leaves
-// registers.
+//             m_new = max(m, rowmax S);  l, O *= exp2(m − m_new)  (state_rescale)
+//             P = exp2(S − m_new);  l += rowsum P;  O += P·V
+// and once at the end O /= l, LSE = (m + log2 l)·ln 2 (state_finish). No score
+// ever leaves registers.
 //
-// Split-KV: with p.splits > 1 the grid holds one copy of the workgroups per
+// Split-KV: with params.splits > 1 the grid holds one copy of the workgroups per
 // key split; each covers its split's keys and leaves (m, l, O) in `state` for
 // split_combine.wgsl. Launches that cover only part of a key range (CPU
 // adapters' loop limit) carry the same state to the next launch.
 //
-// The host prepends the specialisation, the tensor access (flash_io.wgsl) and
-// flash_common.wgsl (params, bindings, tiles, state; see `flash_source` in
-// src/attention.rs):
+// The host prepends the specialisation, the tensor access (flash_io.wgsl),
+// flash_common.wgsl (params, bindings, tiles) and softmax_state.wgsl (see
+// `FlashSpec::source` in src/source.rs):
 //   const D:  u32   head dim of Q and K
 //   const DV: u32   head dim of V and O
 //   const D4, DV4   the head dims in whole vec4s, ⌈D/4⌉ and ⌈DV/4⌉; padding
@@ -37,7 +37,7 @@
 //   const BC: u32   key rows per K/V block
 //   const TR: u32   query rows per invocation (BR = TR · WG)
 //   const WG: u32   invocations per workgroup
-//   const MASK: u32 0 none, 1 additive bias, 2 boolean mask
+//   const MASK: u32 MASK_BIAS | MASK_BOOL bits: additive bias, boolean mask
 //   const WIN: u32  1 when a causal / sliding window applies
 //   const SKIP: u32 1: block skipping (key blocks no query of the workgroup
 //                   sees are not loaded); 0: every allocated key is loaded
@@ -49,10 +49,8 @@
 var<workgroup> k_tile: array<vec4<f32>, BC * D4>;
 var<workgroup> v_tile: array<vec4<f32>, BC * DV4>;
 
-var<private> q_reg: array<vec4<f32>, TR * D4>;
-var<private> acc: array<vec4<f32>, TR * DV4>;
-var<private> m: array<f32, TR>;
-var<private> l: array<f32, TR>;
+// This invocation's TR rows of Q, scaled (m, l and O: softmax_state.wgsl).
+var<private> Q: array<vec4<f32>, TR * D4>;
 
 var<workgroup> wg_any: atomic<u32>;
 var<workgroup> wg_any_copy: u32;
@@ -69,7 +67,7 @@ fn block_visible(lid: u32, b: u32, h: u32, i0: u32, i_end: u32, kv0: u32, count:
     for (var t = 0u; t < TR; t++) {
         let i = i0 + lid + t * WG;
         if (i < i_end) {
-            seen |= mask_bits(mask_row(b, h, i), kv0) & keys;
+            seen |= mask_bits(mask_row(b, h, i).y, kv0) & keys;
         }
     }
     if (seen != 0u) {
@@ -95,7 +93,7 @@ fn process_block(lid: u32, sq: Seq, b: u32, h: u32, i0: u32, kb: u32, vb: u32, k
         let j = i / D4;
         var val = vec4<f32>(0.0);
         if (!edge || j < count) {
-            val = k_row4(kb + (kv0 + j) * p.k_stride_s, i % D4, D);
+            val = k_row4(kb + (kv0 + j) * params.k_stride_s, i % D4, D);
         }
         k_tile[i] = val;
     }
@@ -103,7 +101,7 @@ fn process_block(lid: u32, sq: Seq, b: u32, h: u32, i0: u32, kb: u32, vb: u32, k
         let j = i / DV4;
         var val = vec4<f32>(0.0);
         if (!edge || j < count) {
-            val = v_row4(vb + (kv0 + j) * p.v_stride_s, i % DV4, DV);
+            val = v_row4(vb + (kv0 + j) * params.v_stride_s, i % DV4, DV);
         }
         v_tile[i] = val;
     }
@@ -111,7 +109,7 @@ fn process_block(lid: u32, sq: Seq, b: u32, h: u32, i0: u32, kb: u32, vb: u32, k
 
     // S = Q·Kᵀ for this invocation's TR rows and all BC keys. Each (row, key)
     // accumulates a vec4 of partial products (pure FMAs) and folds it once.
-    var s: array<f32, TR * BC>;
+    var S: array<f32, TR * BC>;
     for (var j = 0u; j < BC; j++) {
         var part: array<vec4<f32>, TR>;
         for (var t = 0u; t < TR; t++) {
@@ -120,11 +118,11 @@ fn process_block(lid: u32, sq: Seq, b: u32, h: u32, i0: u32, kb: u32, vb: u32, k
         for (var c = 0u; c < D4; c++) {
             let kk = k_tile[j * D4 + c];
             for (var t = 0u; t < TR; t++) {
-                part[t] = fma(q_reg[t * D4 + c], kk, part[t]);
+                part[t] = fma(Q[t * D4 + c], kk, part[t]);
             }
         }
         for (var t = 0u; t < TR; t++) {
-            s[t * BC + j] = (part[t].x + part[t].y) + (part[t].z + part[t].w);
+            S[t * BC + j] = (part[t].x + part[t].y) + (part[t].z + part[t].w);
         }
     }
 
@@ -136,34 +134,30 @@ fn process_block(lid: u32, sq: Seq, b: u32, h: u32, i0: u32, kb: u32, vb: u32, k
             let at = mask_row(b, h, i);
             for (var j = 0u; j < BC; j++) {
                 let key = kv0 + j;
-                var x = mask_score(s[t * BC + j], at, key);
+                var x = mask_score(S[t * BC + j], at, key);
                 if (edge && (j >= count || key < keys.x || key >= keys.y)) {
                     x = MASKED;
                 }
-                s[t * BC + j] = x;
+                S[t * BC + j] = x;
             }
         }
     }
 
-    // Online softmax: new row max, rescale factor, P in place of S. MASKED
+    // Online softmax: new row max, l and O rescaled, P in place of S. MASKED
     // scores never raise the max (it starts at NEG_BIG) and give P = 0.
     for (var t = 0u; t < TR; t++) {
         var m_new = m[t];
         for (var j = 0u; j < BC; j++) {
-            m_new = max(m_new, s[t * BC + j]);
+            m_new = max(m_new, S[t * BC + j]);
         }
-        let alpha = exp2(m[t] - m_new);
+        state_rescale(t, m_new);
         var row_sum = 0.0;
         for (var j = 0u; j < BC; j++) {
-            let pj = exp2(s[t * BC + j] - m_new);
-            s[t * BC + j] = pj;
+            let pj = exp2(S[t * BC + j] - m_new);
+            S[t * BC + j] = pj;
             row_sum += pj;
         }
-        l[t] = l[t] * alpha + row_sum;
-        m[t] = m_new;
-        for (var c = 0u; c < DV4; c++) {
-            acc[t * DV4 + c] *= alpha;
-        }
+        l[t] += row_sum;
     }
 
     // O += P·V, one output chunk at a time so its accumulator stays in a
@@ -172,7 +166,7 @@ fn process_block(lid: u32, sq: Seq, b: u32, h: u32, i0: u32, kb: u32, vb: u32, k
         for (var j = 0u; j < BC; j++) {
             let vv = v_tile[j * DV4 + c];
             for (var t = 0u; t < TR; t++) {
-                acc[t * DV4 + c] = fma(vec4<f32>(s[t * BC + j]), vv, acc[t * DV4 + c]);
+                O[t * DV4 + c] = fma(vec4<f32>(S[t * BC + j]), vv, O[t * DV4 + c]);
             }
         }
     }
@@ -196,25 +190,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     let i_end = max(min(i0 + BR, sq.nq_used), i0);
 
-    let first = (p.flags & 1u) != 0u;
+    let first = (params.flags & LAUNCH_FIRST) != 0u;
     for (var t = 0u; t < TR; t++) {
         let i = i0 + lid + t * WG;
         for (var c = 0u; c < D4; c++) {
-            q_reg[t * D4 + c] = q_scaled4(b, sq.q0 + i, h, c, i < i_end);
+            Q[t * D4 + c] = q_scaled4(b, sq.q0 + i, h, c, i < i_end);
         }
         if (first || i >= sq.nq) {
-            for (var c = 0u; c < DV4; c++) {
-                acc[t * DV4 + c] = vec4<f32>(0.0);
-            }
-            m[t] = NEG_BIG;
-            l[t] = 0.0;
+            state_reset(t);
         } else {
-            let sb = state_base(tile.split, row_index(b, h, sq.q0 + i));
-            m[t] = state[sb].x;
-            l[t] = state[sb].y;
-            for (var c = 0u; c < DV4; c++) {
-                acc[t * DV4 + c] = state[sb + 1u + c];
-            }
+            state_load(t, state_base(tile.split, row_index(b, h, sq.q0 + i)));
         }
     }
 
@@ -258,7 +243,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         n_end = max(n_end, n_int);
         for (var n = n_int; n < n_end; n++) {
             let kv0 = range.x + n * BC;
-            if (MASK == 2u && SKIP == 1u) {
+            if ((MASK & MASK_BOOL) != 0u && SKIP == 1u) {
                 if (!block_visible(lid, b, h, i0, i_end, kv0, BC)) {
                     continue;
                 }
@@ -270,7 +255,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let n = select(e - n_int + n_end, e, e < n_int);
             let kv0 = range.x + n * BC;
             let count = min(BC, range.y - kv0);
-            if (MASK == 2u && SKIP == 1u) {
+            if ((MASK & MASK_BOOL) != 0u && SKIP == 1u) {
                 if (!block_visible(lid, b, h, i0, i_end, kv0, count)) {
                     continue;
                 }
@@ -287,30 +272,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         if (i >= i_end) {
             // A padded query row: O = 0, LSE = −∞ (or an empty partial).
-            m[t] = NEG_BIG;
-            l[t] = 0.0;
-            for (var c = 0u; c < DV4; c++) {
-                acc[t * DV4 + c] = vec4<f32>(0.0);
-            }
+            state_reset(t);
         }
         let row = row_index(b, h, sq.q0 + i);
         if (out) {
-            // Deferred normalisation. A row with no visible key has l = 0:
-            // O = 0 and LSE = −∞ rather than 0/0.
-            let inv = select(1.0 / l[t], 0.0, l[t] == 0.0);
-            let base = o_base(b, sq.q0 + i, h);
-            for (var c = 0u; c < DV4; c++) {
-                store_o4(base, c, acc[t * DV4 + c] * inv);
-            }
-            lse[row] = lse_of(m[t], l[t]);
+            // Deferred normalisation; an empty row gets O = 0, LSE = −∞.
+            state_finish(t, o_base(b, sq.q0 + i, h), row);
         } else {
-            // Carried to the next launch, or this split's partial for
-            // split_combine.wgsl.
-            let sb = state_base(tile.split, row);
-            state[sb] = vec4<f32>(m[t], l[t], 0.0, 0.0);
-            for (var c = 0u; c < DV4; c++) {
-                state[sb + 1u + c] = acc[t * DV4 + c];
-            }
+            state_store(t, state_base(tile.split, row));
         }
     }
 }

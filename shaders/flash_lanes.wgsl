@@ -12,13 +12,13 @@
 // windows, bias and masks for this variant (the sequence helpers it shares
 // then give q0 = k0 = 0 and every query row used).
 //
-// Host-prepended constants: D, DV, D4, DV4, BR (rows per workgroup), SG,
-// KPL (keys per lane per block).
+// Host-prepended constants: D, DV, D4, DV4, BR (rows per workgroup, = ROWS),
+// SG, KPL (keys per lane per block).
 
-var<private> q_reg: array<vec4<f32>, BR * D4>;
-var<private> acc: array<vec4<f32>, BR * DV4>;
-var<private> m: array<f32, BR>;
-var<private> l: array<f32, BR>;
+// The BR rows of Q, scaled; this lane's keys of the block. m and l are the
+// same in every lane, O is the lane's partial over its own keys
+// (softmax_state.wgsl, ROWS = BR).
+var<private> Q: array<vec4<f32>, BR * D4>;
 var<private> k_row: array<vec4<f32>, KPL * D4>;
 var<private> v_row: array<vec4<f32>, KPL * DV4>;
 
@@ -37,25 +37,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     let i_end = max(min(i0 + BR, sq.nq_used), i0);
 
-    let first = (p.flags & 1u) != 0u;
+    let first = (params.flags & LAUNCH_FIRST) != 0u;
     for (var r = 0u; r < BR; r++) {
         let qi = i0 + r;
         for (var c = 0u; c < D4; c++) {
-            q_reg[r * D4 + c] = q_scaled4(b, sq.q0 + qi, h, c, qi < i_end);
+            Q[r * D4 + c] = q_scaled4(b, sq.q0 + qi, h, c, qi < i_end);
         }
-        let sb = state_base(tile.split, row_index(b, h, sq.q0 + qi));
-        m[r] = NEG_BIG;
-        l[r] = 0.0;
-        for (var c = 0u; c < DV4; c++) {
-            acc[r * DV4 + c] = vec4<f32>(0.0);
-        }
+        state_reset(r);
         if (!first && qi < sq.nq) {
-            m[r] = state[sb].x;
-            l[r] = state[sb].y;
+            // A carried state: m and l in every lane, O in lane 0 only (the
+            // lanes' partial O are summed at the end).
+            let sb = state_base(tile.split, row_index(b, h, sq.q0 + qi));
             if (lane == 0u) {
-                for (var c = 0u; c < DV4; c++) {
-                    acc[r * DV4 + c] = state[sb + 1u + c];
-                }
+                state_load(r, sb);
+            } else {
+                m[r] = state[sb].x;
+                l[r] = state[sb].y;
             }
         }
     }
@@ -73,47 +70,47 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             for (var c = 0u; c < D4; c++) {
                 var val = vec4<f32>(0.0);
                 if (j < kv_end) {
-                    val = k_row4(kb + j * p.k_stride_s, c, D);
+                    val = k_row4(kb + j * params.k_stride_s, c, D);
                 }
                 k_row[u * D4 + c] = val;
             }
             for (var c = 0u; c < DV4; c++) {
                 var val = vec4<f32>(0.0);
                 if (j < kv_end) {
-                    val = v_row4(vb + j * p.v_stride_s, c, DV);
+                    val = v_row4(vb + j * params.v_stride_s, c, DV);
                 }
                 v_row[u * DV4 + c] = val;
             }
         }
         for (var r = 0u; r < BR; r++) {
-            var s: array<f32, KPL>;
+            var S: array<f32, KPL>;
             var s_max = NEG_BIG;
             for (var u = 0u; u < KPL; u++) {
                 var part = vec4<f32>(0.0);
                 for (var c = 0u; c < D4; c++) {
-                    part = fma(q_reg[r * D4 + c], k_row[u * D4 + c], part);
+                    part = fma(Q[r * D4 + c], k_row[u * D4 + c], part);
                 }
-                s[u] = (part.x + part.y) + (part.z + part.w);
+                S[u] = (part.x + part.y) + (part.z + part.w);
                 if (kv0 + lane + SG * u >= kv_end) {
-                    s[u] = MASKED;
+                    S[u] = MASKED;
                 }
-                s_max = max(s_max, s[u]);
+                s_max = max(s_max, S[u]);
             }
             let m_new = max(m[r], subgroupMax(s_max));
-            let alpha = exp2(m[r] - m_new);
+            state_rescale(r, m_new);
+            // P in place of S.
             var p_sum = 0.0;
             for (var u = 0u; u < KPL; u++) {
-                s[u] = exp2(s[u] - m_new);
-                p_sum += s[u];
+                S[u] = exp2(S[u] - m_new);
+                p_sum += S[u];
             }
-            l[r] = l[r] * alpha + subgroupAdd(p_sum);
-            m[r] = m_new;
+            l[r] += subgroupAdd(p_sum);
             for (var c = 0u; c < DV4; c++) {
-                var a = acc[r * DV4 + c] * alpha;
+                var a = O[r * DV4 + c];
                 for (var u = 0u; u < KPL; u++) {
-                    a = fma(vec4<f32>(s[u]), v_row[u * DV4 + c], a);
+                    a = fma(vec4<f32>(S[u]), v_row[u * DV4 + c], a);
                 }
-                acc[r * DV4 + c] = a;
+                O[r * DV4 + c] = a;
             }
         }
     }
@@ -123,18 +120,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let qi = i0 + r;
         if (qi >= i_end) {
             // A padded query row: O = 0, LSE = −∞ (or an empty partial).
-            m[r] = NEG_BIG;
-            l[r] = 0.0;
-            for (var c = 0u; c < DV4; c++) {
-                acc[r * DV4 + c] = vec4<f32>(0.0);
-            }
+            state_reset(r);
         }
         let row = row_index(b, h, sq.q0 + qi);
-        let inv = select(1.0 / l[r], 0.0, l[r] == 0.0);
+        let inv = inv_l(l[r]);
         let sb = state_base(tile.split, row);
         let ob = o_base(b, sq.q0 + qi, h);
         for (var c = 0u; c < DV4; c++) {
-            let total = subgroupAdd(acc[r * DV4 + c]);
+            let total = subgroupAdd(O[r * DV4 + c]);
             if (lane == 0u && qi < sq.nq) {
                 if (out) {
                     store_o4(ob, c, total * inv);

@@ -3,12 +3,15 @@
 //! against the f64 reference must be at most 2× the naive kernel's (same
 //! storage precision) plus [`SLACK`]. Shared by the tests and `xattn check`.
 
-use crate::attention::{AttentionOutput, AttentionProblem, Dtype, Layout};
 use crate::context::Context;
+use crate::dtype::Dtype;
 use crate::error::Result;
+use crate::layout::Layout;
 use crate::mask::Masks;
 use crate::naive::NaiveAttention;
+use crate::problem::AttentionProblem;
 use crate::reference::{self, ReferenceOutput};
+use crate::tensor::AttentionOutput;
 
 /// Absolute slack on top of twice the naive error: covers cases where the
 /// naive kernel happens to be exact (n_kv = 1, O = V) while the fused kernel's
@@ -69,30 +72,47 @@ pub fn max_err(got: &[f32], want: &[f64]) -> f64 {
     }
     got.iter()
         .zip(want)
-        .map(|(&g, &w)| {
-            let g = g as f64;
-            if g.is_nan() || w.is_nan() {
-                f64::INFINITY
-            } else if g.is_infinite() || w.is_infinite() {
-                if g == w {
-                    0.0
-                } else {
-                    f64::INFINITY
-                }
-            } else {
-                (g - w).abs()
-            }
-        })
-        .fold(0.0, f64::max)
+        .map(|(&g, &w)| abs_err(g as f64, w))
+        .fold(0.0, nan_max)
 }
 
 /// Max |got − want| / max(|want|, 1): the error measure for values that can
-/// be large (LSE of huge logits).
+/// be large (LSE of huge logits). As [`max_err`], NaN anywhere or an
+/// infinity on one side only is an infinite error.
 pub fn max_rel_err(got: &[f32], want: &[f64]) -> f64 {
+    if got.len() != want.len() {
+        return f64::INFINITY;
+    }
     got.iter()
         .zip(want)
-        .map(|(&a, &b)| ((a as f64 - b) / b.abs().max(1.0)).abs())
-        .fold(0.0, f64::max)
+        .map(|(&g, &w)| abs_err(g as f64, w) / w.abs().max(1.0))
+        .fold(0.0, nan_max)
+}
+
+/// |got − want|, with NaN on either side or an infinity on one side only an
+/// infinite error and matching infinities exact.
+fn abs_err(g: f64, w: f64) -> f64 {
+    if g.is_nan() || w.is_nan() {
+        f64::INFINITY
+    } else if g.is_infinite() || w.is_infinite() {
+        if g == w {
+            0.0
+        } else {
+            f64::INFINITY
+        }
+    } else {
+        (g - w).abs()
+    }
+}
+
+/// `f64::max` that keeps NaN (which `f64::max` drops): a fold of errors
+/// with this can never hide a NaN.
+pub fn nan_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
 }
 
 /// Max errors of one output against the reference.
@@ -148,7 +168,8 @@ impl CheckReport {
     pub fn lse_bound(&self) -> f64 {
         2.0 * self.naive.lse + SLACK
     }
-    /// Whether the fused kernel is within both bounds.
+    /// Whether the fused kernel is within both bounds (a NaN error, or a
+    /// NaN bound, fails).
     pub fn passed(&self) -> bool {
         self.fused.o <= self.o_bound() && self.fused.lse <= self.lse_bound()
     }

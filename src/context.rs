@@ -1,87 +1,21 @@
-//! [`Context`]: adapter choice, device features and limits, the pipeline cache,
-//! and the few host-side helpers (upload, readback, serialised polling) that
-//! every kernel shares.
+//! [`Context`]: adapter choice, the device and its [`DeviceCaps`], the
+//! pipeline cache, and the few host-side helpers (upload, readback,
+//! serialised polling) that every kernel shares.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use wgpu::util::DeviceExt;
 
+use crate::caps::DeviceCaps;
 use crate::error::{Error, Result};
+use crate::source::{FlashSpec, Shader};
 
-/// What the library knows about the device it runs on: the numbers the planner
-/// reads. Taken from the device (not the adapter's defaults) so that a caller's
-/// own device with raised limits is planned for correctly.
-#[derive(Debug, Clone)]
-pub struct DeviceCaps {
-    /// Adapter name, backend, driver.
-    pub info: wgpu::AdapterInfo,
-    /// `SHADER_F16` is enabled on the device.
-    pub shader_f16: bool,
-    /// `SUBGROUP` is enabled on the device.
-    pub subgroups: bool,
-    /// `TIMESTAMP_QUERY` is enabled on the device.
-    pub timestamps: bool,
-    /// Smallest subgroup size the adapter may use (0 when unknown).
-    pub subgroup_min_size: u32,
-    /// Largest subgroup size the adapter may use (0 when unknown).
-    pub subgroup_max_size: u32,
-    /// Bytes of workgroup memory one workgroup may use.
-    pub max_workgroup_storage: u32,
-    /// Invocations one workgroup may have.
-    pub max_invocations: u32,
-    /// Largest storage binding, bytes.
-    pub max_storage_binding: u64,
-    /// Largest buffer, bytes.
-    pub max_buffer_size: u64,
-    /// Largest dispatch extent per dimension.
-    pub max_workgroups_per_dim: u32,
-}
-
-impl DeviceCaps {
-    fn from_device(device: &wgpu::Device) -> Self {
-        let f = device.features();
-        let l = device.limits();
-        let info = device.adapter_info();
-        let subgroups = f.contains(wgpu::Features::SUBGROUP);
-        Self {
-            shader_f16: f.contains(wgpu::Features::SHADER_F16),
-            subgroups,
-            timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
-            subgroup_min_size: if subgroups { info.subgroup_min_size } else { 0 },
-            subgroup_max_size: if subgroups { info.subgroup_max_size } else { 0 },
-            max_workgroup_storage: l.max_compute_workgroup_storage_size,
-            max_invocations: l.max_compute_invocations_per_workgroup,
-            max_storage_binding: l.max_storage_buffer_binding_size,
-            max_buffer_size: l.max_buffer_size,
-            max_workgroups_per_dim: l.max_compute_workgroups_per_dimension,
-            info,
-        }
-    }
-
-    /// A device with WebGPU's default limits and no optional features: what the
-    /// planner must always be able to serve. Used by tests and `xattn info`.
-    pub fn webgpu_defaults(info: wgpu::AdapterInfo) -> Self {
-        let l = wgpu::Limits::default();
-        Self {
-            info,
-            shader_f16: false,
-            subgroups: false,
-            timestamps: false,
-            subgroup_min_size: 0,
-            subgroup_max_size: 0,
-            max_workgroup_storage: l.max_compute_workgroup_storage_size,
-            max_invocations: l.max_compute_invocations_per_workgroup,
-            max_storage_binding: l.max_storage_buffer_binding_size,
-            max_buffer_size: l.max_buffer_size,
-            max_workgroups_per_dim: l.max_compute_workgroups_per_dimension,
-        }
-    }
-}
-
-/// How [`Context::with_options`] picks an adapter. Every field defaults from
-/// wgpu's own environment variables, so `WGPU_BACKEND=gl`,
-/// `WGPU_ADAPTER_NAME=llvmpipe` and `WGPU_POWER_PREF=low` work unchanged.
+/// How [`Context::with_options`] picks an adapter, and the host facts the
+/// planner reads ([`DeviceCaps::host_threads`], [`DeviceCaps::packed_f16`]).
+/// Every field defaults from the environment: wgpu's own variables, so
+/// `WGPU_BACKEND=gl`, `WGPU_ADAPTER_NAME=llvmpipe` and `WGPU_POWER_PREF=low`
+/// work unchanged, and `XATTN_F16=packed`.
 #[derive(Debug, Clone)]
 pub struct ContextOptions {
     /// Backends to search (`WGPU_BACKEND`, default: all compiled in).
@@ -90,6 +24,12 @@ pub struct ContextOptions {
     pub adapter_name: Option<String>,
     /// Power preference (`WGPU_POWER_PREF`), breaks ties between hardware adapters.
     pub power_preference: wgpu::PowerPreference,
+    /// Store f16 in u32 words even where the device has `SHADER_F16`
+    /// (`XATTN_F16=packed`; default off).
+    pub packed_f16: bool,
+    /// Host threads a CPU adapter runs on (default: the machine's available
+    /// parallelism).
+    pub host_threads: Option<usize>,
 }
 
 impl Default for ContextOptions {
@@ -100,18 +40,31 @@ impl Default for ContextOptions {
                 .ok()
                 .filter(|s| !s.is_empty()),
             power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
+            packed_f16: std::env::var("XATTN_F16").is_ok_and(|v| v.eq_ignore_ascii_case("packed")),
+            host_threads: None,
         }
     }
 }
 
-/// Identifies one compiled pipeline: the kernel family and every value that
-/// changes its generated source. Heuristic choices (which tile to use) live in
-/// the planner; only their result appears here.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+impl ContextOptions {
+    /// [`ContextOptions::host_threads`], or the machine's available
+    /// parallelism.
+    pub fn threads(&self) -> usize {
+        self.host_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()))
+            .max(1)
+    }
+}
+
+/// Identifies one compiled pipeline: the shader, the entry point and, for the
+/// fused family, the typed spec that writes its generated source. Heuristic
+/// choices (which tile to use) live in the planner; only their result
+/// appears here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct PipelineKey {
-    pub kernel: &'static str,
+    pub shader: Shader,
     pub entry: &'static str,
-    pub spec: Vec<(&'static str, u32)>,
+    pub spec: Option<FlashSpec>,
 }
 
 /// How a kernel binds one buffer.
@@ -282,13 +235,22 @@ impl Context {
                 reason: e.to_string(),
             }
         })?;
-        Ok(Self::from_device(device, queue))
+        Ok(Self::from_device_with(device, queue, options))
     }
 
     /// Wraps a device and queue the caller already owns. The planner reads the
     /// features and limits the device was created with.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
-        let caps = DeviceCaps::from_device(&device);
+        Self::from_device_with(device, queue, &ContextOptions::default())
+    }
+
+    /// [`Context::from_device`] with the host facts of `options`.
+    pub fn from_device_with(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        options: &ContextOptions,
+    ) -> Self {
+        let caps = DeviceCaps::from_device(&device, options.threads(), options.packed_f16);
         let dummy_buffer = |label| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -363,7 +325,7 @@ impl Context {
         let module = unsafe {
             self.device.create_shader_module_trusted(
                 wgpu::ShaderModuleDescriptor {
-                    label: Some(key.kernel),
+                    label: Some(key.shader.name()),
                     source: wgpu::ShaderSource::Wgsl(src.into()),
                 },
                 wgpu::ShaderRuntimeChecks {
@@ -394,20 +356,20 @@ impl Context {
         let layout = self
             .device
             .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some(key.kernel),
+                label: Some(key.shader.name()),
                 entries: &entries,
             });
         let pipeline_layout = self
             .device
             .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some(key.kernel),
+                label: Some(key.shader.name()),
                 bind_group_layouts: &[Some(&layout)],
                 immediate_size: 0,
             });
         let pipeline = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(key.kernel),
+                label: Some(key.shader.name()),
                 layout: Some(&pipeline_layout),
                 module: &module,
                 entry_point: Some(key.entry),
@@ -421,7 +383,9 @@ impl Context {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Device(format!(
                 "compiling {}::{} {:?}: {e}",
-                key.kernel, key.entry, key.spec
+                key.shader.name(),
+                key.entry,
+                key.spec
             )));
         }
         let kernel = Arc::new(Kernel { pipeline, layout });

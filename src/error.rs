@@ -76,12 +76,37 @@ pub enum Error {
         n_kv: usize,
     },
 
-    /// Query lengths, packed-sequence offsets, a bias or a mask that do not
-    /// match the problem.
+    /// Query or key lengths, or packed-sequence offsets, that do not match
+    /// the problem.
     #[error("{name}: {reason}")]
     BadSeqLens {
         /// Which array.
         name: &'static str,
+        /// What is wrong and what was expected.
+        reason: String,
+    },
+
+    /// A bias or boolean mask that does not match the problem's declaration.
+    #[error("{name}: {reason}")]
+    BadMask {
+        /// `bias` or `mask`.
+        name: &'static str,
+        /// What is wrong and what was expected.
+        reason: String,
+    },
+
+    /// A window that the kernels cannot apply, or that does not parse.
+    #[error("window: {reason}")]
+    BadWindow {
+        /// What is wrong and what was expected.
+        reason: String,
+    },
+
+    /// A command-line argument that does not parse or does not fit.
+    #[error("{name}: {reason}")]
+    BadArgument {
+        /// The flag, e.g. `--shape`.
+        name: String,
         /// What is wrong and what was expected.
         reason: String,
     },
@@ -158,6 +183,15 @@ pub enum Error {
         index: usize,
         /// The value.
         value: f32,
+    },
+
+    /// A file (other than a .npy array) could not be written.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The operating system's message.
+        reason: String,
     },
 
     /// A .npy file could not be read or written, or holds the wrong thing.

@@ -31,27 +31,38 @@
 
 #![warn(missing_docs)]
 
-pub mod attention;
-pub mod bench;
+// Modules in dependency order: each uses only those above it (checked by
+// tests/modules.rs).
+pub mod caps;
 pub mod check;
 pub mod context;
+pub mod dtype;
 pub mod error;
+pub mod flash;
+#[cfg(feature = "cli")]
+pub mod harness;
+pub mod layout;
 pub mod mask;
 pub mod naive;
-pub mod npy;
+pub mod params;
+pub mod plan;
+pub mod problem;
 pub mod reference;
-pub mod report;
+pub mod source;
 pub mod tensor;
 
-pub use attention::{
-    plan, AttentionBuffers, AttentionOutput, AttentionProblem, BoundAttention, Dtype,
-    FlashAttention, FlashParams, FlashPlan, FlashVariant, Layout, TensorIo, TileOverride,
-    MAX_HEAD_DIM, MAX_SPLITS,
-};
-pub use context::{Context, ContextOptions, DeviceCaps};
+pub use caps::DeviceCaps;
+pub use context::{Context, ContextOptions};
+pub use dtype::Dtype;
 pub use error::{Error, Result};
-pub use mask::{pack_mask, Mask, MaskShape, Masks, SeqLayout, VarLen, Window, MAX_SEQ};
+pub use flash::{BoundAttention, FlashAttention};
+pub use layout::Layout;
+pub use mask::{pack_mask, MaskShape, Masks, SeqLayout, VarLen, Window, MAX_SEQ};
 pub use naive::{NaiveAttention, NaiveParams};
-pub use tensor::AttentionTensors;
+pub use params::FlashParams;
+pub use plan::{plan, FlashPlan, FlashVariant, TileOverride, MAX_SPLITS};
+pub use problem::{AttentionProblem, MAX_HEAD_DIM};
+pub use source::{FlashSpec, KernelTiles, Shader, TensorIo};
+pub use tensor::{AttentionBuffers, AttentionOutput, AttentionTensors};
 /// The wgpu this crate is built against, for callers of the integration API.
 pub use wgpu;

@@ -1,8 +1,9 @@
 //! Which keys each query sees, and how much: key and query lengths, packed
 //! (variable-length) batches, causal and sliding windows, additive bias and
-//! boolean masks. The problem declares them ([`AttentionProblem`]); the data
-//! comes in [`Masks`] (host) or the `lens` and `mask` buffers of
-//! [`crate::AttentionBuffers`] (device).
+//! boolean masks. These are declarations and host data only; the problem
+//! ([`crate::AttentionProblem`]) says which apply and validates the data
+//! ([`crate::AttentionProblem::validate_masks`]), and the device sees them
+//! through the `lens` and `mask` buffers of [`crate::AttentionBuffers`].
 //!
 //! Semantics, per batch entry b, query row i and key j of its sequence
 //! (indices local to the sequence):
@@ -10,13 +11,13 @@
 //!   keys j ≥ kv_lens\[b\] are invisible;
 //! - window: with nq, nk the entry's used lengths and off = nk − nq, key j is
 //!   visible iff i + off − left ≤ j ≤ i + off + right (bottom-right aligned,
-//!   as flash-attn ≥ 2.1); causal is left = ∞, right = 0;
+//!   as flash-attn ≥ 2.1); causal is left = ∞, right = 0, and causal together
+//!   with a window caps the window's right side at 0 (flash-attn's meaning);
 //! - bias: added to scale·q·k before the softmax; −∞ hides the key;
-//! - boolean mask: `true` (bit set) = attend, as PyTorch's `attn_mask`;
+//! - boolean mask: `true` (bit set) = attend, as PyTorch's `attn_mask`; a
+//!   bias and a boolean mask may be given together (the mask hides, the bias
+//!   adds);
 //! - a row with no visible key gets O = 0 and LSE = −∞, never NaN.
-
-use crate::attention::AttentionProblem;
-use crate::error::{Error, Result};
 
 /// Longest sequence (n_q, n_kv, packed totals) the kernels index: window
 /// arithmetic runs in i32 and uses 2^30 as "no limit".
@@ -29,9 +30,9 @@ pub const MAX_SEQ: usize = (1 << 30) - 1;
 /// [`Window::causal`] (left `None`, right 0) is flash-attn's `causal=True`:
 /// the last query sees every key. PyTorch's `is_causal=True` aligns the mask
 /// top-left instead (j ≤ i): the two agree only when nq = nk; for PyTorch's
-/// alignment with nq ≠ nk pass that boolean mask ([`Mask::Bool`]). Rows whose
-/// band holds no key (causal with nq > nk: the first nq − nk queries) get
-/// O = 0 and LSE = −∞, as in flash-attn.
+/// alignment with nq ≠ nk pass that boolean mask. Rows whose band holds no
+/// key (causal with nq > nk: the first nq − nk queries) get O = 0 and
+/// LSE = −∞, as in flash-attn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Window {
     /// Keys visible before the diagonal (`None`: all).
@@ -57,6 +58,15 @@ impl Window {
         }
     }
 
+    /// This window with causal masking on top: the right side capped at 0
+    /// (flash-attn's `causal=True` with `window_size`).
+    pub fn and_causal(self) -> Self {
+        Self {
+            right: Some(0),
+            ..self
+        }
+    }
+
     /// The visible keys `[lo, hi)` of query `i` in a sequence of `nq` used
     /// queries and `nk` used keys.
     pub fn keys(self, i: usize, nq: usize, nk: usize) -> (usize, usize) {
@@ -72,6 +82,9 @@ impl Window {
 
 /// Which dimensions of a bias or mask `[B|1, H|1, n_q|1, n_kv]` are full
 /// (`true`) rather than broadcast (size 1). The key dimension is always full.
+///
+/// The methods take the problem's `[B, H, n_q]`
+/// ([`crate::AttentionProblem::mask_dims`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct MaskShape {
     /// Full batch dimension (else 1).
@@ -101,23 +114,23 @@ impl MaskShape {
         })
     }
 
-    /// `[B|1, H|1, n_q|1]`: the shape without the key dimension.
-    pub fn dims(self, p: &AttentionProblem) -> [usize; 3] {
+    /// `[B|1, H|1, n_q|1]` of a problem whose `[B, H, n_q]` is `dims`.
+    pub fn dims(self, [b, h, q]: [usize; 3]) -> [usize; 3] {
         [
-            if self.batch { p.batch } else { 1 },
-            if self.heads { p.heads } else { 1 },
-            if self.rows { p.n_q } else { 1 },
+            if self.batch { b } else { 1 },
+            if self.heads { h } else { 1 },
+            if self.rows { q } else { 1 },
         ]
     }
 
     /// Rows (bias or mask rows of n_kv keys).
-    pub fn rows(self, p: &AttentionProblem) -> usize {
-        self.dims(p).iter().product()
+    pub fn rows(self, dims: [usize; 3]) -> usize {
+        self.dims(dims).iter().product()
     }
 
     /// Row strides (batch, head, query) in rows; 0 where broadcast.
-    pub fn row_strides(self, p: &AttentionProblem) -> [usize; 3] {
-        let [_, h, q] = self.dims(p);
+    pub fn row_strides(self, dims: [usize; 3]) -> [usize; 3] {
+        let [_, h, q] = self.dims(dims);
         [
             if self.batch { h * q } else { 0 },
             if self.heads { q } else { 0 },
@@ -126,8 +139,8 @@ impl MaskShape {
     }
 
     /// The row of (b, h, i).
-    pub fn row(self, p: &AttentionProblem, b: usize, h: usize, i: usize) -> usize {
-        let [sb, sh, sq] = self.row_strides(p);
+    pub fn row(self, dims: [usize; 3], b: usize, h: usize, i: usize) -> usize {
+        let [sb, sh, sq] = self.row_strides(dims);
         b * sb + h * sh + i * sq
     }
 }
@@ -145,59 +158,16 @@ impl std::fmt::Display for MaskShape {
     }
 }
 
-/// An additive bias or a boolean mask on the scores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Mask {
-    /// Neither.
-    #[default]
-    None,
-    /// f32 bias of this shape, added to scale·q·k (natural-log units); −∞
-    /// allowed (the key is hidden), NaN and +∞ are not. Values below about
-    /// −2.3·10³⁸ count as −∞ (the kernels work in log2 units).
-    Bias(MaskShape),
-    /// Boolean mask of this shape, `true` = attend, packed 32 keys per u32
-    /// word: key j of a row is bit j % 32 of word j / 32, and each row starts
-    /// a new word (⌈n_kv/32⌉ words per row). [`pack_mask`] packs `bool`s.
-    Bool(MaskShape),
-}
-
-impl Mask {
-    /// The shape, if any.
-    pub fn shape(self) -> Option<MaskShape> {
-        match self {
-            Mask::None => None,
-            Mask::Bias(s) | Mask::Bool(s) => Some(s),
-        }
-    }
-
-    /// The `MASK` specialisation constant: 0 none, 1 bias, 2 boolean.
-    pub fn code(self) -> u32 {
-        match self {
-            Mask::None => 0,
-            Mask::Bias(_) => 1,
-            Mask::Bool(_) => 2,
-        }
-    }
-
-    /// u32 words per row: n_kv for a bias, ⌈n_kv/32⌉ for a boolean mask.
-    pub fn row_words(self, p: &AttentionProblem) -> usize {
-        match self {
-            Mask::None => 0,
-            Mask::Bias(_) => p.n_kv,
-            Mask::Bool(_) => p.n_kv.div_ceil(32),
-        }
-    }
-
-    /// u32 words (f32 values for a bias) of the whole bias or mask.
-    pub fn words(self, p: &AttentionProblem) -> usize {
-        self.shape().map_or(0, |s| s.rows(p) * self.row_words(p))
-    }
+/// u32 words per row of a packed boolean mask of `n_kv` keys.
+pub fn mask_row_words(n_kv: usize) -> usize {
+    n_kv.div_ceil(32)
 }
 
 /// Packs a row-major boolean mask (rows of `n_kv` keys) into the kernels'
-/// bits: ⌈n_kv/32⌉ words per row, key j in bit j % 32 of word j / 32.
+/// bits: ⌈n_kv/32⌉ words per row, key j in bit j % 32 of word j / 32, each
+/// row starting a new word.
 pub fn pack_mask(bools: &[bool], n_kv: usize) -> Vec<u32> {
-    let words = n_kv.div_ceil(32);
+    let words = mask_row_words(n_kv);
     let rows = bools.len().checked_div(n_kv).unwrap_or(0);
     let mut out = vec![0u32; rows * words];
     for (r, row) in bools.chunks(n_kv.max(1)).take(rows).enumerate() {
@@ -206,11 +176,6 @@ pub fn pack_mask(bools: &[bool], n_kv: usize) -> Vec<u32> {
         }
     }
     out
-}
-
-/// Whether key `j` of mask row `row` is set (bits as [`pack_mask`] packs them).
-pub fn mask_bit(mask: &[u32], row_words: usize, row: usize, j: usize) -> bool {
-    mask[row * row_words + j / 32] >> (j % 32) & 1 != 0
 }
 
 /// A packed (variable-length) batch: the sequences lie back to back in
@@ -228,7 +193,9 @@ pub struct VarLen {
 
 impl VarLen {
     /// The packed totals and longest sequences from host `cu_seqlens`:
-    /// `(VarLen, max_seqlen_q, max_seqlen_k)`.
+    /// `(VarLen, max_seqlen_q, max_seqlen_k)`. Decreasing entries count as
+    /// empty sequences here; [`crate::AttentionProblem::validate_masks`]
+    /// rejects them.
     pub fn from_cu_seqlens(cu_q: &[u32], cu_k: &[u32]) -> (Self, usize, usize) {
         let longest = |cu: &[u32]| {
             cu.windows(2)
@@ -250,7 +217,8 @@ impl VarLen {
 
 /// Offsets (in u32 words) of the arrays of the `lens` buffer: key lengths
 /// `[B]`, query lengths `[B]`, cu_seqlens_q `[B+1]`, cu_seqlens_k `[B+1]`, in
-/// that order, each only if the problem declares it.
+/// that order, each only if the problem declares it
+/// ([`crate::AttentionProblem::seq_layout`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SeqLayout {
     /// Offset of kv_lens.
@@ -266,8 +234,8 @@ pub struct SeqLayout {
 }
 
 impl SeqLayout {
-    /// The layout for `p`.
-    pub fn of(p: &AttentionProblem) -> Self {
+    /// The layout for a batch of `batch` entries with the arrays declared.
+    pub fn new(batch: usize, kv_lens: bool, q_lens: bool, packed: bool) -> Self {
         let mut at = 0;
         let mut take = |on: bool, n: usize| {
             on.then(|| {
@@ -275,11 +243,10 @@ impl SeqLayout {
                 at - n
             })
         };
-        let b = p.batch;
-        let kv_lens = take(p.kv_lens, b);
-        let q_lens = take(p.q_lens, b);
-        let cu_q = take(p.varlen.is_some(), b + 1);
-        let cu_k = take(p.varlen.is_some(), b + 1);
+        let kv_lens = take(kv_lens, batch);
+        let q_lens = take(q_lens, batch);
+        let cu_q = take(packed, batch + 1);
+        let cu_k = take(packed, batch + 1);
         Self {
             kv_lens,
             q_lens,
@@ -291,7 +258,8 @@ impl SeqLayout {
 }
 
 /// Host data for everything a problem declares beyond q, k and v. Each field
-/// must be present exactly when the problem declares it.
+/// must be present exactly when the problem declares it
+/// ([`crate::AttentionProblem::validate_masks`] checks).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Masks<'a> {
     /// Key lengths `[B]` (`with_kv_lens`): keys at or past them are invisible.
@@ -302,9 +270,9 @@ pub struct Masks<'a> {
     pub cu_seqlens_q: Option<&'a [u32]>,
     /// `[B+1]`, starting at 0, non-decreasing, ending at total_kv.
     pub cu_seqlens_k: Option<&'a [u32]>,
-    /// f32 `[B|1, H|1, n_q|1, n_kv]` (`Mask::Bias`).
+    /// f32 `[B|1, H|1, n_q|1, n_kv]` (`with_bias`).
     pub bias: Option<&'a [f32]>,
-    /// Packed bits (`Mask::Bool`, see [`pack_mask`]).
+    /// Packed bits (`with_bool_mask`, see [`pack_mask`]).
     pub mask: Option<&'a [u32]>,
 }
 
@@ -317,171 +285,9 @@ impl<'a> Masks<'a> {
         }
     }
 
-    /// Checks every array against `p`: presence, counts, lengths within
-    /// their sequences, cu_seqlens monotone from 0 to the packed totals with
-    /// no sequence past n_q / n_kv, bias free of NaN and +∞.
-    pub fn validate(&self, p: &AttentionProblem) -> Result<()> {
-        let bad = |name: &'static str, reason: String| Err(Error::BadSeqLens { name, reason });
-        let b = p.batch;
-        let present = |name: &'static str, declared: bool, got: Option<usize>, want: usize| match (
-            declared, got,
-        ) {
-            (true, None) => bad(
-                name,
-                format!("the problem declares {name} but none was given"),
-            ),
-            (false, Some(_)) => bad(
-                name,
-                format!("{name} given but the problem does not declare it (use its with_* setter)"),
-            ),
-            (true, Some(n)) if n != want => bad(name, format!("{n} entries, expected {want}")),
-            _ => Ok(()),
-        };
-        match (p.kv_lens, self.kv_lens) {
-            (true, l) if l.map_or(0, <[u32]>::len) != b => {
-                return Err(Error::KvLensCount {
-                    got: l.map_or(0, <[u32]>::len),
-                    expected: b,
-                })
-            }
-            _ => present("kv_lens", p.kv_lens, self.kv_lens.map(<[u32]>::len), b)?,
-        }
-        present("q_lens", p.q_lens, self.q_lens.map(<[u32]>::len), b)?;
-        let varlen = p.varlen.is_some();
-        present(
-            "cu_seqlens_q",
-            varlen,
-            self.cu_seqlens_q.map(<[u32]>::len),
-            b + 1,
-        )?;
-        present(
-            "cu_seqlens_k",
-            varlen,
-            self.cu_seqlens_k.map(<[u32]>::len),
-            b + 1,
-        )?;
-        if let Some(vl) = p.varlen {
-            for (name, cu, total, max) in [
-                ("cu_seqlens_q", self.cu_seqlens_q, vl.total_q, p.n_q),
-                ("cu_seqlens_k", self.cu_seqlens_k, vl.total_kv, p.n_kv),
-            ] {
-                let cu = cu.unwrap_or_default();
-                if cu[0] != 0 || cu[b] as usize != total {
-                    return bad(
-                        name,
-                        format!(
-                            "must start at 0 and end at the packed total {total}, got {} … {}",
-                            cu[0], cu[b]
-                        ),
-                    );
-                }
-                if let Some(s) = cu.windows(2).position(|w| w[1] < w[0]) {
-                    return bad(
-                        name,
-                        format!("decreases at entry {} ({} > {})", s + 1, cu[s], cu[s + 1]),
-                    );
-                }
-                if let Some(s) = cu.windows(2).position(|w| (w[1] - w[0]) as usize > max) {
-                    return bad(
-                        name,
-                        format!(
-                            "sequence {s} has {} rows, past the declared maximum {max} (n_q / n_kv)",
-                            cu[s + 1] - cu[s]
-                        ),
-                    );
-                }
-            }
-        }
-        // Lengths within each entry's allocated rows.
-        let alloc =
-            |cu: Option<&[u32]>, n: usize, e: usize| cu.map_or(n, |c| (c[e + 1] - c[e]) as usize);
-        if let Some(l) = self.kv_lens {
-            if let Some(e) = (0..b).find(|&e| l[e] as usize > alloc(self.cu_seqlens_k, p.n_kv, e)) {
-                return Err(Error::KvLenTooLong {
-                    batch: e,
-                    got: l[e] as i64,
-                    n_kv: alloc(self.cu_seqlens_k, p.n_kv, e),
-                });
-            }
-        }
-        if let Some(l) = self.q_lens {
-            if let Some(e) = (0..b).find(|&e| l[e] as usize > alloc(self.cu_seqlens_q, p.n_q, e)) {
-                return bad(
-                    "q_lens",
-                    format!(
-                        "q_lens[{e}] = {} exceeds the entry's {} query rows",
-                        l[e],
-                        alloc(self.cu_seqlens_q, p.n_q, e)
-                    ),
-                );
-            }
-        }
-        let words = p.mask.words(p);
-        let shape = |s: Option<MaskShape>| s.map_or(String::new(), |s| s.to_string());
-        match p.mask {
-            Mask::Bias(s) => match self.bias {
-                None => {
-                    return bad(
-                        "bias",
-                        format!("the problem declares a bias {s} but none was given"),
-                    )
-                }
-                Some(x) if x.len() != words => {
-                    return Err(Error::SizeMismatch {
-                        name: "bias",
-                        got: x.len() as u64,
-                        expected: words as u64,
-                        shape: shape(Some(s)),
-                    })
-                }
-                Some(x) => {
-                    if let Some(i) = x.iter().position(|v| v.is_nan() || *v == f32::INFINITY) {
-                        return Err(Error::NonFinite {
-                            name: "bias",
-                            index: i,
-                            value: x[i],
-                        });
-                    }
-                }
-            },
-            _ if self.bias.is_some() => {
-                return bad(
-                    "bias",
-                    "bias given but the problem does not declare one (with_bias)".into(),
-                )
-            }
-            _ => {}
-        }
-        match p.mask {
-            Mask::Bool(s) => match self.mask {
-                None => bad(
-                    "mask",
-                    format!("the problem declares a mask {s} but none was given"),
-                ),
-                Some(x) if x.len() != words => Err(Error::SizeMismatch {
-                    name: "mask",
-                    got: x.len() as u64,
-                    expected: words as u64,
-                    shape: format!(
-                        "{} packed: {} u32 words per row",
-                        shape(Some(s)),
-                        p.mask.row_words(p)
-                    ),
-                }),
-                _ => Ok(()),
-            },
-            _ if self.mask.is_some() => bad(
-                "mask",
-                "mask given but the problem does not declare one (with_bool_mask)".into(),
-            ),
-            _ => Ok(()),
-        }
-    }
-
     /// The `lens` buffer's words in [`SeqLayout`] order (empty if none).
-    pub fn lens_words(&self, p: &AttentionProblem) -> Vec<u32> {
-        let mut out = Vec::with_capacity(SeqLayout::of(p).words);
-        for a in [
+    pub fn lens_words(&self) -> Vec<u32> {
+        [
             self.kv_lens,
             self.q_lens,
             self.cu_seqlens_q,
@@ -489,18 +295,80 @@ impl<'a> Masks<'a> {
         ]
         .into_iter()
         .flatten()
-        {
-            out.extend_from_slice(a);
-        }
-        out
+        .flatten()
+        .copied()
+        .collect()
     }
 
-    /// The `mask` buffer's words: bias bits or packed mask (empty if none).
+    /// The `mask` buffer's words: the bias's f32 bits, then the packed mask
+    /// (empty if neither).
     pub fn mask_words(&self) -> Vec<u32> {
-        match (self.bias, self.mask) {
-            (Some(b), _) => bytemuck::cast_slice(b).to_vec(),
-            (None, Some(m)) => m.to_vec(),
-            _ => Vec::new(),
-        }
+        let bias: &[u32] = bytemuck::cast_slice(self.bias.unwrap_or_default());
+        [bias, self.mask.unwrap_or_default()].concat()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_cu_seqlens_gives_totals_and_longest() {
+        let (vl, mq, mk) = VarLen::from_cu_seqlens(&[0, 3, 3, 10], &[0, 5, 6, 6]);
+        assert_eq!((vl.total_q, vl.total_kv, mq, mk), (10, 6, 7, 5));
+        let (vl, mq, mk) = VarLen::from_cu_seqlens(&[0], &[0]);
+        assert_eq!((vl.total_q, vl.total_kv, mq, mk), (0, 0, 0, 0));
+        // A decreasing entry is an empty sequence here (validation rejects it).
+        let (_, mq, _) = VarLen::from_cu_seqlens(&[0, 4, 2], &[0, 1, 2]);
+        assert_eq!(mq, 4);
+    }
+
+    #[test]
+    fn causal_and_sliding_windows_are_bottom_right_aligned() {
+        // 2 queries, 5 keys: the last query sees every key.
+        assert_eq!(Window::causal().keys(1, 2, 5), (0, 5));
+        assert_eq!(Window::causal().keys(0, 2, 5), (0, 4));
+        // More queries than keys: the first rows see nothing.
+        assert_eq!(Window::causal().keys(0, 5, 2), (0, 0));
+        assert_eq!(Window::sliding(1, 1).keys(2, 5, 5), (1, 4));
+        assert_eq!(Window::sliding(1, 3).and_causal(), Window::sliding(1, 0));
+        assert_eq!(Window::causal().and_causal(), Window::causal());
+    }
+
+    #[test]
+    fn bits_pack_32_keys_per_word_and_rows_start_new_words() {
+        let mut row = vec![false; 33];
+        row[0] = true;
+        row[31] = true;
+        row[32] = true;
+        let bits = pack_mask(&[row.clone(), row].concat(), 33);
+        assert_eq!(bits, vec![0x8000_0001, 1, 0x8000_0001, 1]);
+        assert_eq!(mask_row_words(33), 2);
+    }
+
+    #[test]
+    fn broadcast_strides_are_zero() {
+        let dims = [2, 3, 4];
+        let s = MaskShape {
+            batch: false,
+            heads: true,
+            rows: true,
+        };
+        assert_eq!(s.dims(dims), [1, 3, 4]);
+        assert_eq!(s.row_strides(dims), [0, 4, 1]);
+        assert_eq!(s.row(dims, 1, 2, 3), 11);
+        assert_eq!(MaskShape::default().rows(dims), 1);
+        assert_eq!(MaskShape::full().rows(dims), 24);
+        assert_eq!(MaskShape::all().len(), 8);
+    }
+
+    #[test]
+    fn seq_layout_packs_declared_arrays_in_order() {
+        let l = SeqLayout::new(3, true, false, true);
+        assert_eq!(
+            (l.kv_lens, l.q_lens, l.cu_q, l.cu_k, l.words),
+            (Some(0), None, Some(3), Some(7), 11)
+        );
+        assert_eq!(SeqLayout::new(3, false, false, false).words, 0);
     }
 }

@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 
-use crate::attention::{fold_grid, AttentionOutput, AttentionProblem, Layout};
 use crate::context::{Binding, Context, Kernel, PipelineKey};
+use crate::dtype::Dtype;
 use crate::error::{Error, Result};
-use crate::tensor::AttentionTensors;
-
-/// WGSL source of the naive kernels.
-pub const NAIVE_WGSL: &str = include_str!("../shaders/naive.wgsl");
+use crate::layout::Layout;
+use crate::plan::fold_grid;
+use crate::problem::AttentionProblem;
+use crate::source::Shader;
+use crate::tensor::{AttentionBuffers, AttentionOutput, AttentionTensors};
 
 const WG: usize = 64;
 
@@ -87,7 +88,7 @@ impl<'c> NaiveAttention<'c> {
                        unfused baseline",
             });
         }
-        if problem.dtype != crate::attention::Dtype::F32 {
+        if problem.dtype != Dtype::F32 {
             // The tolerance rule's half-precision baseline is this kernel on
             // inputs rounded to the storage type, with O rounded on the way
             // out (`check::check_with`): the same loads, f32 arithmetic and
@@ -115,7 +116,7 @@ impl<'c> NaiveAttention<'c> {
         }
         // The softmax kernel loops over a row three times; CPU drivers stop a
         // shader's loops after 65 535 iterations in total (see
-        // `attention::loop_safe_keys`), which would silently truncate rows.
+        // `plan::loop_safe_keys`), which would silently truncate rows.
         if ctx.caps().info.device_type == wgpu::DeviceType::Cpu
             && 3 * problem.n_kv + problem.head_dim.max(problem.head_dim_v) > 60_000
         {
@@ -141,12 +142,12 @@ impl<'c> NaiveAttention<'c> {
         let pipelines = ["scores", "softmax", "pv"].map(|e| {
             ctx.pipeline(
                 PipelineKey {
-                    kernel: "naive",
+                    shader: Shader::Naive,
                     entry: e,
-                    spec: Vec::new(),
+                    spec: None,
                 },
                 &NAIVE_BINDINGS,
-                || NAIVE_WGSL.to_string(),
+                || Shader::Naive.wgsl().to_string(),
             )
         });
         let [a, b, c] = pipelines;
@@ -189,7 +190,7 @@ impl<'c> NaiveAttention<'c> {
     pub fn record(
         &self,
         encoder: &mut wgpu::CommandEncoder,
-        bufs: &crate::attention::AttentionBuffers<'_>,
+        bufs: &AttentionBuffers<'_>,
         scores: &wgpu::Buffer,
     ) -> Result<()> {
         self.record_timed(encoder, bufs, scores, None)
@@ -200,7 +201,7 @@ impl<'c> NaiveAttention<'c> {
     pub fn record_timed(
         &self,
         encoder: &mut wgpu::CommandEncoder,
-        bufs: &crate::attention::AttentionBuffers<'_>,
+        bufs: &AttentionBuffers<'_>,
         scores: &wgpu::Buffer,
         timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
     ) -> Result<()> {

@@ -1,13 +1,13 @@
 //! The CPU reference: f64 accumulation, scores materialised row by row, the
 //! same semantics as the kernels (GQA, key and query lengths, packed
-//! sequences, windows, bias and masks, scale, LSE, empty rows).
+//! sequences, causal and sliding windows, bias and boolean masks, alone or together, scale, LSE, empty rows).
 //! Written to be trusted by reading, parallel over rows with rayon.
 
 use rayon::prelude::*;
 
-use crate::attention::{validate_host, AttentionProblem};
 use crate::error::Result;
-use crate::mask::{Mask, Masks};
+use crate::mask::{mask_row_words, Masks};
+use crate::problem::AttentionProblem;
 
 /// O and LSE in the kernels' layouts: o `[B, n_q, H, d_v]`, lse `[B, H, n_q]`
 /// (natural log, −∞ for rows with no visible key).
@@ -142,13 +142,15 @@ pub fn attention_in<T: Real>(
     masks: &Masks<'_>,
 ) -> Result<ReferenceOutput<T>> {
     p.validate()?;
-    validate_host(p, q, k, v, masks)?;
+    p.validate_inputs(q, k, v, masks)?;
     let (h_q, h_kv, d, dv) = (p.heads, p.kv_heads, p.head_dim, p.head_dim_v);
     let group = h_q / h_kv;
     let scale = T::of(p.scale());
     let packed = p.varlen.is_some();
     let [qs, ks, vs, os] = p.tensor_strides();
-    let row_words = p.mask.row_words(p);
+    let dims = p.mask_dims();
+    let bits_words = mask_row_words(p.n_kv);
+    let window = p.key_window();
     // Every (batch entry, local query row, head) with a row allocated.
     let rows: Vec<(usize, usize, usize)> = (0..p.batch)
         .flat_map(|b| {
@@ -165,27 +167,18 @@ pub fn attention_in<T: Real>(
             if i >= e.nq_used {
                 return (out, T::NEG_INF);
             }
-            let (lo, hi) = p.window.map_or((0, e.nk), |w| w.keys(i, e.nq_used, e.nk));
-            let mrow = p.mask.shape().map(|s| s.row(p, b, h, i) * row_words);
+            let (lo, hi) = window.map_or((0, e.nk), |w| w.keys(i, e.nq_used, e.nk));
+            let bias_row = p.bias.map(|s| s.row(dims, b, h, i) * p.n_kv);
+            let bits_row = p.bool_mask.map(|s| s.row(dims, b, h, i) * bits_words);
             let qrow = &q[b * qs[0] + (e.q0 + i) * qs[1] + h * qs[2]..][..d];
             // (key, score) of every visible key.
             let scores: Vec<(usize, T)> = (lo..hi)
                 .filter_map(|j| {
-                    let bias = match (p.mask, mrow) {
-                        (Mask::Bias(_), Some(r)) => masks.bias.map_or(0.0, |x| x[r + j]),
-                        (Mask::Bool(_), Some(r)) => {
-                            let on = masks
-                                .mask
-                                .is_some_and(|x| x[r + j / 32] >> (j % 32) & 1 != 0);
-                            if on {
-                                0.0
-                            } else {
-                                f32::NEG_INFINITY
-                            }
-                        }
-                        _ => 0.0,
-                    };
-                    if bias == f32::NEG_INFINITY {
+                    let hidden = bits_row
+                        .zip(masks.mask)
+                        .is_some_and(|(r, x)| x[r + j / 32] >> (j % 32) & 1 == 0);
+                    let bias = bias_row.zip(masks.bias).map_or(0.0, |(r, x)| x[r + j]);
+                    if hidden || bias == f32::NEG_INFINITY {
                         return None;
                     }
                     let krow = &k[b * ks[0] + (e.k0 + j) * ks[1] + hk * ks[2]..][..d];

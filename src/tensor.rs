@@ -1,10 +1,105 @@
-//! Device tensors of one attention launch: the inputs uploaded, the outputs
-//! allocated, and the way back to the host.
+//! Device tensors of one attention launch, in two twins: [`AttentionBuffers`]
+//! borrows the caller's buffers (integration API), [`AttentionTensors`] owns
+//! buffers uploaded from host slices (simple API) and lends them as
+//! [`AttentionBuffers`]; [`AttentionOutput`] is O and LSE back on the host.
 
-use crate::attention::{validate_host, AttentionBuffers, AttentionOutput, AttentionProblem, Dtype};
 use crate::context::Context;
+use crate::dtype::Dtype;
 use crate::error::{Error, Result};
-use crate::mask::{Mask, Masks};
+use crate::mask::Masks;
+use crate::problem::AttentionProblem;
+
+/// The device buffers of one launch. Any buffer with `STORAGE` usage and at
+/// least the problem's size works.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionBuffers<'a> {
+    /// `[B, n_q, H, d]` (or as the problem's layout / packing says).
+    pub q: &'a wgpu::Buffer,
+    /// `[B, n_kv, H_kv, d]`.
+    pub k: &'a wgpu::Buffer,
+    /// `[B, n_kv, H_kv, d_v]`.
+    pub v: &'a wgpu::Buffer,
+    /// u32 lengths and packed-sequence offsets, required iff the problem
+    /// declares any: key lengths `[B]`, query lengths `[B]`, cu_seqlens_q
+    /// `[B+1]`, cu_seqlens_k `[B+1]`, back to back in that order, each only
+    /// if declared ([`crate::SeqLayout`]; with key lengths alone it is just
+    /// them). Lengths past their sequence are clamped by the kernels;
+    /// cu_seqlens must hold what [`AttentionProblem::validate_masks`] checks
+    /// on the host.
+    pub lens: Option<&'a wgpu::Buffer>,
+    /// The bias (f32), then the packed boolean mask (u32 words), iff either
+    /// is declared ([`Masks::mask_words`]).
+    pub mask: Option<&'a wgpu::Buffer>,
+    /// `[B, n_q, H, d_v]`, written.
+    pub o: &'a wgpu::Buffer,
+    /// `[B, H, n_q]` (packed: `[H, total_q]`), written (natural log).
+    pub lse: &'a wgpu::Buffer,
+}
+
+impl AttentionBuffers<'_> {
+    /// Checks buffer sizes against the problem.
+    pub fn validate(&self, p: &AttentionProblem) -> Result<()> {
+        let bufs = [self.q, self.k, self.v, self.o, self.lse];
+        for ((name, shape, n), buf) in p.tensors().into_iter().zip(bufs) {
+            let got = buf.size() / p.element_bytes(name) as u64;
+            if got < n as u64 {
+                return Err(Error::SizeMismatch {
+                    name,
+                    got,
+                    expected: n as u64,
+                    shape: format!("{shape:?}"),
+                });
+            }
+        }
+        let words = p.seq_layout().words;
+        let lens_bad = |got: u64, reason: &str| Error::BadSeqLens {
+            name: "lens",
+            reason: format!(
+                "{reason}: {got} u32s, expected {words} ({:?})",
+                p.seq_layout()
+            ),
+        };
+        match (words, self.lens) {
+            (0, Some(b)) => {
+                return Err(lens_bad(b.size() / 4, "buffer given but nothing declared"))
+            }
+            (w, None) if w > 0 && p.kv_lens && !p.has_masking() => {
+                return Err(Error::KvLensCount {
+                    got: 0,
+                    expected: p.batch,
+                })
+            }
+            (w, None) if w > 0 => return Err(lens_bad(0, "no buffer")),
+            (w, Some(b)) if b.size() / 4 < w as u64 => {
+                return Err(lens_bad(b.size() / 4, "buffer too small"))
+            }
+            _ => {}
+        }
+        let words = p.mask_words() as u64;
+        let got = self.mask.map(|b| b.size() / 4);
+        if (words > 0) != got.is_some() || got.is_some_and(|g| g < words) {
+            return Err(Error::SizeMismatch {
+                name: "mask",
+                got: got.unwrap_or(0),
+                expected: words,
+                shape: format!(
+                    "bias {:?} then boolean mask {:?}, u32 words",
+                    p.bias, p.bool_mask
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Result of the simple API: O and LSE on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionOutput {
+    /// `[B, n_q, H, d_v]`.
+    pub o: Vec<f32>,
+    /// `[B, H, n_q]`, natural log; −∞ for rows with no visible key.
+    pub lse: Vec<f32>,
+}
 
 /// The buffers of one problem, owned: q, k, v (and key lengths) uploaded from
 /// host f32 slices (converted to the problem's storage type), o and lse
@@ -47,15 +142,15 @@ impl AttentionTensors {
         masks: &Masks<'_>,
     ) -> Result<Self> {
         problem.validate()?;
-        validate_host(problem, q, k, v, masks)?;
-        let (lens, mask) = (masks.lens_words(problem), masks.mask_words());
+        problem.validate_inputs(q, k, v, masks)?;
+        let (lens, mask) = (masks.lens_words(), masks.mask_words());
         Ok(Self {
             problem: *problem,
             q: upload_as(ctx, "q", problem.dtype, q),
             k: upload_as(ctx, "k", problem.dtype, k),
             v: upload_as(ctx, "v", problem.dtype, v),
             lens: (!lens.is_empty()).then(|| ctx.upload("lens", &lens)),
-            mask: (problem.mask != Mask::None).then(|| ctx.upload("mask", &mask)),
+            mask: (!mask.is_empty()).then(|| ctx.upload("mask", &mask)),
             o: ctx.storage("o", problem.tensor_bytes("o")),
             lse: ctx.storage("lse", problem.tensor_bytes("lse")),
         })

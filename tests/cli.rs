@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use xattn::check::{inputs, max_err};
-use xattn::npy;
+use xattn::harness::npy;
 use xattn::AttentionProblem;
 
 fn bin() -> Command {
@@ -248,6 +248,51 @@ fn tiny_bench_runs_and_prints_a_row() {
 }
 
 #[test]
+fn headless_runs_are_quiet_and_name_what_is_wrong() {
+    // No display of any kind, as on CI: Mesa's device-select Vulkan layer
+    // would print "error: XDG_RUNTIME_DIR is invalid …" per Vulkan instance.
+    let headless = || {
+        let mut c = bin();
+        for var in [
+            "XDG_RUNTIME_DIR",
+            "WAYLAND_DISPLAY",
+            "DISPLAY",
+            "NODEVICE_SELECT",
+        ] {
+            c.env_remove(var);
+        }
+        c
+    };
+    let out = headless()
+        .args([
+            "bench",
+            "--shape",
+            "1,1,1,3,5,8",
+            "--runs",
+            "1",
+            "--no-naive",
+        ])
+        .output()
+        .unwrap();
+    stdout_of_success(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("error"), "a successful run printed {err:?}");
+    // A bad --shape is named as such (not as a .npy file error), exit 2.
+    for (shape, needle) in [("1,2,x", "invalid digit"), ("1,2,3", "has 3 numbers")] {
+        let out = headless()
+            .args(["bench", "--shape", shape])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.starts_with("error: --shape: ") && err.contains(needle) && err.lines().count() == 1,
+            "{err:?}"
+        );
+    }
+}
+
+#[test]
 fn bench_forces_variant_and_splits_and_rejects_unknown_ones() {
     let out = bin()
         .args([
@@ -300,7 +345,7 @@ fn bench_json_and_svg_are_valid_and_complete() {
     );
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(doc["schema"], "xattn-bench/1");
+    assert_eq!(doc["schema"], "xattn-bench/2");
     assert_eq!(doc["suite"], "custom");
     assert!(!doc["adapter"]["name"].as_str().unwrap().is_empty());
     assert!(doc["probe"]["fma_gflops"].as_f64().unwrap() > 0.0);
@@ -621,6 +666,40 @@ fn run_with_masks_windows_and_lengths_matches_the_reference() {
     let r = xattn::reference::attention_masked(&p, &q, &k, &v, &masks).unwrap();
     assert!(max_err(&npy::read_f32(op).unwrap().data, &r.o) < 1e-4);
     assert!(max_err(&npy::read_f32(lp).unwrap().data, &r.lse) < 1e-4);
+
+    // Everything together: bias and boolean mask, causal with a window
+    // (flash-attn's meaning: causal caps the window's right side at 0).
+    let (code, err) = files.run(&[
+        Path::new("--bias"),
+        &f("bias"),
+        Path::new("--mask"),
+        &f("mask"),
+        Path::new("--causal"),
+        Path::new("--window"),
+        Path::new("6,3"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let p = base
+        .with_bias(MaskShape {
+            batch: false,
+            heads: true,
+            rows: false,
+        })
+        .with_bool_mask(shape)
+        .with_window(Window::sliding(6, 3))
+        .with_causal();
+    let masks = Masks {
+        bias: Some(&bias),
+        mask: Some(&bits),
+        ..Masks::default()
+    };
+    let r = xattn::reference::attention_masked(&p, &q, &k, &v, &masks).unwrap();
+    assert!(max_err(&npy::read_f32(op).unwrap().data, &r.o) < 1e-4);
+    assert!(max_err(&npy::read_f32(lp).unwrap().data, &r.lse) < 1e-4);
+    // The window's right side really is capped: not the uncapped answer.
+    let uncapped = AttentionProblem { causal: false, ..p };
+    let r2 = xattn::reference::attention_masked(&uncapped, &q, &k, &v, &masks).unwrap();
+    assert!(max_err(&npy::read_f32(op).unwrap().data, &r2.o) > 1e-2);
 
     // Bad window and a mask of the wrong shape: exit 2 naming the problem.
     let (code, err) = files.run(&[Path::new("--window"), Path::new("3")]);

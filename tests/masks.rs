@@ -8,7 +8,7 @@ mod common;
 use common::ctx;
 use xattn::check::{self, CheckReport, Rng};
 use xattn::{
-    pack_mask, AttentionOutput, AttentionProblem, Dtype, Error, FlashAttention, FlashVariant, Mask,
+    pack_mask, AttentionOutput, AttentionProblem, Dtype, Error, FlashAttention, FlashVariant,
     MaskShape, Masks, NaiveAttention, TileOverride, VarLen, Window,
 };
 
@@ -61,8 +61,8 @@ fn assert_masked(
                 p.n_q,
                 p.n_kv,
                 p.head_dim,
-                p.mask,
-                p.window
+                (p.bias, p.bool_mask),
+                p.key_window()
             );
         }
     });
@@ -92,7 +92,7 @@ fn poison_rows(x: &mut [f32], width: usize, from: usize, to: usize) {
 /// A random boolean mask with about `masked` of its keys hidden (1.0: all).
 fn random_bits(p: &AttentionProblem, shape: MaskShape, masked: f64, seed: u64) -> Vec<u32> {
     let mut r = Rng::new(seed);
-    let bools: Vec<bool> = (0..shape.rows(p) * p.n_kv)
+    let bools: Vec<bool> = (0..shape.rows(p.mask_dims()) * p.n_kv)
         .map(|_| r.uniform() >= masked)
         .collect();
     pack_mask(&bools, p.n_kv)
@@ -101,7 +101,7 @@ fn random_bits(p: &AttentionProblem, shape: MaskShape, masked: f64, seed: u64) -
 /// A bias of normals with about `neg_inf` of its entries −∞.
 fn random_bias(p: &AttentionProblem, shape: MaskShape, neg_inf: f64, seed: u64) -> Vec<f32> {
     let mut r = Rng::new(seed);
-    (0..shape.rows(p) * p.n_kv)
+    (0..shape.rows(p.mask_dims()) * p.n_kv)
         .map(|_| {
             if r.uniform() < neg_inf {
                 f32::NEG_INFINITY
@@ -222,6 +222,94 @@ fn bias_in_every_broadcast_shape() {
                 ..Masks::default()
             };
             check(&p, &masks, 100 + s as u64);
+        }
+    }
+}
+
+#[test]
+fn causal_with_a_window_caps_the_windows_right_side() {
+    // flash-attn's causal=True with window_size=(L, R): the window's right
+    // side capped at 0. The reference first: causal + (5, 7) is exactly
+    // (5, 0), and differs from (5, 7) alone.
+    let base = AttentionProblem::new(1, 2, 40, 70, 40);
+    let (q, k, v) = check::inputs(&base, 3);
+    let reference = |p: &AttentionProblem| {
+        xattn::reference::attention_masked(p, &q, &k, &v, &Masks::default()).unwrap()
+    };
+    let both = base.with_window(Window::sliding(5, 7)).with_causal();
+    assert_eq!(both.key_window(), Some(Window::sliding(5, 0)));
+    let capped = reference(&both);
+    assert_eq!(capped, reference(&base.with_window(Window::sliding(5, 0))));
+    assert_ne!(capped, reference(&base.with_window(Window::sliding(5, 7))));
+    // The kernels: tiled and decode, n_q below and above n_kv.
+    for (nq, nk) in [(40, 70), (70, 40), (3, 200)] {
+        let p = AttentionProblem::new(1, 2, nq, nk, 40)
+            .with_window(Window::sliding(5, 7))
+            .with_causal();
+        check(&p, &Masks::default(), 31 + nq as u64);
+    }
+}
+
+#[test]
+fn bias_and_bool_mask_together() {
+    // The reference first: a key hidden by the mask is as a −∞ bias.
+    let shape = MaskShape {
+        batch: true,
+        heads: false,
+        rows: true,
+    };
+    let p = AttentionProblem::new(2, 2, 9, 40, 16)
+        .with_bias(shape)
+        .with_bool_mask(shape);
+    let bias = random_bias(&p, shape, 0.0, 5);
+    let mut rng = Rng::new(6);
+    let bools: Vec<bool> = (0..bias.len()).map(|_| rng.uniform() > 0.3).collect();
+    let bits = pack_mask(&bools, p.n_kv);
+    let hidden: Vec<f32> = bias
+        .iter()
+        .zip(&bools)
+        .map(|(&b, &on)| if on { b } else { f32::NEG_INFINITY })
+        .collect();
+    let (q, k, v) = check::inputs(&p, 1);
+    let together = Masks {
+        bias: Some(&bias),
+        mask: Some(&bits),
+        ..Masks::default()
+    };
+    let bias_only = AttentionProblem {
+        bool_mask: None,
+        ..p
+    };
+    let as_bias = Masks {
+        bias: Some(&hidden),
+        ..Masks::default()
+    };
+    let r = |p: &AttentionProblem, m: &Masks<'_>| {
+        xattn::reference::attention_masked(p, &q, &k, &v, m).unwrap()
+    };
+    assert_eq!(r(&p, &together), r(&bias_only, &as_bias));
+    // The kernels, tiled and decode, in shapes that broadcast differently.
+    for (s, (bias_shape, mask_shape)) in [
+        (MaskShape::full(), MaskShape::default()),
+        (MaskShape::default(), MaskShape::full()),
+        (shape, shape),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for (nq, nk) in [(33, 65), (2, 129)] {
+            let p = AttentionProblem::new(2, 3, nq, nk, 40)
+                .with_bias(bias_shape)
+                .with_bool_mask(mask_shape)
+                .with_causal();
+            let bias = random_bias(&p, bias_shape, 0.1, s as u64);
+            let bits = random_bits(&p, mask_shape, 0.3, s as u64 + 50);
+            let masks = Masks {
+                bias: Some(&bias),
+                mask: Some(&bits),
+                ..Masks::default()
+            };
+            check(&p, &masks, 200 + s as u64);
         }
     }
 }
@@ -522,6 +610,40 @@ fn bad_masks_and_lengths_are_typed_errors() {
         ),
         "{r:?}"
     );
+    // A bias or mask declared but not given, or given but not declared.
+    for (p, m, name) in [
+        (p.with_bias(shape), Masks::default(), "bias"),
+        (
+            p,
+            Masks {
+                bias: Some(&bias),
+                ..Masks::default()
+            },
+            "bias",
+        ),
+        (
+            p.with_bool_mask(shape).with_bias(shape),
+            Masks {
+                bias: Some(&[0.0; 9]),
+                ..Masks::default()
+            },
+            "mask",
+        ),
+        (
+            p,
+            Masks {
+                mask: Some(&[0u32; 1]),
+                ..Masks::default()
+            },
+            "mask",
+        ),
+    ] {
+        let r = run(&p, &m);
+        assert!(
+            matches!(r, Err(Error::BadMask { name: n, .. }) if n == name),
+            "{name}: {r:?}"
+        );
+    }
     // Packed batches: cu_seqlens that decrease, do not end at the total, or
     // hold a sequence longer than the declared maximum.
     let vp = AttentionProblem::new(2, 2, 5, 9, 8).with_varlen(VarLen {
@@ -552,10 +674,7 @@ fn bad_masks_and_lengths_are_typed_errors() {
     // Windows past the indexable range; the naive and lanes kernels say
     // they do not do masks.
     let r = FlashAttention::new(ctx, &p.with_window(Window::sliding(1 << 31, 0)));
-    assert!(
-        matches!(r, Err(Error::BadSeqLens { name: "window", .. })),
-        "{r:?}"
-    );
+    assert!(matches!(r, Err(Error::BadWindow { .. })), "{r:?}");
     let r = NaiveAttention::new(ctx, &p.with_causal());
     assert!(
         matches!(
@@ -582,5 +701,5 @@ fn bad_masks_and_lengths_are_typed_errors() {
         matches!(r, Err(Error::SizeMismatch { name: "mask", .. })),
         "{r:?}"
     );
-    assert_eq!(Mask::Bool(MaskShape::full()).words(&pm), 20);
+    assert_eq!(pm.with_bool_mask(MaskShape::full()).bool_mask_words(), 20);
 }

@@ -5,11 +5,10 @@ use std::mem::{offset_of, size_of};
 
 use xattn::wgpu;
 
-use xattn::attention::{flash_source, FlashVariant, SPLIT_COMBINE_WGSL};
 use xattn::check::grid;
-use xattn::naive::NAIVE_WGSL;
 use xattn::{
-    plan, AttentionProblem, DeviceCaps, FlashParams, MaskShape, NaiveParams, TileOverride, Window,
+    plan, AttentionProblem, DeviceCaps, FlashParams, FlashSpec, FlashVariant, KernelTiles,
+    MaskShape, NaiveParams, Shader, TensorIo, TileOverride, Window,
 };
 
 fn validate(src: &str, what: &str) -> naga::Module {
@@ -35,12 +34,12 @@ fn caps(device_type: wgpu::DeviceType, workgroup_bytes: u32, subgroup: u32) -> D
 }
 
 #[test]
-fn flash_forward_validates_for_every_planned_specialisation() {
-    let mut seen = std::collections::HashSet::new();
+fn flash_family_validates_for_every_planned_specialisation() {
     let devices = [
-        caps(wgpu::DeviceType::Cpu, 32768, 8),
+        DeviceCaps::lavapipe(2),
         caps(wgpu::DeviceType::Cpu, 32768, 0),
-        caps(wgpu::DeviceType::DiscreteGpu, 49152, 32),
+        DeviceCaps::discrete_gpu(32),
+        DeviceCaps::discrete_gpu(64),
         caps(wgpu::DeviceType::DiscreteGpu, 16384, 0),
     ];
     let extra = [
@@ -48,13 +47,18 @@ fn flash_forward_validates_for_every_planned_specialisation() {
         AttentionProblem::new(1, 1, 1, 1, 256),
         AttentionProblem::new(1, 1, 4096, 77, 40),
     ];
-    // Every problem plain, and with each mask kind and a window.
+    // Every problem plain, and with each mask kind, both together, causal
+    // with a window.
     let masked = |p: AttentionProblem| {
         [
             p,
             p.with_bias(MaskShape::full()).with_causal(),
             p.with_bool_mask(MaskShape::default()),
-            p.with_window(Window::sliding(3, 2)).with_q_lens(true),
+            p.with_bias(MaskShape::default())
+                .with_bool_mask(MaskShape::full()),
+            p.with_window(Window::sliding(3, 2))
+                .with_causal()
+                .with_q_lens(true),
         ]
     };
     let problems: Vec<AttentionProblem> = grid(false)
@@ -63,7 +67,8 @@ fn flash_forward_validates_for_every_planned_specialisation() {
         .chain(extra)
         .flat_map(masked)
         .collect();
-    let mut combines = std::collections::HashSet::new();
+    let mut seen: std::collections::HashSet<FlashSpec> = Default::default();
+    let mut combines: std::collections::HashSet<FlashSpec> = Default::default();
     for dev in &devices {
         for p in &problems {
             let mut variants = vec![None, Some(FlashVariant::Tiled), Some(FlashVariant::Decode)];
@@ -78,62 +83,54 @@ fn flash_forward_validates_for_every_planned_specialisation() {
                 let plan = plan(p, dev, force).unwrap();
                 assert!(plan.workgroup_bytes <= dev.max_workgroup_storage);
                 assert!(plan.wg <= dev.max_invocations);
-                let spec = plan.spec(p);
                 // Every storage form: f32, f16, f16 in u32 words, bf16.
-                for dt in [0, 1, 2, 3] {
-                    let spec: Vec<_> = spec
-                        .iter()
-                        .map(|&(n, v)| if n == "DT" { (n, dt) } else { (n, v) })
-                        .collect();
-                    if seen.insert((plan.variant, spec.clone())) {
-                        validate(
-                            &plan.variant.specialised(&spec),
-                            &format!("{:?} {spec:?}", plan.variant),
-                        );
+                for io in [
+                    TensorIo::F32,
+                    TensorIo::F16,
+                    TensorIo::F16Packed,
+                    TensorIo::Bf16,
+                ] {
+                    let spec = FlashSpec { io, ..plan.spec(p) };
+                    if seen.insert(spec) {
+                        validate(&spec.source(), &format!("{spec:?}"));
                     }
-                    let mut combine = spec[..7].to_vec();
-                    combine.extend([("MASK", 0), ("WIN", 0), ("SKIP", 1)]);
-                    if combines.insert(combine.clone()) {
-                        validate(
-                            &flash_source(SPLIT_COMBINE_WGSL, &combine),
-                            &format!("split_combine {combine:?}"),
-                        );
+                    if combines.insert(spec.combine()) {
+                        validate(&spec.combine().source(), &format!("{:?}", spec.combine()));
                     }
                 }
             }
         }
     }
     assert!(seen.len() > 10);
-    for (name, v) in [("MASK", 1), ("MASK", 2), ("WIN", 1)] {
+    for (what, planned) in [
+        ("bias", seen.iter().any(|s| s.bias && !s.bool_mask)),
+        ("boolean mask", seen.iter().any(|s| s.bool_mask && !s.bias)),
+        ("bias and mask", seen.iter().any(|s| s.bias && s.bool_mask)),
+        ("window", seen.iter().any(|s| s.window)),
+    ] {
+        assert!(planned, "{what} never planned");
+    }
+    for shader in [
+        Shader::FlashLanes,
+        Shader::FlashForward,
+        Shader::FlashDecode,
+    ] {
         assert!(
-            seen.iter().any(|(_, s)| s.contains(&(name, v))),
-            "{name} = {v} never planned"
+            seen.iter().any(|s| s.shader() == shader),
+            "{shader:?} never planned"
         );
     }
-    for v in [
-        FlashVariant::Lanes,
-        FlashVariant::Tiled,
-        FlashVariant::Decode,
-    ] {
-        assert!(seen.iter().any(|(s, _)| *s == v), "{v:?} never planned");
-    }
     // Both tensor access forms of flash_io.wgsl, for every tensor.
-    for flag in ["VEC_QK", "VEC_V"] {
-        for on in [0, 1] {
-            assert!(
-                combines
-                    .iter()
-                    .any(|s| s.iter().any(|&(n, v)| n == flag && v == on)),
-                "{flag} = {on} never planned"
-            );
-        }
+    for vec4 in [false, true] {
+        assert!(combines.iter().any(|s| s.d.is_multiple_of(4) == vec4));
+        assert!(combines.iter().any(|s| s.dv.is_multiple_of(4) == vec4));
     }
 }
 
 #[test]
 fn naive_and_probe_validate() {
-    validate(NAIVE_WGSL, "naive");
-    validate(xattn::bench::PROBE_WGSL, "probe");
+    validate(Shader::Naive.wgsl(), "naive");
+    validate(Shader::Probe.wgsl(), "probe");
 }
 
 /// (name, offset) of each member of the WGSL struct `Params`, and its size.
@@ -162,23 +159,22 @@ macro_rules! layout {
 
 #[test]
 fn flash_params_match_the_wgsl_struct() {
-    let spec = [
-        ("D", 64),
-        ("DV", 64),
-        ("D4", 16),
-        ("DV4", 16),
-        ("VEC_QK", 1),
-        ("VEC_V", 1),
-        ("DT", 0),
-        ("MASK", 2),
-        ("WIN", 1),
-        ("SKIP", 1),
-        ("BR", 64),
-        ("BC", 16),
-        ("TR", 4),
-        ("WG", 16),
-    ];
-    let module = validate(&FlashVariant::Tiled.specialised(&spec), "flash");
+    let spec = FlashSpec {
+        d: 64,
+        dv: 64,
+        io: TensorIo::F32,
+        bias: true,
+        bool_mask: true,
+        window: true,
+        skip: true,
+        tiles: KernelTiles::Tiled {
+            br: 64,
+            bc: 16,
+            tr: 4,
+            wg: 16,
+        },
+    };
+    let module = validate(&spec.source(), "flash");
     let (members, span) = wgsl_layout(&module);
     let host = layout!(
         FlashParams,
@@ -215,9 +211,13 @@ fn flash_params_match_the_wgsl_struct() {
         cu_k_at,
         win_left,
         win_right,
-        mask_stride_b,
-        mask_stride_h,
-        mask_stride_q,
+        bias_stride_b,
+        bias_stride_h,
+        bias_stride_q,
+        bits_at,
+        bits_stride_b,
+        bits_stride_h,
+        bits_stride_q,
         lse_stride_b,
         lse_stride_h,
         lse_rows,
@@ -238,7 +238,7 @@ fn flash_params_match_the_wgsl_struct() {
 
 #[test]
 fn naive_params_match_the_wgsl_struct() {
-    let module = validate(NAIVE_WGSL, "naive");
+    let module = validate(Shader::Naive.wgsl(), "naive");
     let (members, span) = wgsl_layout(&module);
     let host = layout!(
         NaiveParams,

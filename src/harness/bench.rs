@@ -1,17 +1,17 @@
 //! Timing and device probes shared by the CLI's bench harness and the
 //! Criterion benches.
 
-use crate::attention::{
-    fold_grid, AttentionProblem, FlashAttention, FlashPlan, Layout, TileOverride,
-};
+use crate::check::{self, max_err};
 use crate::context::{Binding, Context, Kernel, PipelineKey};
 use crate::error::{Error, Result};
+use crate::flash::FlashAttention;
+use crate::layout::Layout;
 use crate::mask::{Masks, Window};
 use crate::naive::NaiveAttention;
-use crate::tensor::AttentionTensors;
-
-/// WGSL source of the probes.
-pub const PROBE_WGSL: &str = include_str!("../shaders/probe.wgsl");
+use crate::plan::{fold_grid, FlashPlan, TileOverride};
+use crate::problem::AttentionProblem;
+use crate::source::Shader;
+use crate::tensor::{AttentionOutput, AttentionTensors};
 
 /// Records one timed run: the closure gets the encoder and, where the device
 /// has timestamp queries, the pass timestamp writes to attach to its pass.
@@ -121,12 +121,12 @@ pub fn probe(ctx: &Context) -> Result<Probe> {
     let kernel = |entry| {
         ctx.pipeline(
             PipelineKey {
-                kernel: "probe",
+                shader: Shader::Probe,
                 entry,
-                spec: Vec::new(),
+                spec: None,
             },
             &PROBE_BINDINGS,
-            || PROBE_WGSL.to_string(),
+            || Shader::Probe.wgsl().to_string(),
         )
     };
     let (fma, copy) = (kernel("fma_peak")?, kernel("copy")?);
@@ -134,7 +134,7 @@ pub fn probe(ctx: &Context) -> Result<Probe> {
 
     // FMA: enough invocations to fill any device several times over, scaled
     // down on CPU adapters so the probe stays short.
-    let cpu = ctx.caps().info.device_type == wgpu::DeviceType::Cpu;
+    let cpu = ctx.caps().is_cpu();
     let invocations: usize = if cpu { 64 * 256 } else { 64 * 65536 };
     let small = ctx.upload("probe src", &vec![1.0f32; 4 * 1024]);
     let sink = ctx.storage("probe sink", 16 * 1024);
@@ -266,7 +266,7 @@ pub fn bench_problem(ctx: &Context, p: &AttentionProblem, opt: &BenchOptions) ->
     let flash = FlashAttention::with_tiles(ctx, p, opt.tiles)?;
     // Inputs in the storage type (exact in f32), as the kernel sees them.
     let round = |x| p.dtype.round_all(x);
-    let (q, k, v) = crate::check::inputs(p, 1);
+    let (q, k, v) = check::inputs(p, 1);
     let (q, k, v) = (round(q), round(k), round(v));
     let tensors = AttentionTensors::upload(ctx, p, &q, &k, &v, None)?;
     let bufs = tensors.buffers();
@@ -292,17 +292,13 @@ pub fn bench_problem(ctx: &Context, p: &AttentionProblem, opt: &BenchOptions) ->
         })
         .collect();
     let naive_f32 = crate::reference::attention_f32(&sub, &sq, &sk, &sv, &Default::default())?;
-    let err = |a: &[f32]| {
-        a.iter()
-            .zip(&reference.o)
-            .map(|(&x, &y)| (x as f64 - y).abs())
-            .fold(0.0, f64::max)
-    };
+    // NaN anywhere is an infinite error (max_err), never dropped by a fold.
+    let err = |a: &[f32]| max_err(a, &reference.o);
     // The naive-order result stored in the same type as the fused one.
     let naive_stored: Vec<f32> = round(naive_f32.o);
     let (check_err, naive_err) = (err(&got), err(&naive_stored));
     let max_o = reference.o.iter().fold(0.0f64, |a, &b| a.max(b.abs()));
-    let check_bound = 2.0 * naive_err + crate::check::o_slack(p.dtype, max_o);
+    let check_bound = 2.0 * naive_err + check::o_slack(p.dtype, max_o);
     if check_err.is_nan() || check_err > check_bound {
         return Err(Error::Device(format!(
             "fused kernel failed its check on {p:?}: max error {check_err:.3e} > bound {check_bound:.3e}"
@@ -409,9 +405,10 @@ pub fn decode_suite() -> Vec<(String, AttentionProblem)> {
         .collect()
 }
 
-/// Bytes of K and V a forward pass reads at least once.
+/// Bytes of K and V a forward pass reads at least once, in the problem's
+/// storage type.
 pub fn kv_bytes(p: &AttentionProblem) -> f64 {
-    (p.batch * p.n_kv * p.kv_heads * (p.head_dim + p.head_dim_v) * 4) as f64
+    (p.batch * p.n_kv * p.kv_heads * (p.head_dim + p.head_dim_v) * p.dtype.bytes()) as f64
 }
 
 /// Median ms of the fused kernel with `force` (inputs seeded; correctness is
@@ -434,7 +431,7 @@ pub fn time_fused_masked(
     opt: &BenchOptions,
 ) -> Result<(f64, FlashPlan)> {
     let flash = FlashAttention::with_tiles(ctx, p, force)?;
-    let (q, k, v) = crate::check::inputs(p, 2);
+    let (q, k, v) = check::inputs(p, 2);
     let tensors = AttentionTensors::upload_with(ctx, p, &q, &k, &v, masks)?;
     let bound = flash.bind(&tensors.buffers())?;
     let record = |enc: &mut wgpu::CommandEncoder,
@@ -451,10 +448,10 @@ pub fn time_fused_masked(
 /// one wait at the end. Returns wall-clock ms per step.
 pub fn decode_loop_ms(ctx: &Context, p: &AttentionProblem, steps: usize) -> Result<f64> {
     let flash = FlashAttention::new(ctx, p)?;
-    let (q, k, v) = crate::check::inputs(p, 3);
+    let (q, k, v) = check::inputs(p, 3);
     let tensors = AttentionTensors::upload(ctx, p, &q, &k, &v, None)?;
     let bound = flash.bind(&tensors.buffers())?;
-    let queries: Vec<Vec<f32>> = (0..8).map(|s| crate::check::inputs(p, 100 + s).0).collect();
+    let queries: Vec<Vec<f32>> = (0..8).map(|s| check::inputs(p, 100 + s).0).collect();
     ctx.wait()?;
     let t = std::time::Instant::now();
     for step in 0..steps {
@@ -551,8 +548,12 @@ pub struct SkipRow {
     pub no_skip_ms: f64,
     /// Median ms of the same shape with no mask and no lengths (dense).
     pub dense_ms: f64,
-    /// Max |O_skip − O_no_skip| (both also tested against the reference).
+    /// Max |O_skip − O_no_skip|.
     pub max_diff: f64,
+    /// The tolerance check of the skipping launch against the f64 reference.
+    pub skip_check: check::CheckReport,
+    /// The same for the launch with skipping off.
+    pub no_skip_check: check::CheckReport,
 }
 
 impl SkipRow {
@@ -564,7 +565,8 @@ impl SkipRow {
     }
 }
 
-/// Times a masked workload with and without block skipping and dense.
+/// Checks a masked workload with and without block skipping against the f64
+/// reference (the tolerance rule), then times both and the dense shape.
 pub fn bench_skipping(ctx: &Context, w: &MaskedWorkload, opt: &BenchOptions) -> Result<SkipRow> {
     let p = &w.problem;
     let masks = w.masks();
@@ -572,14 +574,34 @@ pub fn bench_skipping(ctx: &Context, w: &MaskedWorkload, opt: &BenchOptions) -> 
         block_skip: Some(false),
         ..opt.tiles
     };
-    let (q, k, v) = crate::check::inputs(p, 2);
-    let run = |force| FlashAttention::with_tiles(ctx, p, force)?.run_with(&q, &k, &v, &masks);
-    let (a, b) = (run(opt.tiles)?, run(off)?);
-    let max_diff =
-        a.o.iter()
-            .zip(&b.o)
-            .map(|(x, y)| (x - y).abs() as f64)
-            .fold(0.0, f64::max);
+    let mut outputs: Vec<AttentionOutput> = Vec::new();
+    let mut checked = |force: TileOverride| -> Result<check::CheckReport> {
+        let flash = FlashAttention::with_tiles(ctx, p, force)?;
+        let r = check::check_masked(ctx, p, &masks, 2, |q, k, v| {
+            let out = flash.run_with(q, k, v, &masks)?;
+            outputs.push(out.clone());
+            Ok(out)
+        })?;
+        if !r.passed() {
+            return Err(Error::Device(format!(
+                "{} (block skipping {:?}) failed its check: O {:.3e} > {:.3e} or LSE {:.3e} > {:.3e}",
+                w.name,
+                force.block_skip,
+                r.fused.o,
+                r.o_bound(),
+                r.fused.lse,
+                r.lse_bound()
+            )));
+        }
+        Ok(r)
+    };
+    let (skip_check, no_skip_check) = (checked(opt.tiles)?, checked(off)?);
+    let max_diff = outputs[0]
+        .o
+        .iter()
+        .zip(&outputs[1].o)
+        .map(|(x, y)| abs_diff(*x, *y))
+        .fold(0.0, check::nan_max);
     let (skip_ms, plan) = time_fused_masked(ctx, p, &masks, opt.tiles, opt)?;
     let (no_skip_ms, _) = time_fused_masked(ctx, p, &masks, off, opt)?;
     let dense = AttentionProblem::new(p.batch, p.heads, p.n_q, p.n_kv, p.head_dim);
@@ -591,5 +613,16 @@ pub fn bench_skipping(ctx: &Context, w: &MaskedWorkload, opt: &BenchOptions) -> 
         no_skip_ms,
         dense_ms,
         max_diff,
+        skip_check,
+        no_skip_check,
     })
+}
+
+/// |x − y|, NaN when either is NaN; equal infinities (−∞ LSE) are 0.
+fn abs_diff(x: f32, y: f32) -> f64 {
+    if x == y {
+        0.0
+    } else {
+        (x as f64 - y as f64).abs()
+    }
 }

@@ -5,15 +5,15 @@
 use plotters::prelude::*;
 use serde_json::{json, Value};
 
-use crate::bench::{kv_bytes, BenchRow, Probe, SkipRow};
+use super::bench::{kv_bytes, BenchRow, Probe, SkipRow};
 use crate::error::{Error, Result};
 
 /// Version of the JSON layout written by [`Report::json`]; bumped when a
 /// field changes meaning or disappears.
-pub const SCHEMA: &str = "xattn-bench/1";
+pub const SCHEMA: &str = "xattn-bench/2";
 
-/// The wgpu version this crate is built against.
-pub const WGPU_VERSION: &str = "30.0.1";
+/// The wgpu version this build resolved, read from Cargo.lock by `build.rs`.
+pub const WGPU_VERSION: &str = env!("XATTN_WGPU_VERSION");
 
 /// Extra figures of a `decode` suite row.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -79,7 +79,7 @@ impl ReportRow {
             },
             "flops": p.flops(),
             "plan": {
-                "variant": format!("{:?}", r.plan.variant),
+                "variant": r.plan.variant.label(),
                 "br": r.plan.br, "bc": r.plan.bc, "tr": r.plan.tr, "wg": r.plan.wg,
                 "splits": r.plan.splits, "split_keys": r.plan.split_keys,
                 "chunk_keys": r.plan.chunk_keys, "why": r.plan.why,
@@ -142,17 +142,25 @@ impl Report {
                     "problem": {
                         "batch": p.batch, "heads": p.heads, "n_q": p.n_q, "n_kv": p.n_kv,
                         "head_dim": p.head_dim,
-                        "window": p.window.map(|w| json!({"left": w.left, "right": w.right})),
+                        "window": p.key_window().map(|w| json!({"left": w.left, "right": w.right})),
                         "kv_lens": w.kv_lens, "q_lens": w.q_lens,
                     },
                     "visible_fraction": w.visible_fraction(),
-                    "plan": r.plan.why,
+                    "plan": {
+                        "variant": r.plan.variant.label(), "splits": r.plan.splits, "why": r.plan.why,
+                    },
                     "skip_ms": r.skip_ms,
                     "no_skip_ms": r.no_skip_ms,
                     "dense_ms": r.dense_ms,
                     "speedup_from_skipping": r.no_skip_ms / r.skip_ms,
                     "visible_gflops": r.visible_gflops(),
                     "max_diff_skip_vs_no_skip": r.max_diff,
+                    "check": {
+                        "skip": { "o_err": r.skip_check.fused.o, "o_bound": r.skip_check.o_bound(),
+                                  "lse_err": r.skip_check.fused.lse, "lse_bound": r.skip_check.lse_bound() },
+                        "no_skip": { "o_err": r.no_skip_check.fused.o, "o_bound": r.no_skip_check.o_bound(),
+                                     "lse_err": r.no_skip_check.fused.lse, "lse_bound": r.no_skip_check.lse_bound() },
+                    },
                 })
             }).collect::<Vec<_>>(),
         })

@@ -1,0 +1,135 @@
+//! What the planner knows about a device: features, limits, and the two
+//! host facts that change plans (the CPU's thread count, the f16 storage
+//! preference). Plain data, so tests can plan for any adapter.
+
+/// What the library knows about the device it runs on: the numbers the planner
+/// reads. Taken from the device (not the adapter's defaults) so that a caller's
+/// own device with raised limits is planned for correctly.
+#[derive(Debug, Clone)]
+pub struct DeviceCaps {
+    /// Adapter name, backend, driver.
+    pub info: wgpu::AdapterInfo,
+    /// `SHADER_F16` is enabled on the device.
+    pub shader_f16: bool,
+    /// `SUBGROUP` is enabled on the device.
+    pub subgroups: bool,
+    /// `TIMESTAMP_QUERY` is enabled on the device.
+    pub timestamps: bool,
+    /// Smallest subgroup size the adapter may use (0 when unknown).
+    pub subgroup_min_size: u32,
+    /// Largest subgroup size the adapter may use (0 when unknown).
+    pub subgroup_max_size: u32,
+    /// Bytes of workgroup memory one workgroup may use.
+    pub max_workgroup_storage: u32,
+    /// Invocations one workgroup may have.
+    pub max_invocations: u32,
+    /// Largest storage binding, bytes.
+    pub max_storage_binding: u64,
+    /// Largest buffer, bytes.
+    pub max_buffer_size: u64,
+    /// Largest dispatch extent per dimension.
+    pub max_workgroups_per_dim: u32,
+    /// Threads of the host CPU: what a CPU adapter (lavapipe) runs its
+    /// workgroups on, and so how many workgroups the split heuristic wants
+    /// there ([`crate::ContextOptions::host_threads`]).
+    pub host_threads: usize,
+    /// Store f16 in u32 words even where the device has `SHADER_F16`
+    /// ([`crate::ContextOptions::packed_f16`]).
+    pub packed_f16: bool,
+}
+
+impl DeviceCaps {
+    /// The caps of a device, with the host facts the planner reads
+    /// ([`crate::ContextOptions`] supplies them for a [`crate::Context`]).
+    pub fn from_device(device: &wgpu::Device, host_threads: usize, packed_f16: bool) -> Self {
+        let f = device.features();
+        let l = device.limits();
+        let info = device.adapter_info();
+        let subgroups = f.contains(wgpu::Features::SUBGROUP);
+        Self {
+            shader_f16: f.contains(wgpu::Features::SHADER_F16),
+            subgroups,
+            timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
+            subgroup_min_size: if subgroups { info.subgroup_min_size } else { 0 },
+            subgroup_max_size: if subgroups { info.subgroup_max_size } else { 0 },
+            max_workgroup_storage: l.max_compute_workgroup_storage_size,
+            max_invocations: l.max_compute_invocations_per_workgroup,
+            max_storage_binding: l.max_storage_buffer_binding_size,
+            max_buffer_size: l.max_buffer_size,
+            max_workgroups_per_dim: l.max_compute_workgroups_per_dimension,
+            info,
+            host_threads,
+            packed_f16,
+        }
+    }
+
+    /// A device with WebGPU's default limits and no optional features: what the
+    /// planner must always be able to serve. Used by tests and `xattn info`.
+    pub fn webgpu_defaults(info: wgpu::AdapterInfo) -> Self {
+        let l = wgpu::Limits::default();
+        Self {
+            info,
+            shader_f16: false,
+            subgroups: false,
+            timestamps: false,
+            subgroup_min_size: 0,
+            subgroup_max_size: 0,
+            max_workgroup_storage: l.max_compute_workgroup_storage_size,
+            max_invocations: l.max_compute_invocations_per_workgroup,
+            max_storage_binding: l.max_storage_buffer_binding_size,
+            max_buffer_size: l.max_buffer_size,
+            max_workgroups_per_dim: l.max_compute_workgroups_per_dimension,
+            host_threads: 4,
+            packed_f16: false,
+        }
+    }
+
+    /// Mesa's lavapipe as this project measures it: a CPU adapter with
+    /// subgroups of 8, f16, timestamps, 32 KiB of workgroup memory, 1 024
+    /// invocations, 128 MiB bindings, on `threads` host threads. For planning
+    /// and tests without the device.
+    pub fn lavapipe(threads: usize) -> Self {
+        let mut c = Self::webgpu_defaults(adapter_info(wgpu::DeviceType::Cpu, "llvmpipe"));
+        c.shader_f16 = true;
+        c.subgroups = true;
+        c.timestamps = true;
+        c.subgroup_min_size = 8;
+        c.subgroup_max_size = 8;
+        c.max_workgroup_storage = 32 << 10;
+        c.max_invocations = 1024;
+        c.max_storage_binding = 128 << 20;
+        c.host_threads = threads;
+        c
+    }
+
+    /// A discrete GPU through Vulkan with subgroups of `subgroup` lanes (32:
+    /// NVIDIA, 64: AMD's wave64): 48 KiB of workgroup memory, 1 024
+    /// invocations, 2 GiB bindings, f16 and timestamps, as an H100 reports
+    /// them. For planning and tests without the device.
+    pub fn discrete_gpu(subgroup: u32) -> Self {
+        let mut c = Self::webgpu_defaults(adapter_info(wgpu::DeviceType::DiscreteGpu, "gpu"));
+        c.shader_f16 = true;
+        c.subgroups = true;
+        c.timestamps = true;
+        c.subgroup_min_size = subgroup;
+        c.subgroup_max_size = subgroup;
+        c.max_workgroup_storage = 48 << 10;
+        c.max_invocations = 1024;
+        c.max_storage_binding = (2 << 30) - 4;
+        c.max_buffer_size = 1 << 40;
+        c
+    }
+
+    /// Whether the adapter is a CPU (lavapipe, llvmpipe): the planner then
+    /// picks CPU-shaped tiles and keeps under the driver's loop budget.
+    pub fn is_cpu(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+}
+
+/// Adapter info for the planning presets.
+fn adapter_info(device_type: wgpu::DeviceType, name: &str) -> wgpu::AdapterInfo {
+    let mut info = wgpu::AdapterInfo::new(device_type, wgpu::Backend::Vulkan);
+    info.name = name.to_string();
+    info
+}

@@ -1,0 +1,265 @@
+//! Compile, bind, record, run: [`FlashAttention`] (one problem planned and
+//! compiled) and [`BoundAttention`] (its launch with buffers bound once, for
+//! decode loops).
+
+use std::sync::Arc;
+
+use crate::context::{Binding, Context, Kernel, PipelineKey};
+use crate::error::Result;
+use crate::mask::Masks;
+use crate::params::FlashParams;
+use crate::plan::{fold_grid, plan, split_state_row_bytes, FlashPlan, TileOverride};
+use crate::problem::AttentionProblem;
+use crate::source::FlashSpec;
+use crate::tensor::{AttentionBuffers, AttentionOutput, AttentionTensors};
+
+/// The fused kernel, planned and compiled for one problem. Cheap to keep and
+/// reuse: recording a launch costs one bind group per dispatch, or nothing
+/// with [`FlashAttention::bind`].
+#[derive(Debug)]
+pub struct FlashAttention<'c> {
+    ctx: &'c Context,
+    problem: AttentionProblem,
+    plan: FlashPlan,
+    kernel: Arc<Kernel>,
+    /// The split-KV combine, with its grid, when the plan has splits.
+    combine: Option<(Arc<Kernel>, (u32, u32))>,
+    /// One uniform buffer per key-range launch.
+    params: Vec<wgpu::Buffer>,
+    /// Softmax state carried between launches and the splits' partial states
+    /// (absent for one unsplit launch).
+    state: Option<wgpu::Buffer>,
+}
+
+impl<'c> FlashAttention<'c> {
+    /// Validates, plans with the default heuristic and compiles (or fetches from
+    /// the cache) the pipeline.
+    pub fn new(ctx: &'c Context, problem: &AttentionProblem) -> Result<Self> {
+        Self::with_tiles(ctx, problem, TileOverride::default())
+    }
+
+    /// As [`FlashAttention::new`], with tiles forced where `force` says.
+    pub fn with_tiles(
+        ctx: &'c Context,
+        problem: &AttentionProblem,
+        force: TileOverride,
+    ) -> Result<Self> {
+        problem.validate()?;
+        problem.validate_limits(ctx.caps())?;
+        let plan = plan(problem, ctx.caps(), force)?;
+        let spec = plan.spec(problem);
+        let kernel = ctx.flash_pipeline(spec)?;
+        let combine = if plan.splits > 1 {
+            let kernel = ctx.flash_pipeline(spec.combine())?;
+            let grid = fold_grid(
+                problem.lse_len().div_ceil(64),
+                ctx.caps().max_workgroups_per_dim,
+                "split_combine",
+            )?;
+            Some((kernel, grid))
+        } else {
+            None
+        };
+        let base = FlashParams::new(problem, &plan);
+        let chunk = plan.chunk_keys as usize;
+        let launches = (plan.split_keys as usize).div_ceil(chunk).max(1);
+        let params = (0..launches)
+            .map(|i| {
+                let first = u32::from(i == 0) * FlashParams::FIRST_LAUNCH;
+                let last = u32::from(i + 1 == launches) * FlashParams::LAST_LAUNCH;
+                let p = FlashParams {
+                    kv_begin: (i * chunk) as u32,
+                    kv_end: ((i + 1) * chunk).min(plan.split_keys as usize) as u32,
+                    flags: first | last,
+                    ..base
+                };
+                ctx.upload_uniform("flash params", &p)
+            })
+            .collect();
+        let state = (launches > 1 || plan.splits > 1).then(|| {
+            let rows = problem.lse_len() as u64 * plan.splits as u64;
+            ctx.storage("flash state", rows * split_state_row_bytes(problem))
+        });
+        Ok(Self {
+            ctx,
+            problem: *problem,
+            plan,
+            kernel,
+            combine,
+            params,
+            state,
+        })
+    }
+
+    /// The plan in use.
+    pub fn plan(&self) -> &FlashPlan {
+        &self.plan
+    }
+
+    /// The problem planned for.
+    pub fn problem(&self) -> &AttentionProblem {
+        &self.problem
+    }
+
+    /// Validates `bufs` once and makes every bind group the launch needs: the
+    /// persistent handle for running many steps against the same buffers
+    /// (decode loops over encoder K/V). Record each step with
+    /// [`BoundAttention::record`]; write new queries into `bufs.q` between
+    /// steps with `queue.write_buffer` or the caller's own kernels.
+    pub fn bind(&self, bufs: &AttentionBuffers<'_>) -> Result<BoundAttention> {
+        bufs.validate(&self.problem)?;
+        let device = self.ctx.device();
+        let lens = bufs.lens.unwrap_or(self.ctx.dummy_buffer());
+        let mask = bufs.mask.unwrap_or(self.ctx.dummy_buffer());
+        let state = self.state.as_ref().unwrap_or(self.ctx.dummy_rw_buffer());
+        let bind = |params: &wgpu::Buffer, kernel: &Kernel| {
+            kernel.bind(
+                device,
+                &[
+                    params, bufs.q, bufs.k, bufs.v, lens, bufs.o, bufs.lse, state, mask,
+                ],
+            )
+        };
+        let launches = self
+            .params
+            .iter()
+            .map(|params| bind(params, &self.kernel))
+            .collect();
+        let combine = self.combine.as_ref().map(|(kernel, grid)| {
+            let params = self.params.last().expect("at least one launch");
+            (kernel.clone(), bind(params, kernel), *grid)
+        });
+        Ok(BoundAttention {
+            kernel: self.kernel.clone(),
+            grid: self.plan.grid,
+            launches,
+            combine,
+        })
+    }
+
+    /// Records the launch into the caller's encoder (integration API). Nothing
+    /// is submitted.
+    pub fn record(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        bufs: &AttentionBuffers<'_>,
+    ) -> Result<()> {
+        self.record_timed(encoder, bufs, None)
+    }
+
+    /// As [`FlashAttention::record`], with optional timestamp writes around the pass.
+    pub fn record_timed(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        bufs: &AttentionBuffers<'_>,
+        timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) -> Result<()> {
+        self.bind(bufs)?.record_timed(encoder, timestamps);
+        Ok(())
+    }
+
+    /// Simple API: uploads, runs, waits and downloads.
+    pub fn run(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        kv_lens: Option<&[u32]>,
+    ) -> Result<AttentionOutput> {
+        self.run_with(q, k, v, &Masks::kv_lens(kv_lens))
+    }
+
+    /// [`FlashAttention::run`] with lengths, packed-sequence offsets, bias
+    /// or mask, as the problem declares.
+    pub fn run_with(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        masks: &Masks<'_>,
+    ) -> Result<AttentionOutput> {
+        let t = AttentionTensors::upload_with(self.ctx, &self.problem, q, k, v, masks)?;
+        self.ctx.submit(|enc| self.record(enc, &t.buffers()))?;
+        t.download(self.ctx)
+    }
+}
+
+/// A [`FlashAttention`] launch with its buffers bound: validated once,
+/// recorded any number of times with no allocation and no checks.
+#[derive(Debug)]
+pub struct BoundAttention {
+    kernel: Arc<Kernel>,
+    grid: (u32, u32),
+    launches: Vec<wgpu::BindGroup>,
+    combine: Option<(Arc<Kernel>, wgpu::BindGroup, (u32, u32))>,
+}
+
+impl BoundAttention {
+    /// Records the launch (every key-range dispatch, then the split-KV combine
+    /// if the plan has splits) into the caller's encoder, in one compute pass.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder) {
+        self.record_timed(encoder, None);
+    }
+
+    /// As [`BoundAttention::record`], with optional timestamp writes around
+    /// the pass.
+    pub fn record_timed(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("flash_attention"),
+            timestamp_writes: timestamps,
+        });
+        // Dispatches in one pass are ordered and see each other's writes.
+        for bind in &self.launches {
+            self.kernel.dispatch_bound(&mut pass, bind, self.grid);
+        }
+        if let Some((kernel, bind, grid)) = &self.combine {
+            kernel.dispatch_bound(&mut pass, bind, *grid);
+        }
+    }
+}
+
+/// Bind group 0 of the fused family: params, q, k, v, lens, o, lse, state,
+/// mask: 8 storage buffers, WebGPU's default limit.
+const FLASH_BINDINGS: [Binding; 9] = [
+    Binding::Uniform,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+    Binding::ReadWrite,
+    Binding::Read,
+];
+
+impl Context {
+    /// The fused-family pipeline for `spec`, compiled on first use.
+    fn flash_pipeline(&self, spec: FlashSpec) -> Result<Arc<Kernel>> {
+        self.pipeline(
+            PipelineKey {
+                shader: spec.shader(),
+                entry: "main",
+                spec: Some(spec),
+            },
+            &FLASH_BINDINGS,
+            || spec.source(),
+        )
+    }
+
+    /// Runs the fused kernel on host data: `softmax(Q·Kᵀ·scale)·V` with LSE.
+    /// Shapes as in [`AttentionProblem`]; `kv_lens` iff `problem.kv_lens`.
+    pub fn attention(
+        &self,
+        problem: &AttentionProblem,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        kv_lens: Option<&[u32]>,
+    ) -> Result<AttentionOutput> {
+        FlashAttention::new(self, problem)?.run(q, k, v, kv_lens)
+    }
+}

@@ -1,0 +1,8 @@
+//! The bench harness behind the `xattn` command line: device probes and
+//! timing ([`bench`]), the JSON and SVG report ([`report`]) and `.npy` files
+//! ([`npy`]). Behind the default-on `cli` feature, with the CLI's
+//! dependencies (serde_json, plotters, npyz).
+
+pub mod bench;
+pub mod npy;
+pub mod report;

@@ -1,0 +1,103 @@
+//! Plan of the decode kernel, `flash_decode.wgsl`: a few query rows of one
+//! key/value head per workgroup, each lane streaming its own keys.
+
+use super::{
+    decode_rows_max, unplannable, FlashPlan, FlashVariant, TileOverride, Tiles, LOOP_BUDGET,
+};
+use crate::caps::DeviceCaps;
+use crate::error::Result;
+use crate::problem::AttentionProblem;
+use crate::source::TensorIo;
+
+/// Vec4 columns of O merged per step in `flash_decode.wgsl` (its workgroup
+/// memory holds WG × DVC vec4s).
+pub(super) fn merge_columns(p: &AttentionProblem, wg: u32) -> u32 {
+    (p.head_dim_v.div_ceil(4) as u32).min(8).min(wg)
+}
+
+fn workgroup_bytes(p: &AttentionProblem, wg: u32) -> u32 {
+    wg * 8 + wg * merge_columns(p, wg) * 16 + 32
+}
+
+/// The decode plan: Br query rows of one key/value head per workgroup (the
+/// GQA heads of that kv head packed together), 64 invocations each streaming
+/// its own keys (8 on CPU adapters; fewer if the merge buffer does not fit).
+pub(super) fn plan(
+    problem: &AttentionProblem,
+    caps: &DeviceCaps,
+    force: TileOverride,
+) -> Result<Tiles> {
+    let rows = problem.heads / problem.kv_heads * problem.n_q;
+    let br = force
+        .tr
+        .unwrap_or_else(|| (rows.next_power_of_two() as u32).min(decode_rows_max(caps)))
+        .max(1);
+    // 64 invocations on GPUs (two NVIDIA warps, one AMD wave) so K/V streams
+    // from many keys at once; 8 on CPU adapters, one SIMD vector of lavapipe,
+    // where a workgroup needs no barrier coroutines: Whisper's decode step ran
+    // in 1.7 ms with 8 (min of 31), 1.9 with 16, 3.5 with 32 and 64.
+    let wg_default = if caps.is_cpu() { 8 } else { 64 };
+    let mut wg = force.wg.unwrap_or(wg_default).min(caps.max_invocations);
+    while force.wg.is_none() && wg > 1 && workgroup_bytes(problem, wg) > caps.max_workgroup_storage
+    {
+        wg /= 2;
+    }
+    if wg == 0 || workgroup_bytes(problem, wg) > caps.max_workgroup_storage {
+        return Err(unplannable(
+            "flash_decode",
+            format!(
+                "{wg} invocations need {} bytes of workgroup memory, the device has {}",
+                workgroup_bytes(problem, wg),
+                caps.max_workgroup_storage
+            ),
+        ));
+    }
+    let q_blocks = rows.div_ceil(br as usize);
+    let (d4, dv4, br64) = (
+        problem.head_dim.div_ceil(4) as u64,
+        problem.head_dim_v.div_ceil(4) as u64,
+        br as u64,
+    );
+    // Loop iterations per key of one lane if nothing is unrolled: the dot
+    // products, the softmax update with its (worst case) rescale, P·V.
+    let p = problem;
+    let per_key = d4 * (1 + br64)
+        + br64 * (3 + dv4)
+        + dv4 * (1 + br64)
+        + 2
+        + u64::from(p.bias.is_some() || p.bool_mask.is_some()) * br64;
+    let fixed = br64 * (2 * d4 + 3 * dv4 + 10) + 4 * br64 * (wg as u64 + dv4 * 2) + 100;
+    let keys_per_lane = (LOOP_BUDGET.saturating_sub(fixed) / per_key).max(1);
+    let loop_keys = if caps.is_cpu() {
+        (keys_per_lane * wg as u64).min(u32::MAX as u64) as u32
+    } else {
+        u32::MAX
+    };
+    let plan = FlashPlan {
+        variant: FlashVariant::Decode,
+        br,
+        bc: wg,
+        tr: br,
+        wg,
+        io: TensorIo::F32,
+        block_skip: true,
+        grid_stride: 1,
+        grid_rows: 0,
+        workgroup_bytes: workgroup_bytes(problem, wg),
+        q_blocks: q_blocks as u32,
+        grid: (1, 1),
+        splits: 1,
+        split_keys: 0,
+        chunk_keys: 0,
+        why: format!(
+            "decode kernel: {rows} query rows per key/value head, {br} per workgroup, \
+             {wg} invocations each streaming its own keys"
+        ),
+    };
+    Ok(Tiles::new(
+        plan,
+        q_blocks * problem.batch * problem.kv_heads,
+        loop_keys,
+        1,
+    ))
+}

@@ -1,0 +1,510 @@
+//! The planner: problem + device caps (+ a caller's override) → the kernel
+//! variant, its tiles, its key splits and its grid, with the reason for each
+//! choice in [`FlashPlan::why`]. A pure function of its inputs, so tests plan
+//! for any adapter ([`DeviceCaps::lavapipe`], [`DeviceCaps::discrete_gpu`],
+//! [`DeviceCaps::webgpu_defaults`]). One file per kernel family, named like
+//! its shader; `split.rs` holds the split-KV heuristic.
+
+mod decode;
+mod lanes;
+mod split;
+mod tiled;
+
+use crate::caps::DeviceCaps;
+use crate::error::{Error, Result};
+use crate::problem::AttentionProblem;
+use crate::source::{FlashSpec, KernelTiles, Shader, TensorIo};
+
+pub(crate) use split::state_row_bytes as split_state_row_bytes;
+pub use split::MAX_SPLITS;
+pub use tiled::loop_safe_keys;
+
+/// Iterations one invocation may run in all its loops together before
+/// lavapipe/llvmpipe stop them (65 535), with a margin.
+pub(crate) const LOOP_BUDGET: u64 = 60_000;
+
+/// Stride of the workgroup order on CPU adapters (see [`plan`]): 16 classes,
+/// so each of up to 16 threads' contiguous shares samples the whole problem.
+const CPU_GRID_STRIDE: usize = 16;
+
+/// Tile sizes and grid of one fused-kernel launch, with the reason for each
+/// choice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlashPlan {
+    /// Which kernel of the family.
+    pub variant: FlashVariant,
+    /// Query rows per workgroup (Br).
+    pub br: u32,
+    /// Key rows per K/V block (Bc).
+    pub bc: u32,
+    /// Query rows per invocation.
+    pub tr: u32,
+    /// Invocations per workgroup.
+    pub wg: u32,
+    /// How q, k, v and o are stored and accessed.
+    pub io: TensorIo,
+    /// Whether key blocks that no query of a workgroup can see (lengths,
+    /// window, boolean mask) are skipped rather than loaded and masked.
+    pub block_skip: bool,
+    /// Workgroup order: slot s of the grid runs tile
+    /// (s % grid_stride)·grid_rows + s / grid_stride; 1 is the plain order.
+    pub grid_stride: u32,
+    /// Tiles per stride class, ⌈tiles / grid_stride⌉.
+    pub grid_rows: u32,
+    /// Workgroup memory used, bytes.
+    pub workgroup_bytes: u32,
+    /// ⌈n_q / Br⌉.
+    pub q_blocks: u32,
+    /// Dispatch grid (x, y); x·y ≥ q_blocks·B·H, the excess returns at once.
+    pub grid: (u32, u32),
+    /// Split-KV: the key range is cut into `splits` parts of `split_keys`
+    /// keys, each owned by its own workgroups, which write partial softmax
+    /// states that `shaders/split_combine.wgsl` merges. 1 = no split.
+    pub splits: u32,
+    /// Keys per split (the whole range when `splits` = 1).
+    pub split_keys: u32,
+    /// Keys per launch within a split: each split's range is cut into
+    /// ⌈split_keys / chunk_keys⌉ dispatches that carry the softmax state
+    /// between them (one dispatch unless the adapter bounds loop iterations;
+    /// see [`loop_safe_keys`]).
+    pub chunk_keys: u32,
+    /// Why these tiles, in words.
+    pub why: String,
+}
+
+/// The two kernels of the fused family, sharing params, bindings and
+/// semantics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FlashVariant {
+    /// `flash_forward.wgsl`: K/V tiles in workgroup memory, each invocation
+    /// owns TR query rows. Every adapter.
+    Tiled,
+    /// `flash_lanes.wgsl`: one subgroup per workgroup, each lane owns one key
+    /// of every block and all Br query rows; subgroup reductions, no
+    /// workgroup memory. CPU adapters with a fixed subgroup size (lavapipe).
+    Lanes,
+    /// `flash_decode.wgsl`: for a few query rows against many keys. Each
+    /// invocation streams its own keys for all Br rows of one key/value head
+    /// (GQA heads packed together), the lanes' states are merged through
+    /// workgroup memory. Every adapter; the default when H/H_kv·n_q is small.
+    Decode,
+}
+
+impl FlashVariant {
+    /// The shader of this variant.
+    pub fn shader(self) -> Shader {
+        match self {
+            FlashVariant::Tiled => Shader::FlashForward,
+            FlashVariant::Lanes => Shader::FlashLanes,
+            FlashVariant::Decode => Shader::FlashDecode,
+        }
+    }
+
+    /// The shader's name, for errors.
+    pub fn name(self) -> &'static str {
+        self.shader().name()
+    }
+
+    /// The variant's name on the command line and in bench tables:
+    /// `tiled`, `decode` or `lanes`.
+    pub fn label(self) -> &'static str {
+        match self {
+            FlashVariant::Tiled => "tiled",
+            FlashVariant::Lanes => "lanes",
+            FlashVariant::Decode => "decode",
+        }
+    }
+}
+
+impl FlashPlan {
+    /// What the kernel is compiled with for `p`: the pipeline cache key.
+    pub fn spec(&self, p: &AttentionProblem) -> FlashSpec {
+        let tiles = match self.variant {
+            FlashVariant::Tiled => KernelTiles::Tiled {
+                br: self.br,
+                bc: self.bc,
+                tr: self.tr,
+                wg: self.wg,
+            },
+            FlashVariant::Lanes => KernelTiles::Lanes {
+                br: self.br,
+                sg: self.wg,
+                kpl: self.bc / self.wg,
+            },
+            FlashVariant::Decode => KernelTiles::Decode {
+                br: self.br,
+                wg: self.wg,
+                dvc: decode::merge_columns(p, self.wg),
+            },
+        };
+        FlashSpec {
+            d: p.head_dim as u32,
+            dv: p.head_dim_v as u32,
+            io: self.io,
+            bias: p.bias.is_some(),
+            bool_mask: p.bool_mask.is_some(),
+            window: p.key_window().is_some(),
+            skip: self.block_skip,
+            tiles,
+        }
+    }
+}
+
+/// Tiles a caller may force instead of the heuristic (benchmarks, tuning).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TileOverride {
+    /// Key rows per block (power of two).
+    pub bc: Option<u32>,
+    /// Query rows per invocation.
+    pub tr: Option<u32>,
+    /// Invocations per workgroup.
+    pub wg: Option<u32>,
+    /// Keys per launch (cuts the key range into several dispatches).
+    pub chunk_keys: Option<u32>,
+    /// Kernel variant.
+    pub variant: Option<FlashVariant>,
+    /// Number of key splits (split-KV); 1 turns splitting off.
+    pub splits: Option<u32>,
+    /// f16 storage through u32 words even where the device has SHADER_F16
+    /// (default: the environment variable `XATTN_F16=packed`, else off).
+    pub packed_f16: Option<bool>,
+    /// Block skipping (default on); off loads and masks every key, for
+    /// measuring what skipping saves.
+    pub block_skip: Option<bool>,
+    /// Workgroup order stride (1: plain order; default 16 on CPU adapters
+    /// for problems with uneven work per tile, else 1).
+    pub grid_stride: Option<u32>,
+}
+
+/// Splits `total` workgroups into an (x, y) grid within the per-dimension limit.
+pub fn fold_grid(total: usize, max_per_dim: u32, kernel: &'static str) -> Result<(u32, u32)> {
+    let max = max_per_dim.max(1) as usize;
+    let x = total.clamp(1, max);
+    let y = total.max(1).div_ceil(x);
+    if y > max {
+        return Err(Error::Unplannable {
+            kernel,
+            reason: format!("{total} workgroups exceed a {max}×{max} grid"),
+        });
+    }
+    Ok((x as u32, y as u32))
+}
+
+/// Picks the fused kernel, its tiles and its key splits for `problem` on a
+/// device with `caps`.
+///
+/// Heuristic (shaders/README.md "Tiling" and "Decoding" have the measurements):
+/// - Variant: [`FlashVariant::Decode`] when the query rows that share one
+///   key/value head, H/H_kv·n_q, number at most 2·[`decode_rows_max`];
+///   otherwise [`FlashVariant::Tiled`]. The lanes kernel is opt-in.
+/// - Tiled, TR (rows per invocation): on GPUs 1, to keep Q, O and the score
+///   row in registers (4·(⌈d/4⌉+⌈d_v/4⌉)+Bc registers, 144 at d = 64). On CPU
+///   adapters (lavapipe) 4 when n_q ≥ 256, else 2: every invocation is a
+///   SIMD lane and each K/V load from workgroup memory then feeds TR FMAs.
+///   Measured at 1×8×1024², d 64 (median of 5): TR 2/WG 32 521 ms, TR 4/WG 16
+///   427, TR 4/WG 32 394, TR 8/WG 8 560; square 2k with TR 4/WG 32 1 639 ms
+///   against 2 148–2 402 with TR 2. TR 4 costs 3–4 s more per cold pipeline
+///   compile (d 64: 8.1 s against 5.0), so shapes with few query rows, where
+///   it would only idle rows, keep TR 2; TR = 1 ran 1.8× slower than 2.
+/// - Tiled, WG: 64 invocations on GPUs (two NVIDIA warps, one AMD wave), 32 on
+///   CPU adapters; fewer when n_q is small so short query sets do not leave
+///   most rows idle; never under 16.
+/// - Tiled, Bc: the largest of 32, 16, 8, 4 (16 on CPU adapters) whose K and
+///   V tiles fit the device's workgroup memory (WebGPU's default 16 KiB gives
+///   Bc = 16 at d = 64: 32 rows of K and V would need 16 400 bytes).
+/// - Splits: see `split.rs` (and shaders/README.md "Decoding").
+pub fn plan(
+    problem: &AttentionProblem,
+    caps: &DeviceCaps,
+    force: TileOverride,
+) -> Result<FlashPlan> {
+    problem.validate()?;
+    let cpu = caps.is_cpu();
+    let rows_per_kv_head = problem.heads / problem.kv_heads * problem.n_q;
+    let variant =
+        force
+            .variant
+            .unwrap_or(if rows_per_kv_head <= 2 * decode_rows_max(caps) as usize {
+                FlashVariant::Decode
+            } else {
+                FlashVariant::Tiled
+            });
+    let mut tiles = match variant {
+        FlashVariant::Tiled => tiled::plan(problem, caps, force)?,
+        FlashVariant::Lanes => lanes::plan(problem, caps, force)?,
+        FlashVariant::Decode => decode::plan(problem, caps, force)?,
+    };
+    let (splits, split_keys, chunk_keys) = split::choose(problem, caps, &tiles, force)?;
+    tiles.plan.splits = splits;
+    tiles.plan.split_keys = split_keys;
+    tiles.plan.io = TensorIo::choose(problem.dtype, caps, force.packed_f16);
+    tiles.plan.block_skip = force.block_skip.unwrap_or(true);
+    tiles.plan.chunk_keys = chunk_keys;
+    // Workgroup order. CPU drivers (lavapipe) give each thread one contiguous
+    // share of a dispatch's workgroups; when tiles differ in work (causal and
+    // sliding windows, query/key lengths, packed batches, masks) the plain
+    // order (query blocks fastest, splits outermost) handed one thread most
+    // of it. Measured on lavapipe, 2 threads, block skipping on: causal
+    // 1×8×2048², d 64, 1.30× faster than with skipping off in plain order
+    // (the split holding the early keys went to one thread); see README
+    // "Masks, windows and packed batches" for the strided figures. GPUs
+    // schedule workgroups dynamically and neighbouring query blocks share
+    // K/V in L2, so they keep the plain order.
+    let total = tiles.base_workgroups * splits as usize;
+    let stride = match force.grid_stride {
+        Some(s) => s.max(1) as usize,
+        None if cpu && (problem.has_masking() || problem.kv_lens) => CPU_GRID_STRIDE,
+        None => 1,
+    }
+    .min(total.max(1));
+    tiles.plan.grid_stride = stride as u32;
+    tiles.plan.grid_rows = total.div_ceil(stride) as u32;
+    tiles.plan.grid = fold_grid(
+        stride * total.div_ceil(stride),
+        caps.max_workgroups_per_dim,
+        variant.name(),
+    )?;
+    if splits > 1 {
+        tiles.plan.why.push_str(&format!(
+            "; {splits} key splits of {split_keys} keys ({} workgroups per split)",
+            tiles.base_workgroups
+        ));
+    }
+    if (chunk_keys as usize) < problem.n_kv.min(split_keys as usize) {
+        tiles.plan.why.push_str(&format!(
+            "; {chunk_keys} keys per launch (driver loop limit)"
+        ));
+    }
+    Ok(tiles.plan)
+}
+
+/// Query rows per workgroup of [`FlashVariant::Decode`]: 8 on CPU adapters,
+/// 4 on GPUs, where every row costs each invocation 4·(⌈d/4⌉+⌈d_v/4⌉)
+/// registers. The planner picks the decode kernel when the query rows per
+/// key/value head (H/H_kv·n_q) are at most twice this. Measured on lavapipe
+/// (min of 31 runs): 1×2 heads, 16×2000, d 64: decode with 8 rows per
+/// workgroup 4.8 ms, 4 rows 4.1–7.6, 16 rows 6.6–10, tiled 8.6; GQA 2×8:2,
+/// 3×799, d 59 (12 rows per kv head): decode 4.4 ms, tiled 27 ms; 1×8,
+/// 32×2000: decode (16 rows) 49 ms, tiled 37 ms.
+pub fn decode_rows_max(caps: &DeviceCaps) -> u32 {
+    if caps.is_cpu() {
+        8
+    } else {
+        4
+    }
+}
+
+/// A variant's tiles before splitting: the plan (splits not yet chosen), the
+/// workgroups of one split, the most keys one launch may cover on this
+/// adapter, and the granularity of split boundaries.
+pub(crate) struct Tiles {
+    pub plan: FlashPlan,
+    pub base_workgroups: usize,
+    pub loop_keys: u32,
+    pub align: u32,
+}
+
+impl Tiles {
+    pub fn new(plan: FlashPlan, base_workgroups: usize, loop_keys: u32, align: u32) -> Self {
+        Self {
+            plan,
+            base_workgroups,
+            loop_keys,
+            align,
+        }
+    }
+}
+
+pub(crate) fn unplannable(kernel: &'static str, reason: String) -> Error {
+    Error::Unplannable { kernel, reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::Dtype;
+    use crate::mask::{MaskShape, Window};
+
+    fn webgpu() -> DeviceCaps {
+        DeviceCaps::webgpu_defaults(wgpu::AdapterInfo::new(
+            wgpu::DeviceType::DiscreteGpu,
+            wgpu::Backend::Vulkan,
+        ))
+    }
+
+    /// The four adapters the planner is reasoned for.
+    fn adapters() -> [(&'static str, DeviceCaps); 4] {
+        [
+            ("lavapipe", DeviceCaps::lavapipe(2)),
+            ("gpu32", DeviceCaps::discrete_gpu(32)),
+            ("gpu64", DeviceCaps::discrete_gpu(64)),
+            ("webgpu", webgpu()),
+        ]
+    }
+
+    fn seeds() -> Vec<AttentionProblem> {
+        let p = AttentionProblem::new;
+        vec![
+            p(2, 8, 4096, 77, 40),
+            p(2, 8, 64, 77, 160),
+            p(1, 20, 1, 1500, 64),
+            p(1, 20, 448, 1500, 64),
+            p(4, 12, 32, 257, 64),
+            p(1, 1, 512, 50_176, 64),
+            p(1, 8, 2048, 2048, 64),
+            p(1, 4, 300, 300, 256).with_causal(),
+            p(2, 8, 129, 65, 59)
+                .with_kv_heads(2)
+                .with_bias(MaskShape::full())
+                .with_bool_mask(MaskShape::default()),
+        ]
+    }
+
+    fn go(p: &AttentionProblem, caps: &DeviceCaps) -> FlashPlan {
+        plan(p, caps, TileOverride::default()).unwrap_or_else(|e| panic!("{p:?}: {e}"))
+    }
+
+    #[test]
+    fn every_plan_fits_its_adapter_and_covers_every_key() {
+        for (name, caps) in adapters() {
+            for p in seeds() {
+                let plan = go(&p, &caps);
+                let what = format!("{name} {p:?}: {plan:?}");
+                assert!(plan.workgroup_bytes <= caps.max_workgroup_storage, "{what}");
+                assert!(plan.wg <= caps.max_invocations, "{what}");
+                assert!(plan.grid.0 <= caps.max_workgroups_per_dim, "{what}");
+                assert!(plan.grid.1 <= caps.max_workgroups_per_dim, "{what}");
+                assert!(
+                    plan.splits as usize * plan.split_keys as usize >= p.n_kv,
+                    "{what}"
+                );
+                assert!(
+                    plan.chunk_keys >= 1 && plan.chunk_keys <= plan.split_keys.max(1),
+                    "{what}"
+                );
+                let slots = plan.grid.0 as usize * plan.grid.1 as usize;
+                assert!(slots >= plan.q_blocks as usize * p.batch, "{what}");
+                assert!(!plan.why.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn variants_follow_the_query_rows_per_kv_head() {
+        for (name, caps) in adapters() {
+            let whisper = go(&AttentionProblem::new(1, 20, 1, 1500, 64), &caps);
+            assert_eq!(whisper.variant, FlashVariant::Decode, "{name}");
+            let square = go(&AttentionProblem::new(1, 8, 2048, 2048, 64), &caps);
+            assert_eq!(square.variant, FlashVariant::Tiled, "{name}");
+            // GQA 8:1 with 2 query rows: 16 rows share one kv head.
+            let gqa = AttentionProblem::new(1, 8, 2, 999, 64).with_kv_heads(1);
+            let want = if caps.is_cpu() {
+                FlashVariant::Decode
+            } else {
+                FlashVariant::Tiled
+            };
+            assert_eq!(go(&gqa, &caps).variant, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn tiles_per_adapter() {
+        let square = AttentionProblem::new(1, 8, 2048, 2048, 64);
+        let cpu = go(&square, &DeviceCaps::lavapipe(2));
+        assert_eq!((cpu.tr, cpu.wg, cpu.bc, cpu.br), (4, 32, 16, 128));
+        let gpu = go(&square, &DeviceCaps::discrete_gpu(32));
+        assert_eq!((gpu.tr, gpu.wg, gpu.bc), (1, 64, 32));
+        // WebGPU's 16 KiB: 32 rows of K and V at d 64 need 16 400 bytes.
+        let web = go(&square, &webgpu());
+        assert_eq!(web.bc, 16);
+        assert_eq!(tiled::workgroup_bytes(&square, 32), 16_400);
+        // Few query rows: a narrower workgroup, never under 16.
+        let blip = go(
+            &AttentionProblem::new(4, 12, 32, 257, 64),
+            &DeviceCaps::lavapipe(2),
+        );
+        assert_eq!((blip.tr, blip.wg), (2, 16));
+        // d 256 at WebGPU's limit still plans, with small key blocks.
+        let wide = go(&AttentionProblem::new(1, 1, 300, 300, 256), &webgpu());
+        assert!(wide.bc >= 4 && wide.workgroup_bytes <= 16_384, "{wide:?}");
+    }
+
+    #[test]
+    fn host_threads_enter_through_the_caps() {
+        // A grid of 3 workgroups: a CPU adapter splits keys to give each
+        // thread about 4 workgroups, so the split count follows the threads.
+        let p = AttentionProblem::new(1, 20, 1, 1500, 64);
+        let two = go(&p, &DeviceCaps::lavapipe(2));
+        let sixteen = go(&p, &DeviceCaps::lavapipe(16));
+        assert!(sixteen.splits > two.splits, "{two:?} vs {sixteen:?}");
+        // The same problem on the same caps plans the same: no hidden input.
+        assert_eq!(go(&p, &DeviceCaps::lavapipe(2)), two);
+        let mut packed = DeviceCaps::lavapipe(2);
+        packed.packed_f16 = true;
+        let half = p.with_dtype(Dtype::F16);
+        assert_eq!(go(&half, &DeviceCaps::lavapipe(2)).io, TensorIo::F16);
+        assert_eq!(go(&half, &packed).io, TensorIo::F16Packed);
+    }
+
+    #[test]
+    fn gpus_split_idle_grids_and_keep_full_ones() {
+        for subgroup in [32, 64] {
+            let gpu = DeviceCaps::discrete_gpu(subgroup);
+            let perceiver = go(&AttentionProblem::new(1, 1, 512, 50_176, 64), &gpu);
+            assert!(perceiver.splits >= 32, "{perceiver:?}");
+            let full = go(&AttentionProblem::new(4, 16, 2048, 2048, 64), &gpu);
+            assert_eq!(full.splits, 1);
+            assert_eq!(full.chunk_keys, 2048, "GPUs have no loop budget");
+            assert_eq!(full.grid_stride, 1, "GPUs keep the plain order");
+        }
+    }
+
+    #[test]
+    fn cpu_launches_stay_under_the_loop_budget() {
+        let caps = DeviceCaps::lavapipe(2);
+        for p in seeds() {
+            let plan = go(&p, &caps);
+            if plan.variant != FlashVariant::Tiled {
+                continue;
+            }
+            let budget = loop_safe_keys(&p, plan.bc, plan.tr, plan.wg);
+            assert!(plan.chunk_keys <= budget, "{p:?}: {plan:?}");
+            assert_eq!(budget % plan.bc, 0, "whole blocks");
+        }
+        // The budget shrinks as the head dim and the rows per lane grow, and
+        // masked builds (per-score checks) get less of it.
+        let p = AttentionProblem::new(1, 1, 64, 100_000, 64);
+        let wide = AttentionProblem::new(1, 1, 64, 100_000, 256);
+        assert!(loop_safe_keys(&wide, 16, 4, 32) < loop_safe_keys(&p, 16, 4, 32));
+        assert!(loop_safe_keys(&p, 16, 4, 32) < loop_safe_keys(&p, 16, 2, 32));
+        assert!(loop_safe_keys(&p.with_causal(), 16, 4, 32) < loop_safe_keys(&p, 16, 4, 32));
+        // Masked problems on CPU adapters get the strided workgroup order.
+        let causal = go(
+            &AttentionProblem::new(1, 8, 2048, 2048, 64).with_causal(),
+            &caps,
+        );
+        assert_eq!(causal.grid_stride, CPU_GRID_STRIDE as u32);
+    }
+
+    #[test]
+    fn lanes_variant_needs_a_fixed_subgroup_and_no_masks() {
+        let lanes = TileOverride {
+            variant: Some(FlashVariant::Lanes),
+            ..Default::default()
+        };
+        let p = AttentionProblem::new(1, 8, 256, 256, 64);
+        assert!(plan(&p, &DeviceCaps::lavapipe(2), lanes).is_ok());
+        assert!(matches!(
+            plan(&p, &webgpu(), lanes),
+            Err(Error::Unplannable { .. })
+        ));
+        assert!(matches!(
+            plan(
+                &p.with_window(Window::sliding(4, 4)),
+                &DeviceCaps::lavapipe(2),
+                lanes
+            ),
+            Err(Error::Unsupported { .. })
+        ));
+    }
+}

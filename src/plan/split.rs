@@ -1,0 +1,102 @@
+//! The split-KV heuristic: how many parts the key range is cut into, and
+//! how many keys each launch covers.
+
+use super::{unplannable, TileOverride, Tiles};
+use crate::caps::DeviceCaps;
+use crate::error::Result;
+use crate::problem::AttentionProblem;
+
+/// Most key splits: the combine kernel loops over them once per row.
+pub const MAX_SPLITS: u32 = 256;
+
+/// Workgroups the split heuristic aims for on a GPU: about four per
+/// streaming multiprocessor / compute unit of the largest current parts
+/// (132 on an H100), which wgpu does not report.
+const GPU_TARGET_WORKGROUPS: usize = 512;
+
+/// Bytes of one query row's softmax state: a vec4 (m, l, 0, 0) and ⌈d_v/4⌉
+/// vec4s of unnormalised O (`STATE_VEC4S` in softmax_state.wgsl).
+pub(crate) fn state_row_bytes(p: &AttentionProblem) -> u64 {
+    16 * (1 + p.head_dim_v.div_ceil(4)) as u64
+}
+
+/// Chooses split-KV for a variant's tiles: returns (splits, keys per split,
+/// keys per launch).
+///
+/// - Parallelism: a problem whose workgroups (B·H·⌈n_q/Br⌉, or B·H_kv·⌈G·n_q/Br⌉
+///   for the decode kernel) would leave the device idle is split until it has
+///   about 512 workgroups on a GPU or 4 per CPU thread on a CPU adapter, but
+///   never into splits of fewer than 4 key blocks (4·Bc keys; 4 keys per lane
+///   for the decode kernel), which would spend more on the merge than they
+///   save.
+/// - Loop limit: on CPU adapters (lavapipe end a shader's loops after 65 535
+///   iterations, see [`loop_safe_keys`]) a key range too long for one launch
+///   is cut into splits, which run in parallel and need one combine, rather
+///   than into launches that carry the state one after the other. Measured
+///   here on 1×8×2048², d = 64: see shaders/README.md "Decoding".
+/// - Memory: the partial states, splits × B·H·n_q × (4 + 4·⌈d_v/4⌉) floats,
+///   must fit one storage binding; past that the splits are capped and the
+///   remaining length is cut into carried launches.
+/// - At most [`MAX_SPLITS`]. `force.splits` overrides the heuristic (clamped
+///   to n_kv keys); `force.chunk_keys` the launch length.
+pub(super) fn choose(
+    problem: &AttentionProblem,
+    caps: &DeviceCaps,
+    tiles: &Tiles,
+    force: TileOverride,
+) -> Result<(u32, u32, u32)> {
+    let kernel = tiles.plan.variant.name();
+    let n_kv = problem.n_kv.max(1);
+    let row_bytes = state_row_bytes(problem);
+    let state_limit = caps.max_storage_binding.min(caps.max_buffer_size);
+    let per_split_bytes = row_bytes * problem.lse_len() as u64;
+    let mem_splits = (state_limit / per_split_bytes.max(1)).min(MAX_SPLITS as u64) as usize;
+    let loop_keys = tiles.loop_keys.max(1) as usize;
+    let splits = match force.splits {
+        Some(s) => s.max(1) as usize,
+        None => {
+            let cpu = caps.is_cpu();
+            let target = if cpu {
+                4 * caps.host_threads.max(1)
+            } else {
+                GPU_TARGET_WORKGROUPS
+            };
+            let min_keys = 4 * tiles.align.max(tiles.plan.wg) as usize;
+            let by_parallelism = if 2 * tiles.base_workgroups >= target {
+                1
+            } else {
+                target
+                    .div_ceil(tiles.base_workgroups)
+                    .min(n_kv / min_keys)
+                    .max(1)
+            };
+            let by_loops = if cpu { n_kv.div_ceil(loop_keys) } else { 1 };
+            by_parallelism.max(by_loops).min(mem_splits.max(1))
+        }
+    }
+    .min(n_kv)
+    .min(MAX_SPLITS as usize);
+    // Split boundaries on whole key blocks so the kernels' aligned path
+    // covers every block but each split's last.
+    let align = tiles.align.max(1) as usize;
+    let split_keys = n_kv.div_ceil(splits).div_ceil(align) * align;
+    let splits = n_kv.div_ceil(split_keys);
+    let chunk_keys = match force.chunk_keys {
+        Some(c) => c.max(1) as usize,
+        None if loop_keys >= split_keys => split_keys,
+        None => (loop_keys / align * align).max(align).min(loop_keys),
+    };
+    let launches = split_keys.div_ceil(chunk_keys);
+    if (splits > 1 || launches > 1) && per_split_bytes * splits as u64 > state_limit {
+        return Err(unplannable(
+            kernel,
+            format!(
+                "{splits} key splits need {} bytes of partial state, past the device's {} \
+                 byte binding limit",
+                per_split_bytes * splits as u64,
+                state_limit
+            ),
+        ));
+    }
+    Ok((splits as u32, split_keys as u32, chunk_keys as u32))
+}
