@@ -10,7 +10,7 @@ pub enum Dtype {
     F32,
     /// IEEE half. Read and written as WGSL `f16` where the device has
     /// `SHADER_F16`, else as `u32` words through `unpack2x16float` (see
-    /// [`TileOverride::packed_f16`]).
+    /// [`crate::TileOverride::packed_f16`]).
     F16,
     /// bfloat16, as `u32` words and bit shifts on every device; rounded to
     /// nearest even on the way out.

@@ -2,10 +2,11 @@
 //!
 //! Fused, flash-style cross-attention kernels in WGSL for wgpu.
 //!
-//! `softmax(Q·Kᵀ·scale)·V` where queries and keys come from different
-//! sequences (n_q ≠ n_kv), multi-head, GQA/MQA, with per-batch key lengths.
-//! The fused kernel streams K/V blocks through workgroup memory with an
-//! online softmax (FlashAttention-2), so no n_q × n_kv score matrix is ever
+//! `softmax(Q·Kᵀ·scale + mask)·V` where queries and keys come from different
+//! sequences (n_q ≠ n_kv), multi-head, GQA/MQA, with key and query lengths,
+//! packed batches, causal and sliding windows, bias and boolean masks. The
+//! fused kernel streams K/V blocks through workgroup memory with an online
+//! softmax (FlashAttention-2), so no n_q × n_kv score matrix is ever
 //! written. It runs on every wgpu backend, including Mesa's software Vulkan
 //! (lavapipe) on machines with no GPU, and is checked against an f64 CPU
 //! reference ([`reference::attention`]).
@@ -21,13 +22,19 @@
 //! # Ok::<(), xattn::Error>(())
 //! ```
 //!
-//! Problem → plan → dispatch: [`AttentionProblem`] describes the shapes,
-//! [`plan`] picks tiles for the device, [`FlashAttention`] compiles once and
-//! records into your own `wgpu::CommandEncoder` ([`FlashAttention::record`])
-//! or runs on host slices ([`FlashAttention::run`]). Decode loops bind their
-//! buffers once ([`FlashAttention::bind`]) and record each step with
-//! [`BoundAttention::record`]; few-query problems get the decode kernel and
-//! split-KV (key splits merged by `shaders/split_combine.wgsl`).
+//! Problem → plan → dispatch: [`AttentionProblem`] describes the shapes and
+//! masks without data, [`plan()`] picks the kernel, tiles and key splits for a
+//! device's [`DeviceCaps`] (a pure function: tests plan for any adapter),
+//! [`FlashAttention`] compiles once (pipelines cached by their typed
+//! [`FlashSpec`]) and records into your own `wgpu::CommandEncoder`
+//! ([`FlashAttention::record`]) or runs on host slices
+//! ([`FlashAttention::run`]). Decode loops bind their buffers once
+//! ([`FlashAttention::bind`]) and record each step with
+//! [`BoundAttention::record`].
+//!
+//! The `cli` feature (default on) adds the bench harness (`xattn::harness`) and
+//! the `xattn` command line; `default-features = false` builds the library
+//! alone, without their dependencies.
 
 #![warn(missing_docs)]
 

@@ -1,5 +1,5 @@
 //! The bench harness behind the `xattn` command line: device probes and
-//! timing ([`bench`]), the JSON and SVG report ([`report`]) and `.npy` files
+//! timing ([`mod@bench`]), the JSON and SVG report ([`report`]) and `.npy` files
 //! ([`npy`]). Behind the default-on `cli` feature, with the CLI's
 //! dependencies (serde_json, plotters, npyz).
 
