@@ -7,7 +7,6 @@ use super::{
 use crate::caps::DeviceCaps;
 use crate::error::Result;
 use crate::problem::AttentionProblem;
-use crate::source::TensorIo;
 
 /// Vec4 columns of O merged per step in `flash_decode.wgsl` (its workgroup
 /// memory holds WG × DVC vec4s).
@@ -79,20 +78,13 @@ pub(super) fn plan(
         bc: wg,
         tr: br,
         wg,
-        io: TensorIo::F32,
-        block_skip: true,
-        grid_stride: 1,
-        grid_rows: 0,
         workgroup_bytes: workgroup_bytes(problem, wg),
         q_blocks: q_blocks as u32,
-        grid: (1, 1),
-        splits: 1,
-        split_keys: 0,
-        chunk_keys: 0,
         why: format!(
             "decode kernel: {rows} query rows per key/value head, {br} per workgroup, \
              {wg} invocations each streaming its own keys"
         ),
+        ..FlashPlan::before_splits()
     };
     Ok(Tiles::new(
         plan,

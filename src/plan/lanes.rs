@@ -6,7 +6,6 @@ use super::{unplannable, FlashPlan, FlashVariant, TileOverride, Tiles, LOOP_BUDG
 use crate::caps::DeviceCaps;
 use crate::error::{Error, Result};
 use crate::problem::AttentionProblem;
-use crate::source::TensorIo;
 
 /// Query rows per workgroup for the lanes kernel: 8, or fewer so that
 /// Br·(⌈d/4⌉+⌈d_v/4⌉) ≤ 256 vec4s of registers per lane.
@@ -74,20 +73,13 @@ pub(super) fn plan(
         bc: sg * kpl,
         tr: br,
         wg: sg,
-        io: TensorIo::F32,
-        block_skip: true,
-        grid_stride: 1,
-        grid_rows: 0,
         workgroup_bytes: 4,
         q_blocks: q_blocks as u32,
-        grid: (1, 1),
-        splits: 1,
-        split_keys: 0,
-        chunk_keys: 0,
         why: format!(
             "CPU adapter with fixed subgroups of {sg}: lane-per-key kernel, {br} query rows per \
              workgroup in every lane"
         ),
+        ..FlashPlan::before_splits()
     };
     Ok(Tiles::new(
         plan,

@@ -117,6 +117,30 @@ impl FlashVariant {
 }
 
 impl FlashPlan {
+    /// The fields a variant's planner leaves to [`plan`]: storage form, block
+    /// skipping, workgroup order, grid and splits (filled in once the
+    /// variant's tiles are known). A base for struct-update syntax.
+    fn before_splits() -> Self {
+        Self {
+            variant: FlashVariant::Tiled,
+            br: 0,
+            bc: 0,
+            tr: 0,
+            wg: 0,
+            io: TensorIo::F32,
+            block_skip: true,
+            grid_stride: 1,
+            grid_rows: 0,
+            workgroup_bytes: 0,
+            q_blocks: 0,
+            grid: (1, 1),
+            splits: 1,
+            split_keys: 0,
+            chunk_keys: 0,
+            why: String::new(),
+        }
+    }
+
     /// What the kernel is compiled with for `p`: the pipeline cache key.
     pub fn spec(&self, p: &AttentionProblem) -> FlashSpec {
         let tiles = match self.variant {

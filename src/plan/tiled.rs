@@ -5,7 +5,6 @@ use super::{unplannable, FlashPlan, FlashVariant, TileOverride, Tiles, LOOP_BUDG
 use crate::caps::DeviceCaps;
 use crate::error::Result;
 use crate::problem::AttentionProblem;
-use crate::source::TensorIo;
 
 /// The tiled FlashAttention-2 plan (`flash_forward.wgsl`).
 pub(super) fn plan(
@@ -80,17 +79,10 @@ pub(super) fn plan(
         bc,
         tr,
         wg,
-        io: TensorIo::F32,
-        block_skip: true,
-        grid_stride: 1,
-        grid_rows: 0,
         workgroup_bytes: workgroup_bytes(problem, bc),
         q_blocks: q_blocks as u32,
-        grid: (1, 1),
-        splits: 1,
-        split_keys: 0,
-        chunk_keys: 0,
         why,
+        ..FlashPlan::before_splits()
     };
     Ok(Tiles::new(
         plan,
