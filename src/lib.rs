@@ -38,8 +38,7 @@
 
 #![warn(missing_docs)]
 
-// Modules in dependency order: each uses only those above it (checked by
-// tests/modules.rs).
+// No module imports another that imports it back (tests/modules.rs checks).
 pub mod caps;
 pub mod check;
 pub mod context;

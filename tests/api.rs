@@ -6,8 +6,8 @@ use common::ctx;
 use xattn::check::{inputs, max_err};
 use xattn::wgpu;
 use xattn::{
-    AttentionBuffers, AttentionProblem, Context, ContextOptions, Error, FlashAttention,
-    NaiveAttention,
+    AttentionBuffers, AttentionOutput, AttentionProblem, Context, ContextOptions, Error,
+    FlashAttention, FlashVariant, MaskShape, Masks, NaiveAttention, TileOverride, VarLen, Window,
 };
 
 #[test]
@@ -269,4 +269,181 @@ fn concurrent_use_from_threads_is_safe() {
             });
         }
     });
+}
+
+#[test]
+fn bad_masks_and_lengths_are_typed_errors() {
+    let ctx = ctx();
+    let p = AttentionProblem::new(2, 2, 5, 9, 8);
+    let (q, k, v) = inputs(&p, 1);
+    let run = |p: &AttentionProblem, m: &Masks<'_>| {
+        FlashAttention::new(ctx, p).and_then(|f| f.run_with(&q, &k, &v, m))
+    };
+    let bad = |r: Result<AttentionOutput, Error>, name: &str| match r {
+        Err(Error::BadSeqLens { name: n, .. }) if n == name => {}
+        other => panic!("expected BadSeqLens({name}), got {other:?}"),
+    };
+    // Query lengths past n_q, missing or undeclared.
+    bad(
+        run(
+            &p.with_q_lens(true),
+            &Masks {
+                q_lens: Some(&[5, 6]),
+                ..Masks::default()
+            },
+        ),
+        "q_lens",
+    );
+    bad(run(&p.with_q_lens(true), &Masks::default()), "q_lens");
+    bad(
+        run(
+            &p,
+            &Masks {
+                q_lens: Some(&[1, 1]),
+                ..Masks::default()
+            },
+        ),
+        "q_lens",
+    );
+    // A bias with NaN or +∞; a mask of the wrong size.
+    let shape = MaskShape::default();
+    let mut bias = vec![0.0f32; 9];
+    bias[4] = f32::NAN;
+    let r = run(
+        &p.with_bias(shape),
+        &Masks {
+            bias: Some(&bias),
+            ..Masks::default()
+        },
+    );
+    assert!(
+        matches!(
+            r,
+            Err(Error::NonFinite {
+                name: "bias",
+                index: 4,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    bias[4] = f32::INFINITY;
+    let r = run(
+        &p.with_bias(shape),
+        &Masks {
+            bias: Some(&bias),
+            ..Masks::default()
+        },
+    );
+    assert!(matches!(r, Err(Error::NonFinite { .. })), "{r:?}");
+    let r = run(
+        &p.with_bool_mask(MaskShape::full()),
+        &Masks {
+            mask: Some(&[0u32; 3]),
+            ..Masks::default()
+        },
+    );
+    assert!(
+        matches!(
+            r,
+            Err(Error::SizeMismatch {
+                name: "mask",
+                expected: 20,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    // A bias or mask declared but not given, or given but not declared.
+    for (p, m, name) in [
+        (p.with_bias(shape), Masks::default(), "bias"),
+        (
+            p,
+            Masks {
+                bias: Some(&bias),
+                ..Masks::default()
+            },
+            "bias",
+        ),
+        (
+            p.with_bool_mask(shape).with_bias(shape),
+            Masks {
+                bias: Some(&[0.0; 9]),
+                ..Masks::default()
+            },
+            "mask",
+        ),
+        (
+            p,
+            Masks {
+                mask: Some(&[0u32; 1]),
+                ..Masks::default()
+            },
+            "mask",
+        ),
+    ] {
+        let r = run(&p, &m);
+        assert!(
+            matches!(r, Err(Error::BadMask { name: n, .. }) if n == name),
+            "{name}: {r:?}"
+        );
+    }
+    // Packed batches: cu_seqlens that decrease, do not end at the total, or
+    // hold a sequence longer than the declared maximum.
+    let vp = AttentionProblem::new(2, 2, 5, 9, 8).with_varlen(VarLen {
+        total_q: 8,
+        total_kv: 12,
+    });
+    let (vq, vk, vv) = inputs(&vp, 1);
+    let runv = |cu_q: &[u32], cu_k: &[u32]| {
+        FlashAttention::new(ctx, &vp).and_then(|f| {
+            f.run_with(
+                &vq,
+                &vk,
+                &vv,
+                &Masks {
+                    cu_seqlens_q: Some(cu_q),
+                    cu_seqlens_k: Some(cu_k),
+                    ..Masks::default()
+                },
+            )
+        })
+    };
+    assert!(runv(&[0, 4, 8], &[0, 6, 12]).is_ok());
+    bad(runv(&[0, 9, 8], &[0, 6, 12]), "cu_seqlens_q");
+    bad(runv(&[0, 4, 7], &[0, 6, 12]), "cu_seqlens_q");
+    bad(runv(&[0, 2, 8], &[0, 6, 12]), "cu_seqlens_q");
+    bad(runv(&[0, 4, 8], &[0, 1, 12]), "cu_seqlens_k");
+    bad(runv(&[0, 4, 8], &[0, 6]), "cu_seqlens_k");
+    // Windows past the indexable range; the naive and lanes kernels say
+    // they do not do masks.
+    let r = FlashAttention::new(ctx, &p.with_window(Window::sliding(1 << 31, 0)));
+    assert!(matches!(r, Err(Error::BadWindow { .. })), "{r:?}");
+    let r = NaiveAttention::new(ctx, &p.with_causal());
+    assert!(
+        matches!(
+            r,
+            Err(Error::Unsupported {
+                kernel: "naive",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let lanes = TileOverride {
+        variant: Some(FlashVariant::Lanes),
+        ..Default::default()
+    };
+    let r = xattn::plan(&p.with_causal(), ctx.caps(), lanes);
+    assert!(matches!(r, Err(Error::Unsupported { .. })), "{r:?}");
+    // Device buffers: a declared mask with no buffer.
+    let pm = p.with_bool_mask(shape);
+    let t = xattn::AttentionTensors::upload(ctx, &p, &q, &k, &v, None).unwrap();
+    let fa = FlashAttention::new(ctx, &pm).unwrap();
+    let r = fa.bind(&t.buffers());
+    assert!(
+        matches!(r, Err(Error::SizeMismatch { name: "mask", .. })),
+        "{r:?}"
+    );
+    assert_eq!(pm.with_bool_mask(MaskShape::full()).bool_mask_words(), 20);
 }
