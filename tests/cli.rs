@@ -292,6 +292,18 @@ fn run_with_masks_windows_and_lengths_matches_the_reference() {
     write(qp, &[b, nq, h, d], &q);
     write(kp, &[b, nk, h, d], &k);
     write(vp, &[b, nk, h, d], &v);
+    // The run's O and LSE files against the reference of `p` on `masks`.
+    let matches_reference = |p: &AttentionProblem, masks: &Masks<'_>| {
+        let r = xattn::reference::attention_masked(p, &q, &k, &v, masks).unwrap();
+        assert!(
+            max_err(&npy::read_f32(op).unwrap().data, &r.o) < 1e-4,
+            "{p:?}"
+        );
+        assert!(
+            max_err(&npy::read_f32(lp).unwrap().data, &r.lse) < 1e-4,
+            "{p:?}"
+        );
+    };
     // Boolean mask [B, 1, n_q, n_kv] as numpy bool, causal, both lengths.
     let bools: Vec<bool> = (0..b * nq * nk).map(|i| (i * 7919) % 10 < 7).collect();
     write_nd(&f("mask"), &[b, 1, nq, nk], &bools);
@@ -324,9 +336,7 @@ fn run_with_masks_windows_and_lengths_matches_the_reference() {
         mask: Some(&bits),
         ..Masks::default()
     };
-    let r = xattn::reference::attention_masked(&p, &q, &k, &v, &masks).unwrap();
-    assert!(max_err(&npy::read_f32(op).unwrap().data, &r.o) < 1e-4);
-    assert!(max_err(&npy::read_f32(lp).unwrap().data, &r.lse) < 1e-4);
+    matches_reference(&p, &masks);
 
     // A bias [1, H, 1, n_kv] with -inf entries and a sliding window.
     let bias: Vec<f32> = (0..h * nk)
@@ -360,9 +370,7 @@ fn run_with_masks_windows_and_lengths_matches_the_reference() {
         bias: Some(&bias),
         ..Masks::default()
     };
-    let r = xattn::reference::attention_masked(&p, &q, &k, &v, &masks).unwrap();
-    assert!(max_err(&npy::read_f32(op).unwrap().data, &r.o) < 1e-4);
-    assert!(max_err(&npy::read_f32(lp).unwrap().data, &r.lse) < 1e-4);
+    matches_reference(&p, &masks);
 
     // Everything together: bias and boolean mask, causal with a window
     // (flash-attn's meaning: causal caps the window's right side at 0).
@@ -390,9 +398,7 @@ fn run_with_masks_windows_and_lengths_matches_the_reference() {
         mask: Some(&bits),
         ..Masks::default()
     };
-    let r = xattn::reference::attention_masked(&p, &q, &k, &v, &masks).unwrap();
-    assert!(max_err(&npy::read_f32(op).unwrap().data, &r.o) < 1e-4);
-    assert!(max_err(&npy::read_f32(lp).unwrap().data, &r.lse) < 1e-4);
+    matches_reference(&p, &masks);
     // The window's right side really is capped: not the uncapped answer.
     let uncapped = AttentionProblem { causal: false, ..p };
     let r2 = xattn::reference::attention_masked(&uncapped, &q, &k, &v, &masks).unwrap();
