@@ -47,11 +47,9 @@ fn main() -> xattn::Result<()> {
     }
     ctx.wait()?;
     let ms = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
-    // K and V of every kv head, read once per step.
-    let kv_bytes = (step.k_len() + step.v_len()) as f64 * step.dtype.bytes() as f64;
     println!(
         "{steps} steps: {ms:.3} ms per step, K/V read at {:.2} GB/s",
-        kv_bytes / (ms * 1e-3) / 1e9
+        step.kv_bytes() / (ms * 1e-3) / 1e9
     );
     Ok(())
 }

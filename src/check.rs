@@ -91,7 +91,7 @@ pub fn max_rel_err(got: &[f32], want: &[f64]) -> f64 {
 
 /// |got − want|, with NaN on either side or an infinity on one side only an
 /// infinite error and matching infinities exact.
-fn abs_err(g: f64, w: f64) -> f64 {
+pub fn abs_err(g: f64, w: f64) -> f64 {
     if g.is_nan() || w.is_nan() {
         f64::INFINITY
     } else if g.is_infinite() || w.is_infinite() {

@@ -405,12 +405,6 @@ pub fn decode_suite() -> Vec<(String, AttentionProblem)> {
         .collect()
 }
 
-/// Bytes of K and V a forward pass reads at least once, in the problem's
-/// storage type.
-pub fn kv_bytes(p: &AttentionProblem) -> f64 {
-    (p.batch * p.n_kv * p.kv_heads * (p.head_dim + p.head_dim_v) * p.dtype.bytes()) as f64
-}
-
 /// Median ms of the fused kernel with `force` (inputs seeded; correctness is
 /// the test suite's job, this only times).
 pub fn time_fused(
@@ -600,7 +594,7 @@ pub fn bench_skipping(ctx: &Context, w: &MaskedWorkload, opt: &BenchOptions) -> 
         .o
         .iter()
         .zip(&outputs[1].o)
-        .map(|(x, y)| abs_diff(*x, *y))
+        .map(|(&x, &y)| check::abs_err(x as f64, y as f64))
         .fold(0.0, check::nan_max);
     let (skip_ms, plan) = time_fused_masked(ctx, p, &masks, opt.tiles, opt)?;
     let (no_skip_ms, _) = time_fused_masked(ctx, p, &masks, off, opt)?;
@@ -616,13 +610,4 @@ pub fn bench_skipping(ctx: &Context, w: &MaskedWorkload, opt: &BenchOptions) -> 
         skip_check,
         no_skip_check,
     })
-}
-
-/// |x − y|, NaN when either is NaN; equal infinities (−∞ LSE) are 0.
-fn abs_diff(x: f32, y: f32) -> f64 {
-    if x == y {
-        0.0
-    } else {
-        (x as f64 - y as f64).abs()
-    }
 }

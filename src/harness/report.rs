@@ -5,7 +5,7 @@
 use plotters::prelude::*;
 use serde_json::{json, Value};
 
-use super::bench::{kv_bytes, BenchRow, Probe, SkipRow};
+use super::bench::{BenchRow, Probe, SkipRow};
 use crate::error::{Error, Result};
 
 /// Version of the JSON layout written by [`Report::json`]; bumped when a
@@ -87,7 +87,7 @@ impl ReportRow {
             "fused": {
                 "ms": r.fused_ms, "spread": r.fused_spread, "gflops": gflops,
                 "percent_of_fma_peak": 100.0 * gflops / probe.fma_gflops,
-                "kv_gbps": kv_bytes(p) / (r.fused_ms * 1e-3) / 1e9,
+                "kv_gbps": p.kv_bytes() / (r.fused_ms * 1e-3) / 1e9,
                 "device_bytes": r.fused_bytes,
             },
             "naive": ms_or_note(&r.naive_ms),

@@ -259,6 +259,12 @@ impl AttentionProblem {
         let (b, s) = self.q_dims();
         b * s * self.heads * self.head_dim_v
     }
+    /// Bytes of K and V as stored (in the storage type): what a forward
+    /// pass reads at least once, the numerator of K/V bandwidth figures.
+    pub fn kv_bytes(&self) -> f64 {
+        ((self.k_len() + self.v_len()) * self.dtype.bytes()) as f64
+    }
+
     /// Elements of lse: `[B, H, n_q]`, or `[H, total_q]` packed.
     pub fn lse_len(&self) -> usize {
         let (b, s) = self.q_dims();

@@ -284,7 +284,7 @@ pub fn bench(a: &BenchArgs) -> Result<ExitCode, Error> {
         println!(
             "Whisper decode loop, {steps} steps (1x20, 1x1500, d64, K/V bound once, one submit \
              per step): {per_step:.3} ms per step, {:.2} GB/s of K/V",
-            bench::kv_bytes(&whisper) / (per_step * 1e-3) / 1e9
+            whisper.kv_bytes() / (per_step * 1e-3) / 1e9
         );
         report.decode_loop = Some((steps, per_step));
     }
@@ -346,7 +346,7 @@ fn print_row(r: &ReportRow, probe: &bench::Probe) {
     let naive_ms = naive.map_or("-".to_string(), |ms| format!("{ms:.2}"));
     let speedup = naive.map_or("-".to_string(), |ms| format!("{:.1}", ms / row.fused_ms));
     if let Some(d) = r.decode {
-        let gbps = bench::kv_bytes(p) / (row.fused_ms * 1e-3) / 1e9;
+        let gbps = p.kv_bytes() / (row.fused_ms * 1e-3) / 1e9;
         println!(
             "{:<24} {:>9.3} {:>16} {:>8.2} {:>5.0}% {:>10.3} {:>6.2} {:>10.3} {:>9} {:>7}",
             r.name,
