@@ -7,7 +7,7 @@ use crate::plan::FlashPlan;
 use crate::problem::AttentionProblem;
 
 /// Uniform parameters of the fused family (`flash_forward.wgsl`,
-/// `flash_decode.wgsl`, `flash_lanes.wgsl`, `split_combine.wgsl`), mirrored
+/// `flash_decode.wgsl`, `flash_simd.wgsl`, `split_combine.wgsl`), mirrored
 /// field by field by `Params` in `flash_common.wgsl`; the host precomputes
 /// every stride and offset. Strides are in elements.
 #[repr(C)]

@@ -415,8 +415,8 @@ fn bad_masks_and_lengths_are_typed_errors() {
     bad(runv(&[0, 2, 8], &[0, 6, 12]), "cu_seqlens_q");
     bad(runv(&[0, 4, 8], &[0, 1, 12]), "cu_seqlens_k");
     bad(runv(&[0, 4, 8], &[0, 6]), "cu_seqlens_k");
-    // Windows past the indexable range; the naive and lanes kernels say
-    // they do not do masks.
+    // Windows past the indexable range; the naive kernel says it does not do
+    // masks, the simd kernel that it needs fixed-size subgroups.
     let r = FlashAttention::new(ctx, &p.with_window(Window::sliding(1 << 31, 0)));
     assert!(matches!(r, Err(Error::BadWindow { .. })), "{r:?}");
     let r = NaiveAttention::new(ctx, &p.with_causal());
@@ -430,12 +430,23 @@ fn bad_masks_and_lengths_are_typed_errors() {
         ),
         "{r:?}"
     );
-    let lanes = TileOverride {
-        variant: Some(FlashVariant::Lanes),
+    let simd = TileOverride {
+        variant: Some(FlashVariant::Simd),
         ..Default::default()
     };
-    let r = xattn::plan(&p.with_causal(), ctx.caps(), lanes);
-    assert!(matches!(r, Err(Error::Unsupported { .. })), "{r:?}");
+    let mut no_subgroups = ctx.caps().clone();
+    no_subgroups.subgroups = false;
+    let r = xattn::plan(&p.with_causal(), &no_subgroups, simd);
+    assert!(
+        matches!(
+            r,
+            Err(Error::Unplannable {
+                kernel: "flash_simd",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
     // Device buffers: a declared mask with no buffer.
     let pm = p.with_bool_mask(shape);
     let t = xattn::AttentionTensors::upload(ctx, &p, &q, &k, &v, None).unwrap();

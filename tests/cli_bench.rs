@@ -96,6 +96,7 @@ fn bench_forces_variant_and_splits_and_rejects_unknown_ones() {
 fn bench_json_and_svg_are_valid_and_complete() {
     let (json, svg) = (tmp("bench.json"), tmp("bench.svg"));
     let out = bin()
+        .env_remove("MESA_SHADER_CACHE_DIR")
         .args([
             "bench",
             "--shape",
@@ -116,12 +117,21 @@ fn bench_json_and_svg_are_valid_and_complete() {
     );
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(doc["schema"], "xattn-bench/2");
+    assert_eq!(doc["schema"], "xattn-bench/3");
     assert_eq!(doc["suite"], "custom");
     assert!(!doc["adapter"]["name"].as_str().unwrap().is_empty());
     assert!(doc["probe"]["fma_gflops"].as_f64().unwrap() > 0.0);
     assert!(doc["probe"]["copy_gbps"].as_f64().unwrap() > 0.0);
+    // No MESA_SHADER_CACHE_DIR given: the run used a fresh empty one.
+    assert!(doc["shader_cache"].as_str().unwrap().starts_with("empty"));
     let row = &doc["rows"][0];
+    let first = &row["first_call"];
+    let (first_ms, build_ms) = (
+        first["ms"].as_f64().unwrap(),
+        first["build_ms"].as_f64().unwrap(),
+    );
+    assert!(first_ms >= build_ms && build_ms > 0.0, "{first}");
+    assert!(first["compile_ms"].as_f64().unwrap() >= 0.0);
     for (field, want) in [
         ("batch", 2),
         ("heads", 4),

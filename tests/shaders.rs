@@ -72,8 +72,8 @@ fn flash_family_validates_for_every_planned_specialisation() {
     for dev in &devices {
         for p in &problems {
             let mut variants = vec![None, Some(FlashVariant::Tiled), Some(FlashVariant::Decode)];
-            if dev.subgroups && p.head_dim <= 64 && !p.has_masking() {
-                variants.push(Some(FlashVariant::Lanes));
+            if dev.subgroups && dev.subgroup_min_size == dev.subgroup_max_size {
+                variants.push(Some(FlashVariant::Simd));
             }
             for variant in variants {
                 let force = TileOverride {
@@ -110,11 +110,7 @@ fn flash_family_validates_for_every_planned_specialisation() {
     ] {
         assert!(planned, "{what} never planned");
     }
-    for shader in [
-        Shader::FlashLanes,
-        Shader::FlashForward,
-        Shader::FlashDecode,
-    ] {
+    for shader in [Shader::FlashSimd, Shader::FlashForward, Shader::FlashDecode] {
         assert!(
             seen.iter().any(|s| s.shader() == shader),
             "{shader:?} never planned"

@@ -195,6 +195,12 @@ pub struct BenchRow {
     pub problem: AttentionProblem,
     /// The fused kernel's plan.
     pub plan: FlashPlan,
+    /// Wall ms of the first call: planning, pipeline creation and one
+    /// launch to completion (the driver's compile included wherever it
+    /// happens: at pipeline creation or at the first dispatch).
+    pub first_ms: f64,
+    /// Wall ms of planning and pipeline creation alone.
+    pub build_ms: f64,
     /// Fused kernel: median ms and relative spread.
     pub fused_ms: f64,
     /// (max − min) / median of the fused runs.
@@ -217,6 +223,12 @@ impl BenchRow {
     /// Fused GFLOP/s.
     pub fn fused_gflops(&self) -> f64 {
         self.problem.flops() / (self.fused_ms * 1e-3) / 1e9
+    }
+
+    /// ms the first call spent beyond a warm run: the pipelines' compile
+    /// (and first-touch costs), ≥ 0.
+    pub fn compile_ms(&self) -> f64 {
+        (self.first_ms - self.fused_ms).max(0.0)
     }
 }
 
@@ -263,7 +275,6 @@ fn first_slice(
 /// Checks, then times, the fused kernel, the naive kernel and the CPU reference
 /// on one problem (no key lengths; seeded normal × 3 inputs).
 pub fn bench_problem(ctx: &Context, p: &AttentionProblem, opt: &BenchOptions) -> Result<BenchRow> {
-    let flash = FlashAttention::with_tiles(ctx, p, opt.tiles)?;
     // Inputs in the storage type (exact in f32), as the kernel sees them.
     let round = |x| p.dtype.round_all(x);
     let (q, k, v) = check::inputs(p, 1);
@@ -271,10 +282,19 @@ pub fn bench_problem(ctx: &Context, p: &AttentionProblem, opt: &BenchOptions) ->
     let tensors = AttentionTensors::upload(ctx, p, &q, &k, &v, None)?;
     let bufs = tensors.buffers();
 
-    // Correctness first, on the first rows of (batch 0, head 0): the fused
-    // output of the full launch against the reference and a naive-order f32
-    // computation of that slice.
+    // The first call, timed as a user meets it: plan, pipelines (compiled
+    // now unless this process or the driver's shader cache has them), one
+    // launch to completion.
+    let first = std::time::Instant::now();
+    let flash = FlashAttention::with_tiles(ctx, p, opt.tiles)?;
+    let build_ms = first.elapsed().as_secs_f64() * 1e3;
     ctx.submit(|enc| flash.record(enc, &bufs))?;
+    ctx.wait()?;
+    let first_ms = first.elapsed().as_secs_f64() * 1e3;
+
+    // Correctness first, on the first rows of (batch 0, head 0): the fused
+    // output of that launch against the reference and a naive-order f32
+    // computation of that slice.
     let n_check = p.n_q.min(64);
     let (sub, sq, sk, sv) = first_slice(p, &q, &k, &v, n_check);
     let reference = crate::reference::attention(&sub, &sq, &sk, &sv, None)?;
@@ -350,6 +370,8 @@ pub fn bench_problem(ctx: &Context, p: &AttentionProblem, opt: &BenchOptions) ->
     Ok(BenchRow {
         problem: *p,
         plan: flash.plan().clone(),
+        first_ms,
+        build_ms,
         fused_ms,
         fused_spread,
         naive_ms,

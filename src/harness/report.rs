@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 
 /// Version of the JSON layout written by [`Report::json`]; bumped when a
 /// field changes meaning or disappears.
-pub const SCHEMA: &str = "xattn-bench/2";
+pub const SCHEMA: &str = "xattn-bench/3";
 
 /// The wgpu version this build resolved, read from Cargo.lock by `build.rs`.
 pub const WGPU_VERSION: &str = env!("XATTN_WGPU_VERSION");
@@ -48,6 +48,8 @@ pub struct Report {
     pub adapter: wgpu::AdapterInfo,
     /// The harness's probes, measured in the same run.
     pub probe: Probe,
+    /// The driver's shader cache during the run (empty: first calls are cold).
+    pub shader_cache: String,
     /// The shapes.
     pub rows: Vec<ReportRow>,
     /// Shapes skipped, with the reason.
@@ -90,6 +92,9 @@ impl ReportRow {
                 "kv_gbps": p.kv_bytes() / (r.fused_ms * 1e-3) / 1e9,
                 "device_bytes": r.fused_bytes,
             },
+            "first_call": {
+                "ms": r.first_ms, "build_ms": r.build_ms, "compile_ms": r.compile_ms(),
+            },
             "naive": ms_or_note(&r.naive_ms),
             "speedup_over_naive": r.naive_ms.as_ref().ok().map(|ms| ms / r.fused_ms),
             "cpu_reference": ms_or_note(&r.cpu_ms),
@@ -131,6 +136,7 @@ impl Report {
                 "driver": a.driver, "driver_info": a.driver_info,
             },
             "probe": { "fma_gflops": self.probe.fma_gflops, "copy_gbps": self.probe.copy_gbps },
+            "shader_cache": self.shader_cache,
             "rows": self.rows.iter().map(|r| r.json(&self.probe)).collect::<Vec<_>>(),
             "skipped": self.skipped.iter().map(|(n, why)| json!({"name": n, "why": why})).collect::<Vec<_>>(),
             "decode_loop": self.decode_loop.map(|(steps, ms)| json!({"steps": steps, "ms_per_step": ms})),

@@ -6,7 +6,7 @@
 //! its shader; `split.rs` holds the split-KV heuristic.
 
 mod decode;
-mod lanes;
+mod simd;
 mod split;
 mod tiled;
 
@@ -79,10 +79,11 @@ pub enum FlashVariant {
     /// `flash_forward.wgsl`: K/V tiles in workgroup memory, each invocation
     /// owns TR query rows. Every adapter.
     Tiled,
-    /// `flash_lanes.wgsl`: one subgroup per workgroup, each lane owns one key
-    /// of every block and all Br query rows; subgroup reductions, no
-    /// workgroup memory. CPU adapters with a fixed subgroup size (lavapipe).
-    Lanes,
+    /// `flash_simd.wgsl`: one subgroup per workgroup, each lane owns TR
+    /// query rows, K/V shared by subgroup broadcast, straight-line generated
+    /// code, no workgroup memory. CPU adapters with a fixed subgroup size
+    /// (lavapipe).
+    Simd,
     /// `flash_decode.wgsl`: for a few query rows against many keys. Each
     /// invocation streams its own keys for all Br rows of one key/value head
     /// (GQA heads packed together), the lanes' states are merged through
@@ -95,7 +96,7 @@ impl FlashVariant {
     pub fn shader(self) -> Shader {
         match self {
             FlashVariant::Tiled => Shader::FlashForward,
-            FlashVariant::Lanes => Shader::FlashLanes,
+            FlashVariant::Simd => Shader::FlashSimd,
             FlashVariant::Decode => Shader::FlashDecode,
         }
     }
@@ -106,11 +107,11 @@ impl FlashVariant {
     }
 
     /// The variant's name on the command line and in bench tables:
-    /// `tiled`, `decode` or `lanes`.
+    /// `tiled`, `decode` or `simd`.
     pub fn label(self) -> &'static str {
         match self {
             FlashVariant::Tiled => "tiled",
-            FlashVariant::Lanes => "lanes",
+            FlashVariant::Simd => "simd",
             FlashVariant::Decode => "decode",
         }
     }
@@ -150,10 +151,9 @@ impl FlashPlan {
                 tr: self.tr,
                 wg: self.wg,
             },
-            FlashVariant::Lanes => KernelTiles::Lanes {
-                br: self.br,
+            FlashVariant::Simd => KernelTiles::Simd {
                 sg: self.wg,
-                kpl: self.bc / self.wg,
+                tr: self.tr,
             },
             FlashVariant::Decode => KernelTiles::Decode {
                 br: self.br,
@@ -220,8 +220,10 @@ pub fn fold_grid(total: usize, max_per_dim: u32, kernel: &'static str) -> Result
 /// Heuristic (shaders/README.md "Tiling" and "Decoding" have the measurements):
 /// - Variant: [`FlashVariant::Decode`] when the query rows that share one
 ///   key/value head, H/H_kv·n_q, number at most 2·[`decode_rows_max`];
-///   otherwise [`FlashVariant::Tiled`]. The lanes kernel is opt-in.
-/// - Tiled, TR (rows per invocation): on GPUs 1, to keep Q, O and the score
+///   otherwise [`FlashVariant::Simd`] on CPU adapters with one fixed
+///   subgroup size (lavapipe; `simd.rs` has its rows per lane and the
+///   measurements), else [`FlashVariant::Tiled`].
+/// - Tiled (GPUs, GL, a forced tiled plan), TR (rows per invocation): on GPUs 1, to keep Q, O and the score
 ///   row in registers (4·(⌈d/4⌉+⌈d_v/4⌉)+Bc registers, 144 at d = 64). On CPU
 ///   adapters (lavapipe) 4 when n_q ≥ 256, else 2: every invocation is a
 ///   SIMD lane and each K/V load from workgroup memory then feeds TR FMAs.
@@ -250,12 +252,14 @@ pub fn plan(
             .variant
             .unwrap_or(if rows_per_kv_head <= 2 * decode_rows_max(caps) as usize {
                 FlashVariant::Decode
+            } else if cpu && simd::fits(caps) {
+                FlashVariant::Simd
             } else {
                 FlashVariant::Tiled
             });
     let mut tiles = match variant {
         FlashVariant::Tiled => tiled::plan(problem, caps, force)?,
-        FlashVariant::Lanes => lanes::plan(problem, caps, force)?,
+        FlashVariant::Simd => simd::plan(problem, caps, force)?,
         FlashVariant::Decode => decode::plan(problem, caps, force)?,
     };
     let (splits, split_keys, chunk_keys) = split::choose(problem, caps, &tiles, force)?;
@@ -419,7 +423,12 @@ mod tests {
             let whisper = go(&AttentionProblem::new(1, 20, 1, 1500, 64), &caps);
             assert_eq!(whisper.variant, FlashVariant::Decode, "{name}");
             let square = go(&AttentionProblem::new(1, 8, 2048, 2048, 64), &caps);
-            assert_eq!(square.variant, FlashVariant::Tiled, "{name}");
+            let want = if name == "lavapipe" {
+                FlashVariant::Simd
+            } else {
+                FlashVariant::Tiled
+            };
+            assert_eq!(square.variant, want, "{name}");
             // GQA 8:1 with 2 query rows: 16 rows share one kv head.
             let gqa = AttentionProblem::new(1, 8, 2, 999, 64).with_kv_heads(1);
             let want = if caps.is_cpu() {
@@ -434,7 +443,13 @@ mod tests {
     #[test]
     fn tiles_per_adapter() {
         let square = AttentionProblem::new(1, 8, 2048, 2048, 64);
-        let cpu = go(&square, &DeviceCaps::lavapipe(2));
+        // The tiled kernel on a CPU adapter (where it is not the default).
+        let tiled = TileOverride {
+            variant: Some(FlashVariant::Tiled),
+            ..Default::default()
+        };
+        let cpu_tiled = |p: &AttentionProblem| plan(p, &DeviceCaps::lavapipe(2), tiled).unwrap();
+        let cpu = cpu_tiled(&square);
         assert_eq!((cpu.tr, cpu.wg, cpu.bc, cpu.br), (4, 32, 16, 128));
         let gpu = go(&square, &DeviceCaps::discrete_gpu(32));
         assert_eq!((gpu.tr, gpu.wg, gpu.bc), (1, 64, 32));
@@ -443,10 +458,7 @@ mod tests {
         assert_eq!(web.bc, 16);
         assert_eq!(tiled::workgroup_bytes(&square, 32), 16_400);
         // Few query rows: a narrower workgroup, never under 16.
-        let blip = go(
-            &AttentionProblem::new(4, 12, 32, 257, 64),
-            &DeviceCaps::lavapipe(2),
-        );
+        let blip = cpu_tiled(&AttentionProblem::new(4, 12, 32, 257, 64));
         assert_eq!((blip.tr, blip.wg), (2, 16));
         // d 256 at WebGPU's limit still plans, with small key blocks.
         let wide = go(&AttentionProblem::new(1, 1, 300, 300, 256), &webgpu());
@@ -511,24 +523,40 @@ mod tests {
     }
 
     #[test]
-    fn lanes_variant_needs_a_fixed_subgroup_and_no_masks() {
-        let lanes = TileOverride {
-            variant: Some(FlashVariant::Lanes),
+    fn simd_is_the_cpu_default_and_needs_a_fixed_subgroup() {
+        let p = AttentionProblem::new(1, 8, 256, 256, 64);
+        let cpu = go(&p, &DeviceCaps::lavapipe(2));
+        assert_eq!(
+            (cpu.variant, cpu.wg, cpu.bc, cpu.tr),
+            (FlashVariant::Simd, 8, 8, 4)
+        );
+        // Masks, windows and lengths are the simd kernel's too.
+        let masked = p.with_window(Window::sliding(4, 4)).with_kv_lens(true);
+        assert_eq!(
+            go(&masked, &DeviceCaps::lavapipe(2)).variant,
+            FlashVariant::Simd
+        );
+        // Wide heads hold fewer rows per lane; few queries fill fewer.
+        let wide = go(
+            &AttentionProblem::new(1, 1, 256, 256, 160),
+            &DeviceCaps::lavapipe(2),
+        );
+        assert_eq!(wide.tr, 1);
+        let few = go(
+            &AttentionProblem::new(1, 8, 20, 256, 64),
+            &DeviceCaps::lavapipe(2),
+        );
+        assert_eq!((few.variant, few.tr), (FlashVariant::Simd, 3));
+        // No subgroups (GL, WebGPU): the tiled kernel, and a forced simd plan
+        // says why it cannot run.
+        assert_eq!(go(&p, &webgpu()).variant, FlashVariant::Tiled);
+        let simd = TileOverride {
+            variant: Some(FlashVariant::Simd),
             ..Default::default()
         };
-        let p = AttentionProblem::new(1, 8, 256, 256, 64);
-        assert!(plan(&p, &DeviceCaps::lavapipe(2), lanes).is_ok());
         assert!(matches!(
-            plan(&p, &webgpu(), lanes),
+            plan(&p, &webgpu(), simd),
             Err(Error::Unplannable { .. })
-        ));
-        assert!(matches!(
-            plan(
-                &p.with_window(Window::sliding(4, 4)),
-                &DeviceCaps::lavapipe(2),
-                lanes
-            ),
-            Err(Error::Unsupported { .. })
         ));
     }
 }

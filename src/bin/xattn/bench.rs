@@ -37,8 +37,8 @@ pub struct BenchArgs {
     /// Skip the naive kernel.
     #[arg(long)]
     no_naive: bool,
-    /// Force the fused kernel's variant: tiled, decode, or lanes (CPU
-    /// adapters with fixed-size subgroups, e.g. lavapipe).
+    /// Force the fused kernel's variant: tiled, decode, or simd (adapters
+    /// with fixed-size subgroups, e.g. lavapipe).
     #[arg(long, value_enum)]
     variant: Option<VariantArg>,
     /// Force the number of key splits (split-KV); 1 turns splitting off.
@@ -52,6 +52,11 @@ pub struct BenchArgs {
     /// speed-up over the same kernel in f32 (the naive baseline is f32-only).
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
     dtype: DtypeArg,
+    /// Keep Mesa's shader cache (by default the harness points
+    /// `MESA_SHADER_CACHE_DIR` at a fresh empty folder, unless it is set, so
+    /// the "1st ms" column is a cold first call: compile included).
+    #[arg(long)]
+    warm_cache: bool,
     /// Write every figure, the adapter and the versions as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -72,7 +77,7 @@ pub enum Suite {
 pub enum VariantArg {
     Tiled,
     Decode,
-    Lanes,
+    Simd,
 }
 
 impl VariantArg {
@@ -80,7 +85,7 @@ impl VariantArg {
         match self {
             VariantArg::Tiled => FlashVariant::Tiled,
             VariantArg::Decode => FlashVariant::Decode,
-            VariantArg::Lanes => FlashVariant::Lanes,
+            VariantArg::Simd => FlashVariant::Simd,
         }
     }
 }
@@ -119,6 +124,7 @@ pub fn bench(a: &BenchArgs) -> Result<ExitCode, Error> {
         ..Default::default()
     };
     let dtype = a.dtype.dtype();
+    let cache = ShaderCache::choose(a.warm_cache)?;
     let ctx = Context::new()?;
     let (suite_name, shapes) = match (&a.shape, a.suite) {
         (Some(s), _) => ("custom", vec![("custom".to_string(), parse_shape(s)?)]),
@@ -142,11 +148,12 @@ pub fn bench(a: &BenchArgs) -> Result<ExitCode, Error> {
     let decode = a.suite == Suite::Decode && a.shape.is_none();
     let probe = bench::probe(&ctx)?;
     println!(
-        "adapter: {} ({:?})  FMA probe {:.1} GFLOP/s  copy {:.1} GB/s",
+        "adapter: {} ({:?})  FMA probe {:.1} GFLOP/s  copy {:.1} GB/s  shader cache: {}",
         ctx.caps().info.name,
         ctx.caps().info.backend,
         probe.fma_gflops,
-        probe.copy_gbps
+        probe.copy_gbps,
+        cache.what
     );
     let masks = a.suite == Suite::Masks && a.shape.is_none();
     if !masks {
@@ -162,6 +169,7 @@ pub fn bench(a: &BenchArgs) -> Result<ExitCode, Error> {
         runs: opt.runs,
         adapter: ctx.caps().info.clone(),
         probe,
+        shader_cache: cache.what.clone(),
         rows: Vec::new(),
         skipped: Vec::new(),
         decode_loop: None,
@@ -274,6 +282,11 @@ pub fn bench(a: &BenchArgs) -> Result<ExitCode, Error> {
             over_budget.join(", ")
         ));
     }
+    notes.push(
+        "1st ms: wall time of the shape's first call in this process (plan, pipeline compile \
+         unless an earlier shape built the same one, one launch)"
+            .to_string(),
+    );
     for n in &notes {
         println!("note: {n}");
     }
@@ -300,15 +313,60 @@ pub fn bench(a: &BenchArgs) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where the driver's shader cache lives for this run.
+struct ShaderCache {
+    what: String,
+    fresh: Option<PathBuf>,
+}
+
+impl ShaderCache {
+    /// A fresh empty `MESA_SHADER_CACHE_DIR` (removed on drop), unless the
+    /// caller keeps the cache or has set the variable.
+    fn choose(warm: bool) -> Result<Self, Error> {
+        if warm {
+            return Ok(Self {
+                what: "kept (--warm-cache)".into(),
+                fresh: None,
+            });
+        }
+        if let Some(dir) = std::env::var_os("MESA_SHADER_CACHE_DIR") {
+            return Ok(Self {
+                what: format!("MESA_SHADER_CACHE_DIR={}", dir.to_string_lossy()),
+                fresh: None,
+            });
+        }
+        let dir = std::env::temp_dir().join(format!("xattn-bench-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::BadArgument {
+            name: "MESA_SHADER_CACHE_DIR".into(),
+            reason: format!("cannot create {}: {e}", dir.display()),
+        })?;
+        // Before any driver is loaded and before any thread starts.
+        std::env::set_var("MESA_SHADER_CACHE_DIR", &dir);
+        Ok(Self {
+            what: "empty (fresh MESA_SHADER_CACHE_DIR)".into(),
+            fresh: Some(dir),
+        })
+    }
+}
+
+impl Drop for ShaderCache {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.fresh {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 fn print_header(decode: bool, dtype: Dtype) {
     if dtype != Dtype::F32 {
         println!("storage: {dtype} (×f32: the same fused kernel storing f32, timed in this run)");
     }
     if decode {
         println!(
-            "{:<24} {:>9} {:>16} {:>8} {:>6} {:>10} {:>6} {:>10} {:>9} {:>7}",
+            "{:<24} {:>9} {:>9} {:>16} {:>8} {:>6} {:>10} {:>6} {:>10} {:>9} {:>7}",
             "workload",
             "fused ms",
+            "1st ms",
             "variant, splits",
             "K/V GB/s",
             "%copy",
@@ -320,10 +378,11 @@ fn print_header(decode: bool, dtype: Dtype) {
         );
     } else {
         println!(
-            "{:<22} {:>26} {:>9} {:>8} {:>6} {:>9} {:>7} {:>9} {:>20} {:>15}{}",
+            "{:<22} {:>26} {:>9} {:>8} {:>8} {:>6} {:>9} {:>7} {:>9} {:>20} {:>15}{}",
             "workload",
             "B×H:Hkv nq×nkv d",
             "fused ms",
+            "1st ms",
             "GFLOP/s",
             "%peak",
             "naive ms",
@@ -348,9 +407,10 @@ fn print_row(r: &ReportRow, probe: &bench::Probe) {
     if let Some(d) = r.decode {
         let gbps = p.kv_bytes() / (row.fused_ms * 1e-3) / 1e9;
         println!(
-            "{:<24} {:>9.3} {:>16} {:>8.2} {:>5.0}% {:>10.3} {:>6.2} {:>10.3} {:>9} {:>7}",
+            "{:<24} {:>9.3} {:>9.0} {:>16} {:>8.2} {:>5.0}% {:>10.3} {:>6.2} {:>10.3} {:>9} {:>7}",
             r.name,
             row.fused_ms,
+            row.first_ms,
             format!("{} s{}", row.plan.variant.label(), row.plan.splits),
             gbps,
             100.0 * gbps / probe.copy_gbps,
@@ -372,13 +432,14 @@ fn print_row(r: &ReportRow, probe: &bench::Probe) {
         format!(" {:>9.3} {:>6.2}", ms, ms / row.fused_ms)
     });
     println!(
-        "{:<22} {:>26} {:>9.3} {:>8.1} {:>5.0}% {:>9} {:>7} {:>9} {:>20} {:>15}{vs_f32}",
+        "{:<22} {:>26} {:>9.3} {:>8.0} {:>8.1} {:>5.0}% {:>9} {:>7} {:>9} {:>20} {:>15}{vs_f32}",
         r.name,
         format!(
             "{}×{}:{} {}×{} d{}",
             p.batch, p.heads, p.kv_heads, p.n_q, p.n_kv, p.head_dim
         ),
         row.fused_ms,
+        row.first_ms,
         gf,
         100.0 * gf / probe.fma_gflops,
         naive_ms,

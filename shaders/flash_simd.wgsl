@@ -1,0 +1,131 @@
+// Fused attention for CPU adapters (lavapipe, llvmpipe): straight-line code
+// for an 8-wide SIMD lane. Same algorithm, state, bindings and semantics as
+// flash_forward.wgsl; a different shape, chosen from how a CPU driver
+// compiles a shader (shaders/README.md "CPU adapters"):
+//
+// - The workgroup is one subgroup (SG lanes): one SIMD vector, no barriers
+//   in the key loop and no coroutine switches.
+// - Lane ℓ owns TR query rows, i0 + ℓ + SG·t for t < TR, and keeps their Q
+//   (scaled by scale·log2 e), m, l and O. Inside the key loop no private
+//   array is indexed by anything but a constant.
+// - Keys come in blocks of SG: lane ℓ loads key kv0 + ℓ's K and V rows once
+//   (k{c}, v{c}); every lane then reads key kv0 + n's values from lane n by
+//   subgroupBroadcast at a literal lane index, so each loaded float feeds
+//   TR·SG fused multiply-adds and no load sits in an inner loop.
+// - The host generates the key block (the BLOCK marker below) fully unrolled
+//   over the lane's rows, the block's keys and the head dims' vec4s, and each
+//   row's window and mask rows (the ROWS marker): WGSL has no unroll
+//   attribute (src/source/simd.rs). Q, O, m and l live in private arrays
+//   that the block indexes by constants only. The key loop runs once per SG
+//   keys, so a launch may cover about SG·65 000 keys under the CPU drivers'
+//   loop limit.
+// - Keys past the launch's range (the last block) are loaded clamped to the
+//   last key in range, a real row, and their scores masked: no branch in
+//   the block.
+//
+// The host prepends the specialisation (D, DV, D4, DV4, MASK, WIN, SKIP,
+// BR = SG·TR, SG, TR), the tensor access (flash_io.wgsl), flash_common.wgsl
+// and softmax_state.wgsl (its merge_weight, inv_l, lse_of, state_base and
+// writes_output; the state lives in the registers above).
+
+// Score s of key j for a row: MASKED past the launch's keys (j ≥ end),
+// outside the row's window keys [win.x, win.y), or where the bias or mask
+// hides it (mask rows at `at`). The mask is read at a clamped key so the
+// masked-off last block never reads past a row.
+fn keep(s: f32, j: u32, end: u32, win: vec2<u32>, at: vec2<u32>) -> f32 {
+    var x = select(MASKED, s, j < end);
+    if (WIN != 0u) {
+        x = select(MASKED, x, j >= win.x && j < win.y);
+    }
+    if (MASK != 0u) {
+        x = mask_score(x, at, min(j, end - 1u));
+    }
+    return x;
+}
+
+fn hsum4(a: vec4<f32>) -> f32 {
+    return (a.x + a.y) + (a.z + a.w);
+}
+
+@compute @workgroup_size(SG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let tile = workgroup_tile(wid);
+    if (!tile.live) {
+        return;
+    }
+    let b = tile.b;
+    let h = tile.h;
+    // The workgroup is one subgroup: every lane reads the same lengths, no
+    // barrier needed to make them uniform.
+    let sq = seq_of(b);
+    let i0 = tile.qb * BR;
+    if (i0 >= sq.nq) {
+        return;
+    }
+    let i_end = max(min(i0 + BR, sq.nq_used), i0);
+    let kb = k_base(b, sq.k0, tile.hk);
+    let vb = v_base(b, sq.k0, tile.hk);
+    let range = key_range(tile.split, block_keys(sq, i0, i_end));
+    let end = range.y;
+
+    // Row t of this lane is query i0 + lane + SG·t. Its Q (scaled), O and
+    // (m, l) live in private arrays that the block reads and writes at
+    // constant indices only; the loops below, the only dynamic indexing,
+    // run once per workgroup.
+    var qa: array<vec4<f32>, TR * D4>;
+    var oa: array<vec4<f32>, TR * DV4>;
+    var ml: array<vec2<f32>, TR>;
+    let carried = (params.flags & LAUNCH_FIRST) == 0u;
+    for (var t = 0u; t < TR; t++) {
+        let qi = i0 + lane + SG * t;
+        for (var c = 0u; c < D4; c++) {
+            qa[t * D4 + c] = q_scaled4(b, sq.q0 + qi, h, c, qi < i_end);
+        }
+        ml[t] = vec2<f32>(NEG_BIG, 0.0);
+        for (var c = 0u; c < DV4; c++) {
+            oa[t * DV4 + c] = vec4<f32>(0.0);
+        }
+        if (carried && qi < sq.nq) {
+            let sb = state_base(tile.split, row_index(b, h, sq.q0 + qi));
+            ml[t] = state[sb].xy;
+            for (var c = 0u; c < DV4; c++) {
+                oa[t * DV4 + c] = state[sb + 1u + c];
+            }
+        }
+    }
+    // Row t's window keys and mask rows.
+$ROWS
+    for (var kv0 = range.x; kv0 < end; kv0 += SG) {
+        let j = min(kv0 + lane, end - 1u);
+        let kr = kb + j * params.k_stride_s;
+        let vr = vb + j * params.v_stride_s;
+$BLOCK
+    }
+
+    // O/l and LSE, or the state for the next launch or the split-KV
+    // combine; padded query rows (qi ≥ i_end) get O = 0, LSE = −∞.
+    let out = writes_output();
+    for (var t = 0u; t < TR; t++) {
+        let qi = i0 + lane + SG * t;
+        if (qi < sq.nq) {
+            let live = qi < i_end;
+            let m_t = select(NEG_BIG, ml[t].x, live);
+            let l_t = select(0.0, ml[t].y, live);
+            let row = row_index(b, h, sq.q0 + qi);
+            if (out) {
+                let inv = inv_l(l_t);
+                let ob = o_base(b, sq.q0 + qi, h);
+                for (var c = 0u; c < DV4; c++) {
+                    store_o4(ob, c, select(vec4<f32>(0.0), oa[t * DV4 + c] * inv, live));
+                }
+                lse[row] = lse_of(m_t, l_t);
+            } else {
+                let sb = state_base(tile.split, row);
+                state[sb] = vec4<f32>(m_t, l_t, 0.0, 0.0);
+                for (var c = 0u; c < DV4; c++) {
+                    state[sb + 1u + c] = select(vec4<f32>(0.0), oa[t * DV4 + c], live);
+                }
+            }
+        }
+    }
+}

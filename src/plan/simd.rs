@@ -1,0 +1,85 @@
+//! Plan of the straight-line kernel for CPU adapters, `flash_simd.wgsl`: one
+//! subgroup per workgroup, TR query rows per lane, K/V shared by subgroup
+//! broadcast, the block unrolled by the source generator.
+
+use super::{unplannable, FlashPlan, FlashVariant, TileOverride, Tiles, LOOP_BUDGET};
+use crate::caps::DeviceCaps;
+use crate::error::Result;
+use crate::problem::AttentionProblem;
+
+/// Whether the adapter runs the simd kernel: subgroups of one fixed size (the
+/// kernel's workgroup is exactly one subgroup, and it broadcasts from literal
+/// lane indices), at most the workgroup size limit.
+pub(super) fn fits(caps: &DeviceCaps) -> bool {
+    caps.subgroups
+        && caps.subgroup_min_size == caps.subgroup_max_size
+        && (4..=caps.max_invocations.min(64)).contains(&caps.subgroup_min_size)
+}
+
+/// Most TR·(⌈d/4⌉ + ⌈d_v/4⌉): the vec4s of Q and O one lane holds, and the
+/// size of the unrolled block (TR·SG·(⌈d/4⌉ + ⌈d_v/4⌉) vec4 FMAs), hence its
+/// compile time. Measured on lavapipe, empty shader cache, SG 8 (first call
+/// s at TR 1 / 2 / 4): d 64 1.6 / 4.0 / 8.2, d 128 3.9 / 10 / 31, d 160
+/// 7.4 / 15 / 42, d 256 15 / 33 / 97.
+const ROW_VEC4S: u32 = 128;
+
+/// Rows per lane: as many as n_q fills, up to 4 (square 2k, d 64: TR 1 / 2 /
+/// 4 ran 2 070 / 1 130 / 716 ms), within [`ROW_VEC4S`].
+fn default_rows(p: &AttentionProblem, sg: u32) -> u32 {
+    let width = (p.head_dim.div_ceil(4) + p.head_dim_v.div_ceil(4)) as u32;
+    let fill = p.n_q.div_ceil(sg as usize).min(4) as u32;
+    (ROW_VEC4S / width).clamp(1, 4).min(fill.max(1))
+}
+
+/// The simd plan: Br = SG·TR query rows per workgroup, Bc = SG keys per block.
+pub(super) fn plan(
+    problem: &AttentionProblem,
+    caps: &DeviceCaps,
+    force: TileOverride,
+) -> Result<Tiles> {
+    if !fits(caps) {
+        return Err(unplannable(
+            "flash_simd",
+            format!(
+                "needs subgroups of one fixed size, 4 to 64 (adapter: subgroups {}, sizes {}..{})",
+                caps.subgroups, caps.subgroup_min_size, caps.subgroup_max_size
+            ),
+        ));
+    }
+    let sg = caps.subgroup_min_size;
+    let tr = force
+        .tr
+        .unwrap_or_else(|| default_rows(problem, sg))
+        .clamp(1, 16);
+    let br = sg * tr;
+    let q_blocks = problem.n_q.div_ceil(br as usize);
+    // The key loop is the only loop the driver counts: one iteration per
+    // block, plus the 4-element tail loops of odd head dims' loads and the
+    // epilogue's stores where the driver does not unroll them.
+    let odd = |d: usize| u64::from(!d.is_multiple_of(4)) * 4;
+    let per_block = 1 + odd(problem.head_dim) + odd(problem.head_dim_v);
+    let fixed = tr as u64 * (problem.head_dim_v.div_ceil(4) as u64 * 4 + 8) + 100;
+    let blocks = (LOOP_BUDGET.saturating_sub(fixed) / per_block).max(1);
+    let loop_keys = (blocks * sg as u64).min(u32::MAX as u64) as u32;
+    let plan = FlashPlan {
+        variant: FlashVariant::Simd,
+        br,
+        bc: sg,
+        tr,
+        wg: sg,
+        workgroup_bytes: 24,
+        q_blocks: q_blocks as u32,
+        why: format!(
+            "CPU adapter with fixed subgroups of {sg}: straight-line simd kernel, one subgroup \
+             per workgroup, TR = {tr} query rows per lane (TR·(⌈d/4⌉+⌈d_v/4⌉) ≤ {ROW_VEC4S}), \
+             Bc = {sg} keys per block shared by subgroup broadcast"
+        ),
+        ..FlashPlan::before_splits()
+    };
+    Ok(Tiles::new(
+        plan,
+        q_blocks * problem.batch * problem.heads,
+        loop_keys,
+        sg,
+    ))
+}

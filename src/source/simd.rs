@@ -1,0 +1,193 @@
+//! The generated parts of `flash_simd.wgsl`: each row's window and mask rows,
+//! and the key block, unrolled over the TR rows of a lane, the SG keys of a
+//! block and the vec4s of the head dims. WGSL has no unroll attribute,
+//! and a CPU driver turns a loop-indexed private array into per-lane
+//! gathers and a load inside a loop into a per-lane scalar loop (see the
+//! shader's header), so the straight-line code is written here.
+//!
+//! Names in the generated code: `q{t}_{c}`, `o{t}_{c}` (row t's Q and O
+//! vec4 c, read from and written back to the private arrays `qa`, `oa`);
+//! `m{t}`, `mn{t}`, `al{t}` (row t's max before and after the block, and the
+//! rescale of its O and l); `k{c}`, `v{c}` (this lane's key's K and V
+//! vec4s); `ks{n}_{c}`, `vs{n}_{c}` (lane n's, broadcast); `s{t}_{n}`,
+//! `p{t}_{n}` (row t's score and probability of the block's key n).
+
+use std::fmt::Write;
+
+/// Rows per lane, lanes (= keys per block) and the head dims in vec4s.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Unroll {
+    pub tr: u32,
+    pub sg: u32,
+    pub d4: u32,
+    pub dv4: u32,
+}
+
+/// The kernel body: `flash_simd.wgsl` with its `$ROWS` and `$BLOCK` lines
+/// replaced by the generated code.
+pub(super) fn body(template: &str, u: Unroll) -> String {
+    template
+        .replace("$ROWS\n", &rows(u))
+        .replace("$BLOCK\n", &block(u))
+}
+
+/// `writeln!` into a String cannot fail.
+macro_rules! line {
+    ($s:expr, $($arg:tt)*) => {
+        let _ = writeln!($s, $($arg)*);
+    };
+}
+
+fn rows(u: Unroll) -> String {
+    let mut s = String::new();
+    let i = "    ";
+    for t in 0..u.tr {
+        line!(s, "{i}let qi{t} = i0 + lane + {}u;", t * u.sg);
+        line!(
+            s,
+            "{i}let win{t} = select(vec2<u32>(0u), row_keys(sq, qi{t}), WIN != 0u);"
+        );
+        line!(
+            s,
+            "{i}let at{t} = select(vec2<u32>(0u), mask_row(b, h, min(qi{t}, sq.nq - 1u)), MASK != 0u);"
+        );
+    }
+    s
+}
+
+fn block(u: Unroll) -> String {
+    let i = "        ";
+    let mut s = String::new();
+    for c in 0..u.d4 {
+        line!(s, "{i}let k{c} = k_row4(kr, {c}u, D);");
+    }
+    for c in 0..u.dv4 {
+        line!(s, "{i}let v{c} = v_row4(vr, {c}u, DV);");
+    }
+    for t in 0..u.tr {
+        for c in 0..u.d4 {
+            line!(s, "{i}let q{t}_{c} = qa[{}];", t * u.d4 + c);
+        }
+    }
+    // S = Q·Kᵀ: one broadcast of a key vec4 feeds TR FMAs; per (row, key) a
+    // vec4 of partial sums, folded once.
+    for n in 0..u.sg {
+        for c in 0..u.d4 {
+            line!(s, "{i}let ks{n}_{c} = subgroupBroadcast(k{c}, {n}u);");
+            for t in 0..u.tr {
+                if c == 0 {
+                    line!(s, "{i}let a{t}_{n}_0 = q{t}_0 * ks{n}_0;");
+                } else {
+                    line!(
+                        s,
+                        "{i}let a{t}_{n}_{c} = fma(q{t}_{c}, ks{n}_{c}, a{t}_{n}_{});",
+                        c - 1
+                    );
+                }
+            }
+        }
+        for t in 0..u.tr {
+            line!(
+                s,
+                "{i}let s{t}_{n} = keep(hsum4(a{t}_{n}_{}), kv0 + {n}u, end, win{t}, at{t});",
+                u.d4 - 1
+            );
+        }
+    }
+    // The online softmax, per row: new max, rescale, probabilities.
+    for t in 0..u.tr {
+        let scores: Vec<String> = (0..u.sg).map(|n| format!("s{t}_{n}")).collect();
+        line!(s, "{i}let m{t} = ml[{t}].x;");
+        line!(s, "{i}let mn{t} = max(m{t}, {});", tree("max", &scores));
+        line!(s, "{i}let al{t} = merge_weight(m{t}, mn{t});");
+        for n in 0..u.sg {
+            line!(s, "{i}let p{t}_{n} = exp2(s{t}_{n} - mn{t});");
+        }
+        let probs: Vec<String> = (0..u.sg).map(|n| format!("p{t}_{n}")).collect();
+        line!(
+            s,
+            "{i}ml[{t}] = vec2<f32>(mn{t}, fma(ml[{t}].y, al{t}, {}));",
+            tree("add", &probs)
+        );
+    }
+    // O = O·alpha + P·V: one broadcast of a value vec4 feeds TR FMAs.
+    for c in 0..u.dv4 {
+        for t in 0..u.tr {
+            line!(s, "{i}var o{t}_{c} = oa[{}] * al{t};", t * u.dv4 + c);
+        }
+        for n in 0..u.sg {
+            line!(s, "{i}let vs{n}_{c} = subgroupBroadcast(v{c}, {n}u);");
+            for t in 0..u.tr {
+                line!(
+                    s,
+                    "{i}o{t}_{c} = fma(vec4<f32>(p{t}_{n}), vs{n}_{c}, o{t}_{c});"
+                );
+            }
+        }
+        for t in 0..u.tr {
+            line!(s, "{i}oa[{}] = o{t}_{c};", t * u.dv4 + c);
+        }
+    }
+    s
+}
+
+/// `op` (max or add) over `xs` as a balanced tree: log₂ n dependent steps.
+fn tree(op: &str, xs: &[String]) -> String {
+    match xs.len() {
+        0 => unreachable!("a block has at least one key"),
+        1 => xs[0].clone(),
+        n => {
+            let (a, b) = xs.split_at(n / 2);
+            let (a, b) = (tree(op, a), tree(op, b));
+            if op == "add" {
+                format!("({a} + {b})")
+            } else {
+                format!("{op}({a}, {b})")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_marker_is_filled_and_names_are_unique() {
+        let template = include_str!("../../shaders/flash_simd.wgsl");
+        let u = Unroll {
+            tr: 2,
+            sg: 4,
+            d4: 3,
+            dv4: 2,
+        };
+        let src = body(template, u);
+        assert!(!src.contains('$'), "a marker is left");
+        let mut lets = std::collections::HashSet::new();
+        for line in src.lines() {
+            let line = line.trim_start();
+            if let Some(rest) = line.strip_prefix("let ") {
+                let name = rest.split([' ', ':']).next().unwrap_or_default();
+                // The template's own names repeat across its scopes; the
+                // generated ones must be unique.
+                if ![
+                    "inv", "ob", "kr", "vr", "j", "qi", "live", "m_t", "l_t", "row", "sb",
+                ]
+                .contains(&name)
+                {
+                    assert!(lets.insert(name.to_string()), "{name} declared twice");
+                }
+            }
+        }
+        assert!(src.contains("let ks3_2 = subgroupBroadcast(k2, 3u);"));
+        assert!(src.contains("let mn1 = max(m1, max(max(s1_0, s1_1), max(s1_2, s1_3)));"));
+        assert!(
+            src.contains("oa[3] = o1_1;"),
+            "O written back at constant indices"
+        );
+        assert_eq!(
+            tree("add", &["a".into(), "b".into(), "c".into()]),
+            "(a + (b + c))"
+        );
+    }
+}
