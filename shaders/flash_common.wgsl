@@ -291,6 +291,12 @@ fn v_base(b: u32, t: u32, hk: u32) -> u32 {
     return b * params.v_stride_b + t * params.v_stride_s + hk * params.v_stride_h;
 }
 
+// A dot product's vec4 of partial sums folded to one score, in a fixed
+// order (pairs first) shared by every kernel.
+fn hsum4(a: vec4<f32>) -> f32 {
+    return (a.x + a.y) + (a.z + a.w);
+}
+
 // Chunk c of query position t of head h, pre-scaled by scale·log2(e) so the
 // softmax can use exp2; zeros for a row that is not used (`live` false).
 fn q_scaled4(b: u32, t: u32, h: u32, c: u32, live: bool) -> vec4<f32> {

@@ -112,7 +112,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         // One key is a state of its own: m = S, l = 1, O = V; P is its weight.
         var P: array<f32, BR>;
         for (var r = 0u; r < BR; r++) {
-            var S = (part[r].x + part[r].y) + (part[r].z + part[r].w);
+            var S = hsum4(part[r]);
             if (checked) {
                 S = mask_score(S, row_mask[r], j);
                 if (j < row_lo[r] || j >= row_hi[r]) {

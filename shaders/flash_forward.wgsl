@@ -122,7 +122,7 @@ fn process_block(lid: u32, sq: Seq, b: u32, h: u32, i0: u32, kb: u32, vb: u32, k
             }
         }
         for (var t = 0u; t < TR; t++) {
-            S[t * BC + j] = (part[t].x + part[t].y) + (part[t].z + part[t].w);
+            S[t * BC + j] = hsum4(part[t]);
         }
     }
 

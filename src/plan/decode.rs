@@ -2,7 +2,7 @@
 //! key/value head per workgroup, each lane streaming its own keys.
 
 use super::{
-    decode_rows_max, unplannable, FlashPlan, FlashVariant, TileOverride, Tiles, LOOP_BUDGET,
+    budget_keys, decode_rows_max, unplannable, FlashPlan, FlashVariant, TileOverride, Tiles,
 };
 use crate::caps::DeviceCaps;
 use crate::error::Result;
@@ -66,9 +66,9 @@ pub(super) fn plan(
         + 2
         + u64::from(p.bias.is_some() || p.bool_mask.is_some()) * br64;
     let fixed = br64 * (2 * d4 + 3 * dv4 + 10) + 4 * br64 * (wg as u64 + dv4 * 2) + 100;
-    let keys_per_lane = (LOOP_BUDGET.saturating_sub(fixed) / per_key).max(1);
+    // Each step is one key per lane, wg keys in all.
     let loop_keys = if caps.is_cpu() {
-        (keys_per_lane * wg as u64).min(u32::MAX as u64) as u32
+        budget_keys(fixed, per_key, wg as u64)
     } else {
         u32::MAX
     };

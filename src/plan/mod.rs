@@ -23,6 +23,14 @@ pub use tiled::loop_safe_keys;
 /// lavapipe/llvmpipe stop them (65 535), with a margin.
 pub(crate) const LOOP_BUDGET: u64 = 60_000;
 
+/// Keys one launch may cover under [`LOOP_BUDGET`]: after `fixed` iterations
+/// (prologue, epilogue), whole steps of `per_step` iterations, each covering
+/// `keys_per_step` keys (at least one step).
+pub(crate) fn budget_keys(fixed: u64, per_step: u64, keys_per_step: u64) -> u32 {
+    let steps = (LOOP_BUDGET.saturating_sub(fixed) / per_step.max(1)).max(1);
+    (steps * keys_per_step).min(u32::MAX as u64) as u32
+}
+
 /// Stride of the workgroup order on CPU adapters (see [`plan`]): 16 classes,
 /// so each of up to 16 threads' contiguous shares samples the whole problem.
 const CPU_GRID_STRIDE: usize = 16;

@@ -2,7 +2,7 @@
 //! subgroup per workgroup, TR query rows per lane, K/V shared by subgroup
 //! broadcast, the block unrolled by the source generator.
 
-use super::{unplannable, FlashPlan, FlashVariant, TileOverride, Tiles, LOOP_BUDGET};
+use super::{budget_keys, unplannable, FlashPlan, FlashVariant, TileOverride, Tiles};
 use crate::caps::DeviceCaps;
 use crate::error::Result;
 use crate::problem::AttentionProblem;
@@ -59,8 +59,7 @@ pub(super) fn plan(
     let odd = |d: usize| u64::from(!d.is_multiple_of(4)) * 4;
     let per_block = 1 + odd(problem.head_dim) + odd(problem.head_dim_v);
     let fixed = tr as u64 * (problem.head_dim_v.div_ceil(4) as u64 * 4 + 8) + 100;
-    let blocks = (LOOP_BUDGET.saturating_sub(fixed) / per_block).max(1);
-    let loop_keys = (blocks * sg as u64).min(u32::MAX as u64) as u32;
+    let loop_keys = budget_keys(fixed, per_block, sg as u64);
     let plan = FlashPlan {
         variant: FlashVariant::Simd,
         br,

@@ -1,7 +1,7 @@
 //! Plan of the tiled kernel, `flash_forward.wgsl`: K/V blocks of Bc rows in
 //! workgroup memory, each invocation owning TR query rows.
 
-use super::{unplannable, FlashPlan, FlashVariant, TileOverride, Tiles, LOOP_BUDGET};
+use super::{budget_keys, unplannable, FlashPlan, FlashVariant, TileOverride, Tiles};
 use crate::caps::DeviceCaps;
 use crate::error::Result;
 use crate::problem::AttentionProblem;
@@ -126,6 +126,5 @@ pub fn loop_safe_keys(p: &AttentionProblem, bc: u32, tr: u32, wg: u32) -> u32 {
             0
         };
     let fixed = tr * (2 * d4 + 3 * dv4 + 8) + 100;
-    let blocks = (LOOP_BUDGET.saturating_sub(fixed) / per_block).max(1);
-    (blocks * bc).min(u32::MAX as u64) as u32
+    budget_keys(fixed, per_block, bc)
 }
