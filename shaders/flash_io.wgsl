@@ -33,6 +33,28 @@ fn $NAME_row4(base: u32, c: u32, len: u32) -> vec4<f32> {
     return $NAME[(base >> 2u) + c];
 }
 
+//@ tex
+// K or V from its texture mirror (KvAccess::Texture): element e of the
+// buffer is component e % 4 of flat texel e / 4, TEXW texels per texture
+// row. Rows start at multiples of 4 elements. A float format (f32, f16).
+@group(0) @binding($BINDING) var $NAME_tex: texture_2d<f32>;
+
+fn $NAME_row4(base: u32, c: u32, len: u32) -> vec4<f32> {
+    let t = (base >> 2u) + c;
+    return textureLoad($NAME_tex, vec2<u32>(t & (TEXW - 1u), t >> TEXW_LOG2), 0);
+}
+
+//@ tex_bf16
+// As `tex`, from an rgba16uint mirror of bf16 storage: bfloat16 is the top
+// half of an f32.
+@group(0) @binding($BINDING) var $NAME_tex: texture_2d<u32>;
+
+fn $NAME_row4(base: u32, c: u32, len: u32) -> vec4<f32> {
+    let t = (base >> 2u) + c;
+    let h = textureLoad($NAME_tex, vec2<u32>(t & (TEXW - 1u), t >> TEXW_LOG2), 0);
+    return bitcast<vec4<f32>>(h << vec4<u32>(16u));
+}
+
 //@ out_scalar
 @group(0) @binding(5) var<storage, read_write> o: array<f32>;
 

@@ -95,7 +95,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     // Row t's window keys and mask rows.
 $ROWS
-    for (var kv0 = range.x; kv0 < end; kv0 += SG) {
+    for (var kv0 = range.x; kv0 < end; kv0 += BC) {
         let j = min(kv0 + lane, end - 1u);
         let kr = kb + j * params.k_stride_s;
         let vr = vb + j * params.v_stride_s;

@@ -29,6 +29,8 @@ pub struct DeviceCaps {
     pub max_buffer_size: u64,
     /// Largest dispatch extent per dimension.
     pub max_workgroups_per_dim: u32,
+    /// Largest width and height of a 2D texture, texels.
+    pub max_texture_dim: u32,
     /// Threads of the host CPU: what a CPU adapter (lavapipe) runs its
     /// workgroups on, and so how many workgroups the split heuristic wants
     /// there ([`crate::ContextOptions::host_threads`]).
@@ -57,6 +59,7 @@ impl DeviceCaps {
             max_storage_binding: l.max_storage_buffer_binding_size,
             max_buffer_size: l.max_buffer_size,
             max_workgroups_per_dim: l.max_compute_workgroups_per_dimension,
+            max_texture_dim: l.max_texture_dimension_2d,
             info,
             host_threads,
             packed_f16,
@@ -79,6 +82,7 @@ impl DeviceCaps {
             max_storage_binding: l.max_storage_buffer_binding_size,
             max_buffer_size: l.max_buffer_size,
             max_workgroups_per_dim: l.max_compute_workgroups_per_dimension,
+            max_texture_dim: l.max_texture_dimension_2d,
             host_threads: 4,
             packed_f16: false,
         }
@@ -86,7 +90,7 @@ impl DeviceCaps {
 
     /// Mesa's lavapipe as this project measures it: a CPU adapter with
     /// subgroups of 8, f16, timestamps, 32 KiB of workgroup memory, 1 024
-    /// invocations, 128 MiB bindings, on `threads` host threads. For planning
+    /// invocations, 128 MiB bindings, 16 384-texel textures, on `threads` host threads. For planning
     /// and tests without the device.
     pub fn lavapipe(threads: usize) -> Self {
         let mut c = Self::webgpu_defaults(adapter_info(wgpu::DeviceType::Cpu, "llvmpipe"));
@@ -98,6 +102,7 @@ impl DeviceCaps {
         c.max_workgroup_storage = 32 << 10;
         c.max_invocations = 1024;
         c.max_storage_binding = 128 << 20;
+        c.max_texture_dim = 16 << 10;
         c.host_threads = threads;
         c
     }

@@ -67,12 +67,40 @@ pub(crate) struct PipelineKey {
     pub spec: Option<FlashSpec>,
 }
 
-/// How a kernel binds one buffer.
+/// How a kernel binds one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Binding {
     Uniform,
     Read,
     ReadWrite,
+    /// A 2D texture read with `textureLoad` (float, or uint where `uint`).
+    Texture {
+        uint: bool,
+    },
+}
+
+impl Binding {
+    fn layout_type(self) -> wgpu::BindingType {
+        let buffer = |ty| wgpu::BindingType::Buffer {
+            ty,
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        };
+        match self {
+            Binding::Uniform => buffer(wgpu::BufferBindingType::Uniform),
+            Binding::Read => buffer(wgpu::BufferBindingType::Storage { read_only: true }),
+            Binding::ReadWrite => buffer(wgpu::BufferBindingType::Storage { read_only: false }),
+            Binding::Texture { uint } => wgpu::BindingType::Texture {
+                sample_type: if uint {
+                    wgpu::TextureSampleType::Uint
+                } else {
+                    wgpu::TextureSampleType::Float { filterable: false }
+                },
+                view_dimension: wgpu::TextureViewDimension::D2,
+                multisampled: false,
+            },
+        }
+    }
 }
 
 /// A compiled pipeline and the explicit layout of its bind group 0 (explicit
@@ -98,12 +126,22 @@ impl Kernel {
 
     /// A bind group with `buffers` bound in order, for [`Kernel::dispatch_bound`].
     pub fn bind(&self, device: &wgpu::Device, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
-        let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
-            .iter()
+        let resources: Vec<_> = buffers.iter().map(|b| b.as_entire_binding()).collect();
+        self.bind_resources(device, resources)
+    }
+
+    /// A bind group with `resources` bound in order (buffers and textures).
+    pub fn bind_resources(
+        &self,
+        device: &wgpu::Device,
+        resources: Vec<wgpu::BindingResource<'_>>,
+    ) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry<'_>> = resources
+            .into_iter()
             .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
+            .map(|(i, resource)| wgpu::BindGroupEntry {
                 binding: i as u32,
-                resource: b.as_entire_binding(),
+                resource,
             })
             .collect();
         device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -341,15 +379,7 @@ impl Context {
             .map(|(i, b)| wgpu::BindGroupLayoutEntry {
                 binding: i as u32,
                 visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: match b {
-                        Binding::Uniform => wgpu::BufferBindingType::Uniform,
-                        Binding::Read => wgpu::BufferBindingType::Storage { read_only: true },
-                        Binding::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
-                    },
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
+                ty: b.layout_type(),
                 count: None,
             })
             .collect();

@@ -10,7 +10,7 @@ use crate::mask::Masks;
 use crate::params::FlashParams;
 use crate::plan::{fold_grid, plan, split_state_row_bytes, FlashPlan, TileOverride};
 use crate::problem::AttentionProblem;
-use crate::source::FlashSpec;
+use crate::source::{FlashSpec, KvAccess, TensorIo};
 use crate::tensor::{AttentionBuffers, AttentionOutput, AttentionTensors};
 
 /// The fused kernel, planned and compiled for one problem. Cheap to keep and
@@ -112,18 +112,44 @@ impl<'c> FlashAttention<'c> {
         let lens = bufs.lens.unwrap_or(self.ctx.dummy_buffer());
         let mask = bufs.mask.unwrap_or(self.ctx.dummy_buffer());
         let state = self.state.as_ref().unwrap_or(self.ctx.dummy_rw_buffer());
-        let bind = |params: &wgpu::Buffer, kernel: &Kernel| {
-            kernel.bind(
-                device,
-                &[
-                    params, bufs.q, bufs.k, bufs.v, lens, bufs.o, bufs.lse, state, mask,
-                ],
-            )
+        let rest = [bufs.q, bufs.k, bufs.v, lens, bufs.o, bufs.lse, state, mask];
+        fn buffers_of<'a>(
+            params: &'a wgpu::Buffer,
+            rest: [&'a wgpu::Buffer; 8],
+        ) -> [&'a wgpu::Buffer; 9] {
+            let [q, k, v, lens, o, lse, state, mask] = rest;
+            [params, q, k, v, lens, o, lse, state, mask]
+        }
+        let bind =
+            |params: &wgpu::Buffer, kernel: &Kernel| kernel.bind(device, &buffers_of(params, rest));
+        let mirrors = match self.plan.kv {
+            KvAccess::Storage => Vec::new(),
+            KvAccess::Texture { width_log2 } => {
+                let io = self.plan.io;
+                vec![
+                    KvMirror::new(device, bufs.k, self.problem.k_len(), io, width_log2),
+                    KvMirror::new(device, bufs.v, self.problem.v_len(), io, width_log2),
+                ]
+            }
         };
         let launches = self
             .params
             .iter()
-            .map(|params| bind(params, &self.kernel))
+            .map(|params| {
+                if mirrors.is_empty() {
+                    return bind(params, &self.kernel);
+                }
+                let mut resources: Vec<_> = buffers_of(params, rest)
+                    .iter()
+                    .map(|b| b.as_entire_binding())
+                    .collect();
+                resources.extend(
+                    mirrors
+                        .iter()
+                        .map(|m| wgpu::BindingResource::TextureView(&m.view)),
+                );
+                self.kernel.bind_resources(device, resources)
+            })
             .collect();
         let combine = self.combine.as_ref().map(|(kernel, grid)| {
             let params = self.params.last().expect("at least one launch");
@@ -132,6 +158,7 @@ impl<'c> FlashAttention<'c> {
         Ok(BoundAttention {
             kernel: self.kernel.clone(),
             grid: self.plan.grid,
+            mirrors,
             launches,
             combine,
         })
@@ -190,24 +217,45 @@ impl<'c> FlashAttention<'c> {
 pub struct BoundAttention {
     kernel: Arc<Kernel>,
     grid: (u32, u32),
+    /// Texture mirrors of K and V, refreshed from the buffers at every
+    /// record (plans with [`KvAccess::Texture`]).
+    mirrors: Vec<KvMirror>,
     launches: Vec<wgpu::BindGroup>,
     combine: Option<(Arc<Kernel>, wgpu::BindGroup, (u32, u32))>,
 }
 
 impl BoundAttention {
-    /// Records the launch (every key-range dispatch, then the split-KV combine
-    /// if the plan has splits) into the caller's encoder, in one compute pass.
+    /// Records the launch (the copies into the K/V texture mirrors where the
+    /// plan reads them, every key-range dispatch, then the split-KV combine if
+    /// the plan has splits) into the caller's encoder, in one compute pass
+    /// after the copies.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder) {
         self.record_timed(encoder, None);
     }
 
     /// As [`BoundAttention::record`], with optional timestamp writes around
-    /// the pass.
+    /// the pass (and the mirror copies before it: the beginning timestamp is
+    /// written by an empty pass ahead of them).
     pub fn record_timed(
         &self,
         encoder: &mut wgpu::CommandEncoder,
-        timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
+        mut timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
     ) {
+        if !self.mirrors.is_empty() {
+            if let Some(ts) = timestamps.as_mut() {
+                encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("flash_attention start"),
+                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                        query_set: ts.query_set,
+                        beginning_of_pass_write_index: ts.beginning_of_pass_write_index.take(),
+                        end_of_pass_write_index: None,
+                    }),
+                });
+            }
+            for m in &self.mirrors {
+                m.record_copy(encoder);
+            }
+        }
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("flash_attention"),
             timestamp_writes: timestamps,
@@ -218,6 +266,95 @@ impl BoundAttention {
         }
         if let Some((kernel, bind, grid)) = &self.combine {
             kernel.dispatch_bound(&mut pass, bind, *grid);
+        }
+    }
+}
+
+/// A texture holding a copy of a K or V buffer's bytes as they are
+/// ([`KvAccess::Texture`]): `2^width_log2` texels per row, one texel per 4
+/// elements, as many rows as the tensor fills.
+#[derive(Debug)]
+struct KvMirror {
+    src: wgpu::Buffer,
+    texture: wgpu::Texture,
+    view: wgpu::TextureView,
+    /// Texels of the tensor.
+    texels: u32,
+    width: u32,
+    texel_bytes: u32,
+}
+
+impl KvMirror {
+    fn new(
+        device: &wgpu::Device,
+        src: &wgpu::Buffer,
+        elements: usize,
+        io: TensorIo,
+        width_log2: u32,
+    ) -> Self {
+        let format = io.texture_format();
+        let texel_bytes = format.block_copy_size(None).unwrap_or(16);
+        let width = 1u32 << width_log2;
+        // The planner checked that the rows fit the adapter's texture size.
+        let texels = (elements / 4) as u32;
+        let texture = device.create_texture(&wgpu::TextureDescriptor {
+            label: Some("xattn kv mirror"),
+            size: wgpu::Extent3d {
+                width,
+                height: texels.div_ceil(width).max(1),
+                depth_or_array_layers: 1,
+            },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+            view_formats: &[],
+        });
+        let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
+        Self {
+            src: src.clone(),
+            texture,
+            view,
+            texels,
+            width,
+            texel_bytes,
+        }
+    }
+
+    /// The buffer-to-texture copies: the full rows, then the last part row.
+    fn record_copy(&self, encoder: &mut wgpu::CommandEncoder) {
+        let rows = self.texels / self.width;
+        let rest = self.texels % self.width;
+        let row_bytes = self.width * self.texel_bytes;
+        let mut copy = |y: u32, width: u32, height: u32| {
+            encoder.copy_buffer_to_texture(
+                wgpu::TexelCopyBufferInfo {
+                    buffer: &self.src,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset: u64::from(y) * u64::from(row_bytes),
+                        bytes_per_row: Some(row_bytes),
+                        rows_per_image: Some(height),
+                    },
+                },
+                wgpu::TexelCopyTextureInfo {
+                    texture: &self.texture,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d { x: 0, y, z: 0 },
+                    aspect: wgpu::TextureAspect::All,
+                },
+                wgpu::Extent3d {
+                    width,
+                    height,
+                    depth_or_array_layers: 1,
+                },
+            );
+        };
+        if rows > 0 {
+            copy(0, self.width, rows);
+        }
+        if rest > 0 {
+            copy(rows, rest, 1);
         }
     }
 }
@@ -239,13 +376,19 @@ const FLASH_BINDINGS: [Binding; 9] = [
 impl Context {
     /// The fused-family pipeline for `spec`, compiled on first use.
     fn flash_pipeline(&self, spec: FlashSpec) -> Result<Arc<Kernel>> {
+        let mut bindings = FLASH_BINDINGS.to_vec();
+        if let KvAccess::Texture { .. } = spec.kv {
+            // Bindings 9 and 10 (KvAccess::TEXTURE_BINDINGS).
+            let uint = spec.io == TensorIo::Bf16;
+            bindings.extend([Binding::Texture { uint }; 2]);
+        }
         self.pipeline(
             PipelineKey {
                 shader: spec.shader(),
                 entry: "main",
                 spec: Some(spec),
             },
-            &FLASH_BINDINGS,
+            &bindings,
             || spec.source(),
         )
     }

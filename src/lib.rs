@@ -68,7 +68,7 @@ pub use naive::{NaiveAttention, NaiveParams};
 pub use params::FlashParams;
 pub use plan::{plan, FlashPlan, FlashVariant, TileOverride, MAX_SPLITS};
 pub use problem::{AttentionProblem, MAX_HEAD_DIM};
-pub use source::{FlashSpec, KernelTiles, Shader, TensorIo};
+pub use source::{FlashSpec, KernelTiles, KvAccess, Shader, TensorIo};
 pub use tensor::{AttentionBuffers, AttentionOutput, AttentionTensors};
 /// The wgpu this crate is built against, for callers of the integration API.
 pub use wgpu;

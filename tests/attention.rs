@@ -5,7 +5,9 @@ mod common;
 
 use common::{assert_close, ctx};
 use xattn::check::{grid, inputs, max_err, max_rel_err};
-use xattn::{AttentionBuffers, AttentionProblem, FlashAttention, FlashVariant, TileOverride};
+use xattn::{
+    AttentionBuffers, AttentionProblem, FlashAttention, FlashVariant, KvAccess, TileOverride,
+};
 
 #[test]
 fn shape_grid_matches_reference() {
@@ -205,6 +207,57 @@ fn simd_kernel_rows_per_lane_agree_where_the_adapter_has_it() {
             }
             // An adapter without fixed-size subgroups must say so, not run.
             Err(e) => assert!(!fixed, "{e}"),
+        }
+    }
+}
+
+#[test]
+fn simd_kernel_reads_kv_from_texture_mirrors_or_buffers_alike() {
+    let c = ctx();
+    if !(c.caps().subgroups && c.caps().subgroup_min_size == c.caps().subgroup_max_size) {
+        return assert!(FlashAttention::with_tiles(
+            c,
+            &AttentionProblem::new(1, 1, 8, 8, 8),
+            TileOverride {
+                variant: Some(FlashVariant::Simd),
+                ..Default::default()
+            }
+        )
+        .is_err());
+    }
+    // Head dims multiples of 4 (texture rows start on a texel), d_v ≠ d,
+    // GQA, key lengths ending mid-block; then a K/V tensor of 67 200 texels,
+    // four full texture rows of 16 384 and a part row, in several launches.
+    let short = AttentionProblem::new(2, 4, 45, 141, 20)
+        .with_kv_heads(2)
+        .with_head_dim_v(12)
+        .with_kv_lens(true);
+    let long = AttentionProblem::new(1, 4, 9, 4200, 16);
+    for (p, lens) in [(short, Some(vec![141u32, 33])), (long, None)] {
+        let (q, k, v) = inputs(&p, 19);
+        let reference = xattn::reference::attention(&p, &q, &k, &v, lens.as_deref()).unwrap();
+        for (texture, rows, bc, chunk) in [
+            (true, 1, None, None),
+            (true, 2, Some(3), Some(1000)),
+            (false, 1, None, None),
+            (false, 2, None, Some(1000)),
+        ] {
+            let force = TileOverride {
+                tr: Some(rows),
+                bc,
+                chunk_keys: chunk,
+                kv_texture: Some(texture),
+                variant: Some(FlashVariant::Simd),
+                ..Default::default()
+            };
+            let f = FlashAttention::with_tiles(c, &p, force).unwrap();
+            let is_texture = matches!(f.plan().kv, KvAccess::Texture { .. });
+            assert_eq!(is_texture, texture, "{}", f.plan().why);
+            let out = f.run(&q, &k, &v, lens.as_deref()).unwrap();
+            let e = max_err(&out.o, &reference.o);
+            let what = format!("n_kv {} texture {texture} TR {rows} Bc {bc:?}", p.n_kv);
+            assert!(e < 1e-4, "{what}: O error {e:.3e}");
+            assert!(max_err(&out.lse, &reference.lse) < 1e-4, "{what}: LSE");
         }
     }
 }

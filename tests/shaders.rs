@@ -8,7 +8,7 @@ use xattn::wgpu;
 use xattn::check::grid;
 use xattn::{
     plan, AttentionProblem, DeviceCaps, FlashParams, FlashSpec, FlashVariant, KernelTiles,
-    MaskShape, NaiveParams, Shader, TensorIo, TileOverride, Window,
+    KvAccess, MaskShape, NaiveParams, Shader, TensorIo, TileOverride, Window,
 };
 
 fn validate(src: &str, what: &str) -> naga::Module {
@@ -116,6 +116,15 @@ fn flash_family_validates_for_every_planned_specialisation() {
             "{shader:?} never planned"
         );
     }
+    // K/V from storage buffers and from texture mirrors (the simd kernel
+    // where the head dims are multiples of 4).
+    for texture in [false, true] {
+        assert!(
+            seen.iter()
+                .any(|s| matches!(s.kv, KvAccess::Texture { .. }) == texture),
+            "K/V texture mirrors planned: {texture} never seen"
+        );
+    }
     // Both tensor access forms of flash_io.wgsl, for every tensor.
     for vec4 in [false, true] {
         assert!(combines.iter().any(|s| s.d.is_multiple_of(4) == vec4));
@@ -159,6 +168,7 @@ fn flash_params_match_the_wgsl_struct() {
         d: 64,
         dv: 64,
         io: TensorIo::F32,
+        kv: KvAccess::Storage,
         bias: true,
         bool_mask: true,
         window: true,

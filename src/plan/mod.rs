@@ -13,7 +13,7 @@ mod tiled;
 use crate::caps::DeviceCaps;
 use crate::error::{Error, Result};
 use crate::problem::AttentionProblem;
-use crate::source::{FlashSpec, KernelTiles, Shader, TensorIo};
+use crate::source::{FlashSpec, KernelTiles, KvAccess, Shader, TensorIo};
 
 pub(crate) use split::state_row_bytes as split_state_row_bytes;
 pub use split::MAX_SPLITS;
@@ -76,6 +76,9 @@ pub struct FlashPlan {
     /// between them (one dispatch unless the adapter bounds loop iterations;
     /// see [`loop_safe_keys`]).
     pub chunk_keys: u32,
+    /// Where the kernel reads K and V: the storage buffers, or texture
+    /// mirrors of them copied in before the launch (simd kernel, vec4 rows).
+    pub kv: KvAccess,
     /// Why these tiles, in words.
     pub why: String,
 }
@@ -146,6 +149,7 @@ impl FlashPlan {
             splits: 1,
             split_keys: 0,
             chunk_keys: 0,
+            kv: KvAccess::Storage,
             why: String::new(),
         }
     }
@@ -162,6 +166,7 @@ impl FlashPlan {
             FlashVariant::Simd => KernelTiles::Simd {
                 sg: self.wg,
                 tr: self.tr,
+                bc: self.bc,
             },
             FlashVariant::Decode => KernelTiles::Decode {
                 br: self.br,
@@ -173,6 +178,7 @@ impl FlashPlan {
             d: p.head_dim as u32,
             dv: p.head_dim_v as u32,
             io: self.io,
+            kv: self.kv,
             bias: p.bias.is_some(),
             bool_mask: p.bool_mask.is_some(),
             window: p.key_window().is_some(),
@@ -206,6 +212,9 @@ pub struct TileOverride {
     /// Workgroup order stride (1: plain order; default 16 on CPU adapters
     /// for problems with uneven work per tile, else 1).
     pub grid_stride: Option<u32>,
+    /// K/V through texture mirrors where the kernel and head dims allow it
+    /// (default on: see [`kv_texture`]); off reads the storage buffers.
+    pub kv_texture: Option<bool>,
 }
 
 /// Splits `total` workgroups into an (x, y) grid within the per-dimension limit.
@@ -312,6 +321,26 @@ pub fn plan(
         ));
     }
     Ok(tiles.plan)
+}
+
+/// The width (log₂ texels) of the texture mirrors of K and V
+/// ([`KvAccess::Texture`]) for `problem` on `caps`, or `None` where they do
+/// not apply: head dims not multiples of 4 (rows must start on a texel), or
+/// a tensor too large for a texture of the adapter's largest dimension.
+/// Square 2k, d 64, on lavapipe: 3× the storage-buffer kernel (shaders/
+/// README.md "The simd kernel for CPU adapters").
+pub fn kv_texture(problem: &AttentionProblem, caps: &DeviceCaps) -> Option<u32> {
+    if !problem.head_dim.is_multiple_of(4) || !problem.head_dim_v.is_multiple_of(4) {
+        return None;
+    }
+    let max = caps.max_texture_dim.min(1 << 14);
+    if max < 64 {
+        return None;
+    }
+    let width_log2 = max.ilog2();
+    let texels = problem.k_len().max(problem.v_len()) / 4;
+    let rows = texels.div_ceil(1 << width_log2);
+    (rows <= caps.max_texture_dim as usize).then_some(width_log2)
 }
 
 /// Query rows per workgroup of [`FlashVariant::Decode`]: 8 on CPU adapters,
@@ -536,24 +565,48 @@ mod tests {
         let cpu = go(&p, &DeviceCaps::lavapipe(2));
         assert_eq!(
             (cpu.variant, cpu.wg, cpu.bc, cpu.tr),
-            (FlashVariant::Simd, 8, 8, 4)
+            (FlashVariant::Simd, 8, 8, 1)
         );
+        // K/V through texture mirrors 16 384 texels wide where the head dims
+        // are multiples of 4; the storage buffers (and more rows per lane)
+        // for odd head dims, for a forced storage plan and for a tensor too
+        // large for the adapter's textures.
+        assert_eq!(cpu.kv, KvAccess::Texture { width_log2: 14 });
+        let odd = go(
+            &AttentionProblem::new(1, 8, 256, 256, 59),
+            &DeviceCaps::lavapipe(2),
+        );
+        assert_eq!((odd.kv, odd.tr), (KvAccess::Storage, 4));
+        let storage = TileOverride {
+            kv_texture: Some(false),
+            ..Default::default()
+        };
+        let forced = plan(&p, &DeviceCaps::lavapipe(2), storage).unwrap();
+        assert_eq!((forced.kv, forced.tr), (KvAccess::Storage, 4));
+        let mut small = DeviceCaps::lavapipe(2);
+        small.max_texture_dim = 64;
+        assert_eq!(go(&p, &small).kv, KvAccess::Storage);
         // Masks, windows and lengths are the simd kernel's too.
         let masked = p.with_window(Window::sliding(4, 4)).with_kv_lens(true);
         assert_eq!(
             go(&masked, &DeviceCaps::lavapipe(2)).variant,
             FlashVariant::Simd
         );
-        // Wide heads hold fewer rows per lane; few queries fill fewer.
-        let wide = go(
+        // With storage K/V, wide heads hold fewer rows per lane and few
+        // queries fill fewer.
+        let wide = plan(
             &AttentionProblem::new(1, 1, 256, 256, 160),
             &DeviceCaps::lavapipe(2),
-        );
+            storage,
+        )
+        .unwrap();
         assert_eq!(wide.tr, 1);
-        let few = go(
+        let few = plan(
             &AttentionProblem::new(1, 8, 20, 256, 64),
             &DeviceCaps::lavapipe(2),
-        );
+            storage,
+        )
+        .unwrap();
         assert_eq!((few.variant, few.tr), (FlashVariant::Simd, 3));
         // No subgroups (GL, WebGPU): the tiled kernel, and a forced simd plan
         // says why it cannot run.

@@ -2,10 +2,11 @@
 //! subgroup per workgroup, TR query rows per lane, K/V shared by subgroup
 //! broadcast, the block unrolled by the source generator.
 
-use super::{budget_keys, unplannable, FlashPlan, FlashVariant, TileOverride, Tiles};
+use super::{budget_keys, kv_texture, unplannable, FlashPlan, FlashVariant, TileOverride, Tiles};
 use crate::caps::DeviceCaps;
 use crate::error::Result;
 use crate::problem::AttentionProblem;
+use crate::source::KvAccess;
 
 /// Whether the adapter runs the simd kernel: subgroups of one fixed size (the
 /// kernel's workgroup is exactly one subgroup, and it broadcasts from literal
@@ -16,15 +17,26 @@ pub(super) fn fits(caps: &DeviceCaps) -> bool {
         && (4..=caps.max_invocations.min(64)).contains(&caps.subgroup_min_size)
 }
 
-/// Most TR·(⌈d/4⌉ + ⌈d_v/4⌉): the vec4s of Q and O one lane holds, and the
-/// size of the unrolled block (TR·SG·(⌈d/4⌉ + ⌈d_v/4⌉) vec4 FMAs), hence its
-/// compile time. Measured on lavapipe, empty shader cache, SG 8 (first call
-/// s at TR 1 / 2 / 4): d 64 1.6 / 4.0 / 8.2, d 128 3.9 / 10 / 31, d 160
-/// 7.4 / 15 / 42, d 256 15 / 33 / 97.
+/// Most TR·(⌈d/4⌉ + ⌈d_v/4⌉) with K/V in storage buffers: the vec4s of Q
+/// and O one lane holds, and the size of the unrolled block (TR·SG·(⌈d/4⌉ +
+/// ⌈d_v/4⌉) vec4 FMAs), hence its compile time. Measured on lavapipe, empty
+/// shader cache, SG 8 (first call s at TR 1 / 2 / 4): d 64 1.6 / 4.0 / 8.2,
+/// d 128 3.9 / 10 / 31, d 160 7.4 / 15 / 42, d 256 15 / 33 / 97.
 const ROW_VEC4S: u32 = 128;
 
-/// Rows per lane: as many as n_q fills, up to 4 (square 2k, d 64: TR 1 / 2 /
-/// 4 ran 2 070 / 1 130 / 716 ms), within [`ROW_VEC4S`].
+/// With K/V in texture mirrors the loads no longer dominate and TR 1 is the
+/// default: it runs within 1.3× of TR 4 and compiles up to 5× faster.
+/// Measured on lavapipe, empty shader cache, SG 8, 1×8 heads, 1 024², TR 1
+/// (first call s, ms): d 40 1.0 s, 82 ms; d 80 2.0, 181; d 128 2.8, 297
+/// (TR 2: 11.5, 230); d 160 10.4, 398 (TR 2: 33, 570). Square 2k, d 64, TR
+/// 1 / 2 / 4: 1.6 / 2.7 / 7.5 s, 377 / 404 / 297 ms. Fewer keys per block
+/// (Bc 4, 2) did not shorten the compile (d 160: 9.6, 10.8 s) and ran 2.2
+/// and 3.7× slower.
+const TEXTURE_ROWS: u32 = 1;
+
+/// Rows per lane with storage K/V: as many as n_q fills, up to 4 (square
+/// 2k, d 64: TR 1 / 2 / 4 ran 2 070 / 1 130 / 716 ms), within
+/// [`ROW_VEC4S`].
 fn default_rows(p: &AttentionProblem, sg: u32) -> u32 {
     let width = (p.head_dim.div_ceil(4) + p.head_dim_v.div_ceil(4)) as u32;
     let fill = p.n_q.div_ceil(sg as usize).min(4) as u32;
@@ -47,10 +59,18 @@ pub(super) fn plan(
         ));
     }
     let sg = caps.subgroup_min_size;
-    let tr = force
-        .tr
-        .unwrap_or_else(|| default_rows(problem, sg))
-        .clamp(1, 16);
+    let texture = force
+        .kv_texture
+        .unwrap_or(true)
+        .then(|| kv_texture(problem, caps))
+        .flatten();
+    let tr = match (force.tr, texture) {
+        (Some(tr), _) => tr,
+        (None, Some(_)) => TEXTURE_ROWS,
+        (None, None) => default_rows(problem, sg),
+    }
+    .clamp(1, 16);
+    let bc = force.bc.map_or(sg, |bc| bc.clamp(1, sg));
     let br = sg * tr;
     let q_blocks = problem.n_q.div_ceil(br as usize);
     // The key loop is the only loop the driver counts: one iteration per
@@ -59,19 +79,38 @@ pub(super) fn plan(
     let odd = |d: usize| u64::from(!d.is_multiple_of(4)) * 4;
     let per_block = 1 + odd(problem.head_dim) + odd(problem.head_dim_v);
     let fixed = tr as u64 * (problem.head_dim_v.div_ceil(4) as u64 * 4 + 8) + 100;
-    let loop_keys = budget_keys(fixed, per_block, sg as u64);
+    let loop_keys = budget_keys(fixed, per_block, bc as u64);
+    let (kv, why) = match texture {
+        Some(width_log2) => (
+            KvAccess::Texture { width_log2 },
+            format!(
+                "TR = {tr} query rows per lane, Bc = {bc} keys per block shared by subgroup \
+                 broadcast, K/V read \
+                 from texture mirrors {} texels wide (a texel fetch is a straight-line gather on \
+                 a CPU driver, a storage load a per-lane loop)",
+                1u32 << width_log2
+            ),
+        ),
+        None => (
+            KvAccess::Storage,
+            format!(
+                "TR = {tr} query rows per lane (TR·(⌈d/4⌉+⌈d_v/4⌉) ≤ {ROW_VEC4S}), Bc = {bc} \
+                 keys per block shared by subgroup broadcast, K/V from the storage buffers"
+            ),
+        ),
+    };
     let plan = FlashPlan {
         variant: FlashVariant::Simd,
         br,
-        bc: sg,
+        bc,
         tr,
         wg: sg,
         workgroup_bytes: 24,
         q_blocks: q_blocks as u32,
+        kv,
         why: format!(
             "CPU adapter with fixed subgroups of {sg}: straight-line simd kernel, one subgroup \
-             per workgroup, TR = {tr} query rows per lane (TR·(⌈d/4⌉+⌈d_v/4⌉) ≤ {ROW_VEC4S}), \
-             Bc = {sg} keys per block shared by subgroup broadcast"
+             per workgroup, {why}"
         ),
         ..FlashPlan::before_splits()
     };
@@ -79,6 +118,6 @@ pub(super) fn plan(
         plan,
         q_blocks * problem.batch * problem.heads,
         loop_keys,
-        sg,
+        bc,
     ))
 }

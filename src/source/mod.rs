@@ -100,6 +100,24 @@ impl TensorIo {
         self as u32
     }
 
+    /// The texture format of a [`KvAccess::Texture`] mirror: one texel per
+    /// 4 elements.
+    pub fn texture_format(self) -> wgpu::TextureFormat {
+        match self {
+            TensorIo::F32 => wgpu::TextureFormat::Rgba32Float,
+            TensorIo::F16 | TensorIo::F16Packed => wgpu::TextureFormat::Rgba16Float,
+            TensorIo::Bf16 => wgpu::TextureFormat::Rgba16Uint,
+        }
+    }
+
+    /// The `flash_io.wgsl` template reading a [`KvAccess::Texture`] mirror.
+    fn texture_template(self) -> &'static str {
+        match self {
+            TensorIo::Bf16 => "tex_bf16",
+            _ => "tex",
+        }
+    }
+
     /// The `flash_io.wgsl` template of a tensor whose rows are `vec4`-aligned
     /// or not.
     fn template(self, vec4: bool) -> &'static str {
@@ -111,6 +129,29 @@ impl TensorIo {
             (TensorIo::F16Packed | TensorIo::Bf16, _) => "packed",
         }
     }
+}
+
+/// Where a kernel reads K and V from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KvAccess {
+    /// The storage buffers k and v (bindings 2 and 3).
+    Storage,
+    /// Texture mirrors of the k and v buffers (bindings 9 and 10): the
+    /// buffer's bytes copied as they are into a 2D texture `2^width_log2`
+    /// texels wide, one texel per 4 elements (rgba32float for f32,
+    /// rgba16float for f16, rgba16uint for bf16), so element e of the buffer
+    /// is component e % 4 of flat texel e / 4. Needs vec4-aligned rows (d and
+    /// d_v multiples of 4). On CPU adapters a texel fetch is a straight-line
+    /// gather where a storage load is a per-lane loop (shaders/README.md).
+    Texture {
+        /// log₂ of the texture's width in texels.
+        width_log2: u32,
+    },
+}
+
+impl KvAccess {
+    /// Bindings of the texture mirrors of k and v.
+    pub const TEXTURE_BINDINGS: (u32, u32) = (9, 10);
 }
 
 /// The tile constants of each kernel of the fused family.
@@ -131,10 +172,12 @@ pub enum KernelTiles {
     /// `flash_simd.wgsl`: one subgroup of SG lanes per workgroup, TR query
     /// rows per lane (BR = SG·TR), SG keys per block.
     Simd {
-        /// Subgroup (= workgroup) size: lanes, and keys per block.
+        /// Subgroup (= workgroup) size.
         sg: u32,
         /// Query rows per lane.
         tr: u32,
+        /// Keys per block, at most SG (lane n loads the block's key n).
+        bc: u32,
     },
     /// `flash_decode.wgsl`: BR packed query rows, WG lanes each streaming its
     /// own keys, DVC vec4 columns of O merged per step.
@@ -161,6 +204,8 @@ pub struct FlashSpec {
     pub dv: u32,
     /// Storage form of q, k, v and o (`DT`).
     pub io: TensorIo,
+    /// Where K and V are read from.
+    pub kv: KvAccess,
     /// An additive bias is bound (`MASK` bit 0).
     pub bias: bool,
     /// A boolean mask is bound (`MASK` bit 1).
@@ -188,6 +233,7 @@ impl FlashSpec {
     /// no mask, window or tiles.
     pub fn combine(&self) -> Self {
         Self {
+            kv: KvAccess::Storage,
             bias: false,
             bool_mask: false,
             window: false,
@@ -224,12 +270,15 @@ impl FlashSpec {
             ("SKIP", u32::from(self.skip)),
             ("ROWS", self.rows_per_invocation()),
         ];
+        if let KvAccess::Texture { width_log2 } = self.kv {
+            consts.extend([("TEXW", 1 << width_log2), ("TEXW_LOG2", width_log2)]);
+        }
         match self.tiles {
             KernelTiles::Tiled { br, bc, tr, wg } => {
                 consts.extend([("BR", br), ("BC", bc), ("TR", tr), ("WG", wg)])
             }
-            KernelTiles::Simd { sg, tr } => {
-                consts.extend([("BR", sg * tr), ("SG", sg), ("TR", tr)])
+            KernelTiles::Simd { sg, tr, bc } => {
+                consts.extend([("BR", sg * tr), ("SG", sg), ("TR", tr), ("BC", bc)])
             }
             KernelTiles::Decode { br, wg, dvc } => {
                 consts.extend([("BR", br), ("WG", wg), ("DVC", dvc)])
@@ -259,7 +308,15 @@ impl FlashSpec {
             self.io.template(self.d.is_multiple_of(4)),
             self.io.template(self.dv.is_multiple_of(4)),
         );
-        for (name, binding, form) in [("q", 1, qk), ("k", 2, qk), ("v", 3, v)] {
+        let (tk, tv) = KvAccess::TEXTURE_BINDINGS;
+        let (kb, vb, kform, vform) = match self.kv {
+            KvAccess::Storage => (2, 3, qk, v),
+            KvAccess::Texture { .. } => {
+                let t = self.io.texture_template();
+                (tk, tv, t, t)
+            }
+        };
+        for (name, binding, form) in [("q", 1, qk), ("k", kb, kform), ("v", vb, vform)] {
             src.push_str(
                 &io_template(form)
                     .replace("$NAME", name)
@@ -273,11 +330,11 @@ impl FlashSpec {
         }
         src.push('\n');
         match self.tiles {
-            KernelTiles::Simd { sg, tr } => src.push_str(&simd::body(
+            KernelTiles::Simd { tr, bc, .. } => src.push_str(&simd::body(
                 self.shader().wgsl(),
                 simd::Unroll {
                     tr,
-                    sg,
+                    bc,
                     d4: self.d.div_ceil(4),
                     dv4: self.dv.div_ceil(4),
                 },
@@ -312,6 +369,7 @@ mod tests {
             d: 59,
             dv: 64,
             io: TensorIo::F32,
+            kv: KvAccess::Storage,
             bias: true,
             bool_mask: true,
             window: false,

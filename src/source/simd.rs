@@ -14,11 +14,11 @@
 
 use std::fmt::Write;
 
-/// Rows per lane, lanes (= keys per block) and the head dims in vec4s.
+/// Rows per lane, keys per block and the head dims in vec4s.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Unroll {
     pub tr: u32,
-    pub sg: u32,
+    pub bc: u32,
     pub d4: u32,
     pub dv4: u32,
 }
@@ -42,7 +42,7 @@ fn rows(u: Unroll) -> String {
     let mut s = String::new();
     let i = "    ";
     for t in 0..u.tr {
-        line!(s, "{i}let qi{t} = i0 + lane + {}u;", t * u.sg);
+        line!(s, "{i}let qi{t} = i0 + lane + SG * {t}u;");
         line!(
             s,
             "{i}let win{t} = select(vec2<u32>(0u), row_keys(sq, qi{t}), WIN != 0u);"
@@ -71,7 +71,7 @@ fn block(u: Unroll) -> String {
     }
     // S = Q·Kᵀ: one broadcast of a key vec4 feeds TR FMAs; per (row, key) a
     // vec4 of partial sums, folded once.
-    for n in 0..u.sg {
+    for n in 0..u.bc {
         for c in 0..u.d4 {
             line!(s, "{i}let ks{n}_{c} = subgroupBroadcast(k{c}, {n}u);");
             for t in 0..u.tr {
@@ -96,14 +96,14 @@ fn block(u: Unroll) -> String {
     }
     // The online softmax, per row: new max, rescale, probabilities.
     for t in 0..u.tr {
-        let scores: Vec<String> = (0..u.sg).map(|n| format!("s{t}_{n}")).collect();
+        let scores: Vec<String> = (0..u.bc).map(|n| format!("s{t}_{n}")).collect();
         line!(s, "{i}let m{t} = ml[{t}].x;");
         line!(s, "{i}let mn{t} = max(m{t}, {});", tree("max", &scores));
         line!(s, "{i}let al{t} = merge_weight(m{t}, mn{t});");
-        for n in 0..u.sg {
+        for n in 0..u.bc {
             line!(s, "{i}let p{t}_{n} = exp2(s{t}_{n} - mn{t});");
         }
-        let probs: Vec<String> = (0..u.sg).map(|n| format!("p{t}_{n}")).collect();
+        let probs: Vec<String> = (0..u.bc).map(|n| format!("p{t}_{n}")).collect();
         line!(
             s,
             "{i}ml[{t}] = vec2<f32>(mn{t}, fma(ml[{t}].y, al{t}, {}));",
@@ -115,7 +115,7 @@ fn block(u: Unroll) -> String {
         for t in 0..u.tr {
             line!(s, "{i}var o{t}_{c} = oa[{}] * al{t};", t * u.dv4 + c);
         }
-        for n in 0..u.sg {
+        for n in 0..u.bc {
             line!(s, "{i}let vs{n}_{c} = subgroupBroadcast(v{c}, {n}u);");
             for t in 0..u.tr {
                 line!(
@@ -157,7 +157,7 @@ mod tests {
         let template = include_str!("../../shaders/flash_simd.wgsl");
         let u = Unroll {
             tr: 2,
-            sg: 4,
+            bc: 4,
             d4: 3,
             dv4: 2,
         };

@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// uses 16 on CPU adapters for masked or padded problems).
     #[arg(long)]
     grid_stride: Option<u32>,
+    /// The simd kernel reads K/V from the storage buffers instead of their
+    /// texture mirrors (to measure what the mirrors save).
+    #[arg(long)]
+    kv_storage: bool,
     /// Storage type of q, k, v and o; for f16/bf16 the table adds the
     /// speed-up over the same kernel in f32 (the naive baseline is f32-only).
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
@@ -118,6 +122,7 @@ pub fn bench(a: &BenchArgs) -> Result<ExitCode, Error> {
             variant: a.variant.map(VariantArg::variant),
             splits: a.splits,
             grid_stride: a.grid_stride,
+            kv_texture: a.kv_storage.then_some(false),
             ..TileOverride::default()
         },
         naive: !a.no_naive,
