@@ -20,10 +20,11 @@ fn main() -> xattn::Result<()> {
     println!("adapter: {}", ctx.caps().info.name);
     println!("plan: {}", flash.plan().why);
 
-    // Encoder K/V once (here seeded; a model writes its projections here).
+    // Encoder K/V once (here seeded; a model writes its projections here),
+    // bound as fixed for the whole utterance.
     let (q0, k, v) = inputs(&step, 7);
     let tensors = AttentionTensors::upload(&ctx, &step, &q0, &k, &v, None)?;
-    let bound = flash.bind(&tensors.buffers())?;
+    let bound = flash.bind_fixed_kv(&tensors.buffers())?;
 
     let steps = 448;
     let queries: Vec<Vec<f32>> = (0..steps as u64)

@@ -107,6 +107,30 @@ impl<'c> FlashAttention<'c> {
     /// [`BoundAttention::record`]; write new queries into `bufs.q` between
     /// steps with `queue.write_buffer` or the caller's own kernels.
     pub fn bind(&self, bufs: &AttentionBuffers<'_>) -> Result<BoundAttention> {
+        self.bind_with(bufs, true)
+    }
+
+    /// As [`FlashAttention::bind`] for K/V that stay as they are while the
+    /// handle lives: a cross-attention decode loop over one encoder
+    /// sequence's K/V. Where the plan reads K/V through texture mirrors (CPU
+    /// adapters, [`KvAccess::Texture`]) they are filled once, here, instead
+    /// of at every record; writes to `bufs.k` or `bufs.v` after this call
+    /// are not seen by the handle (bind again). Otherwise the same as
+    /// [`FlashAttention::bind`].
+    pub fn bind_fixed_kv(&self, bufs: &AttentionBuffers<'_>) -> Result<BoundAttention> {
+        let bound = self.bind_with(bufs, false)?;
+        if !bound.mirrors.is_empty() {
+            self.ctx.submit(|enc| {
+                for m in &bound.mirrors {
+                    m.record_copy(enc);
+                }
+                Ok(())
+            })?;
+        }
+        Ok(bound)
+    }
+
+    fn bind_with(&self, bufs: &AttentionBuffers<'_>, refresh: bool) -> Result<BoundAttention> {
         bufs.validate(&self.problem)?;
         let device = self.ctx.device();
         let lens = bufs.lens.unwrap_or(self.ctx.dummy_buffer());
@@ -159,6 +183,7 @@ impl<'c> FlashAttention<'c> {
             kernel: self.kernel.clone(),
             grid: self.plan.grid,
             mirrors,
+            refresh,
             launches,
             combine,
         })
@@ -220,6 +245,9 @@ pub struct BoundAttention {
     /// Texture mirrors of K and V, refreshed from the buffers at every
     /// record (plans with [`KvAccess::Texture`]).
     mirrors: Vec<KvMirror>,
+    /// Whether each record copies K/V into the mirrors ([`FlashAttention::bind`])
+    /// or they were filled once ([`FlashAttention::bind_fixed_kv`]).
+    refresh: bool,
     launches: Vec<wgpu::BindGroup>,
     combine: Option<(Arc<Kernel>, wgpu::BindGroup, (u32, u32))>,
 }
@@ -241,7 +269,7 @@ impl BoundAttention {
         encoder: &mut wgpu::CommandEncoder,
         mut timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
     ) {
-        if !self.mirrors.is_empty() {
+        if self.refresh && !self.mirrors.is_empty() {
             if let Some(ts) = timestamps.as_mut() {
                 encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("flash_attention start"),

@@ -115,21 +115,29 @@ fn decode_kernel_packs_gqa_heads_and_handles_odd_head_dims() {
 fn bound_handle_runs_many_decode_steps_against_one_encoder_kv() {
     // Encoder K/V uploaded and bound once; each step writes a new query into
     // the same buffer (converted to the storage type) and records into its
-    // own encoder. An odd row count (1×5×7 = 35 halves) ends mid-word.
-    for (dtype, ulp) in [
-        (Dtype::F32, 0.0),
-        (Dtype::F16, 2f64.powi(-10)),
-        (Dtype::Bf16, 2f64.powi(-7)),
+    // own encoder. An odd row count (1×5×7 = 35 halves) ends mid-word; d 16
+    // reads K/V through texture mirrors on CPU adapters.
+    for (dtype, ulp, d) in [
+        (Dtype::F32, 0.0, 7),
+        (Dtype::F16, 2f64.powi(-10), 7),
+        (Dtype::Bf16, 2f64.powi(-7), 7),
+        (Dtype::F32, 0.0, 16),
+        (Dtype::F16, 2f64.powi(-10), 16),
+        (Dtype::Bf16, 2f64.powi(-7), 16),
     ] {
-        let p = AttentionProblem::new(1, 5, 1, 333, 7).with_dtype(dtype);
+        let p = AttentionProblem::new(1, 5, 1, 333, d).with_dtype(dtype);
         let c = ctx();
         let flash = FlashAttention::new(c, &p).unwrap();
         let round = |x| dtype.round_all(x);
         let (q0, k, v) = inputs(&p, 40);
         let (k, v) = (round(k), round(v));
         let t = AttentionTensors::upload(c, &p, &q0, &k, &v, None).unwrap();
+        // Encoder K/V bound as fixed, and bound to be copied at every record
+        // (texture mirrors on CPU adapters): the same results.
+        let fixed = flash.bind_fixed_kv(&t.buffers()).unwrap();
         let bound = flash.bind(&t.buffers()).unwrap();
-        for step in 0..5u64 {
+        for step in 0..10u64 {
+            let bound = if step % 2 == 0 { &fixed } else { &bound };
             let q = round(inputs(&p, 41 + step).0);
             t.write_q(c, &q).unwrap();
             let mut enc = c.device().create_command_encoder(&Default::default());

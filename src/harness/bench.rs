@@ -459,14 +459,15 @@ pub fn time_fused_masked(
     Ok((ms, flash.plan().clone()))
 }
 
-/// A decode loop as a model runs it: K/V uploaded and bound once, then
-/// `steps` times a new query row written, one launch recorded and submitted;
-/// one wait at the end. Returns wall-clock ms per step.
+/// A decode loop as a model runs it: the encoder's K/V uploaded and bound
+/// once ([`FlashAttention::bind_fixed_kv`]), then `steps` times a new query
+/// row written, one launch recorded and submitted; one wait at the end.
+/// Returns wall-clock ms per step.
 pub fn decode_loop_ms(ctx: &Context, p: &AttentionProblem, steps: usize) -> Result<f64> {
     let flash = FlashAttention::new(ctx, p)?;
     let (q, k, v) = check::inputs(p, 3);
     let tensors = AttentionTensors::upload(ctx, p, &q, &k, &v, None)?;
-    let bound = flash.bind(&tensors.buffers())?;
+    let bound = flash.bind_fixed_kv(&tensors.buffers())?;
     let queries: Vec<Vec<f32>> = (0..8).map(|s| check::inputs(p, 100 + s).0).collect();
     ctx.wait()?;
     let t = std::time::Instant::now();

@@ -2,11 +2,13 @@
 //! key/value head per workgroup, each lane streaming its own keys.
 
 use super::{
-    budget_keys, decode_rows_max, unplannable, FlashPlan, FlashVariant, TileOverride, Tiles,
+    budget_keys, decode_rows_max, kv_texture, unplannable, FlashPlan, FlashVariant, TileOverride,
+    Tiles,
 };
 use crate::caps::DeviceCaps;
 use crate::error::Result;
 use crate::problem::AttentionProblem;
+use crate::source::KvAccess;
 
 /// Vec4 columns of O merged per step in `flash_decode.wgsl` (its workgroup
 /// memory holds WG × DVC vec4s).
@@ -72,8 +74,24 @@ pub(super) fn plan(
     } else {
         u32::MAX
     };
+    // K/V texture mirrors on CPU adapters (see simd.rs); GPUs read the
+    // storage buffers, coalesced.
+    let texture = (caps.is_cpu() && force.kv_texture.unwrap_or(true))
+        .then(|| kv_texture(problem, caps))
+        .flatten();
+    let (kv, kv_why) = match texture {
+        Some(width_log2) => (
+            KvAccess::Texture { width_log2 },
+            format!(
+                ", K/V read from texture mirrors {} texels wide",
+                1u32 << width_log2
+            ),
+        ),
+        None => (KvAccess::Storage, String::new()),
+    };
     let plan = FlashPlan {
         variant: FlashVariant::Decode,
+        kv,
         br,
         bc: wg,
         tr: br,
@@ -82,7 +100,7 @@ pub(super) fn plan(
         q_blocks: q_blocks as u32,
         why: format!(
             "decode kernel: {rows} query rows per key/value head, {br} per workgroup, \
-             {wg} invocations each streaming its own keys"
+             {wg} invocations each streaming its own keys{kv_why}"
         ),
         ..FlashPlan::before_splits()
     };

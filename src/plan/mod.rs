@@ -236,7 +236,7 @@ pub fn fold_grid(total: usize, max_per_dim: u32, kernel: &'static str) -> Result
 ///
 /// Heuristic (shaders/README.md "Tiling" and "Decoding" have the measurements):
 /// - Variant: [`FlashVariant::Decode`] when the query rows that share one
-///   key/value head, H/H_kv·n_q, number at most 2·[`decode_rows_max`];
+///   key/value head, H/H_kv·n_q, number at most [`decode_rows_limit`];
 ///   otherwise [`FlashVariant::Simd`] on CPU adapters with one fixed
 ///   subgroup size (lavapipe; `simd.rs` has its rows per lane and the
 ///   measurements), else [`FlashVariant::Tiled`].
@@ -264,16 +264,15 @@ pub fn plan(
     problem.validate()?;
     let cpu = caps.is_cpu();
     let rows_per_kv_head = problem.heads / problem.kv_heads * problem.n_q;
-    let variant =
-        force
-            .variant
-            .unwrap_or(if rows_per_kv_head <= 2 * decode_rows_max(caps) as usize {
-                FlashVariant::Decode
-            } else if cpu && simd::fits(caps) {
-                FlashVariant::Simd
-            } else {
-                FlashVariant::Tiled
-            });
+    let variant = force
+        .variant
+        .unwrap_or(if rows_per_kv_head <= decode_rows_limit(caps) {
+            FlashVariant::Decode
+        } else if cpu && simd::fits(caps) {
+            FlashVariant::Simd
+        } else {
+            FlashVariant::Tiled
+        });
     let mut tiles = match variant {
         FlashVariant::Tiled => tiled::plan(problem, caps, force)?,
         FlashVariant::Simd => simd::plan(problem, caps, force)?,
@@ -343,10 +342,27 @@ pub fn kv_texture(problem: &AttentionProblem, caps: &DeviceCaps) -> Option<u32> 
     (rows <= caps.max_texture_dim as usize).then_some(width_log2)
 }
 
+/// Most query rows per key/value head (H/H_kv·n_q) for which the planner
+/// picks [`FlashVariant::Decode`]: twice [`decode_rows_max`], except on CPU
+/// adapters that run the simd kernel, where it is 1. There the simd kernel
+/// (texture K/V, TR 1) ran 1×8 heads, 16×1 024, d 64 in 2.7 ms (1.3 s first
+/// call) against the decode kernel's 40.7 ms (65.9 s first call: its rows
+/// loops unrolled); 4×1 024 2.0 against 8.2 ms (18.7 s); 2×2 048 5.3 against
+/// 5.9 ms; GQA 8:2, 1×2 048 3.0 against 4.1 ms (16 s); while at one row per
+/// kv head the decode kernel stays ahead (Whisper step 1×20, 1×1 500: 7.2
+/// against 10.1 ms; 1×8, 1×8 192: 17.0 against 20.2).
+pub fn decode_rows_limit(caps: &DeviceCaps) -> usize {
+    if caps.is_cpu() && simd::fits(caps) {
+        1
+    } else {
+        2 * decode_rows_max(caps) as usize
+    }
+}
+
 /// Query rows per workgroup of [`FlashVariant::Decode`]: 8 on CPU adapters,
 /// 4 on GPUs, where every row costs each invocation 4·(⌈d/4⌉+⌈d_v/4⌉)
 /// registers. The planner picks the decode kernel when the query rows per
-/// key/value head (H/H_kv·n_q) are at most twice this. Measured on lavapipe
+/// key/value head (H/H_kv·n_q) are at most [`decode_rows_limit`]. Measured on lavapipe
 /// (min of 31 runs): 1×2 heads, 16×2000, d 64: decode with 8 rows per
 /// workgroup 4.8 ms, 4 rows 4.1–7.6, 16 rows 6.6–10, tiled 8.6; GQA 2×8:2,
 /// 3×799, d 59 (12 rows per kv head): decode 4.4 ms, tiled 27 ms; 1×8,
@@ -468,7 +484,9 @@ mod tests {
             assert_eq!(square.variant, want, "{name}");
             // GQA 8:1 with 2 query rows: 16 rows share one kv head.
             let gqa = AttentionProblem::new(1, 8, 2, 999, 64).with_kv_heads(1);
-            let want = if caps.is_cpu() {
+            let want = if name == "lavapipe" {
+                FlashVariant::Simd
+            } else if caps.is_cpu() {
                 FlashVariant::Decode
             } else {
                 FlashVariant::Tiled
