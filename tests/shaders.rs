@@ -1,7 +1,11 @@
 //! Every shader parses and validates with naga for each specialisation used,
-//! and each host params struct matches its WGSL mirror field by field.
+//! translates to every backend's shader language (SPIR-V for Vulkan, MSL for
+//! Metal, HLSL for DX12, GLSL for GL) that can run it, and each host params
+//! struct matches its WGSL mirror field by field.
 
 use std::mem::{offset_of, size_of};
+
+use rayon::prelude::*;
 
 use xattn::wgpu;
 
@@ -12,15 +16,124 @@ use xattn::{
 };
 
 fn validate(src: &str, what: &str) -> naga::Module {
+    validated(src, what).0
+}
+
+fn validated(src: &str, what: &str) -> (naga::Module, naga::valid::ModuleInfo) {
     let module = naga::front::wgsl::parse_str(src)
         .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(src)));
-    naga::valid::Validator::new(
+    let info = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
         naga::valid::Capabilities::all(),
     )
     .validate(&module)
     .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(src)));
-    module
+    (module, info)
+}
+
+/// The backends wgpu runs on, and whether wgpu exposes f16 and subgroups
+/// there (GL: neither, so the planner never picks a variant that needs them:
+/// f32 or packed f16, and no simd kernel, as the planner tests check).
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Vulkan,
+    Metal,
+    Dx12,
+    Gl,
+}
+
+impl Backend {
+    const ALL: [Backend; 4] = [Backend::Vulkan, Backend::Metal, Backend::Dx12, Backend::Gl];
+
+    fn runs(self, needs_f16: bool, needs_subgroups: bool) -> bool {
+        !matches!(self, Backend::Gl) || !(needs_f16 || needs_subgroups)
+    }
+
+    /// Writes the validated `module` out in the backend's language: SPIR-V
+    /// 1.3 (subgroup operations), MSL 2.4, HLSL shader model 6.2 (f16, wave
+    /// operations), GLSL ES 3.10. A construct the backend cannot express is
+    /// the writer's error.
+    fn translate(self, module: &naga::Module, info: &naga::valid::ModuleInfo, what: &str) {
+        fn failed<T>(what: &str, backend: Backend, e: impl std::fmt::Display) -> T {
+            panic!("{what} to {backend:?}: {e}")
+        }
+        match self {
+            Backend::Vulkan => {
+                let options = naga::back::spv::Options {
+                    lang_version: (1, 3),
+                    ..Default::default()
+                };
+                let pipeline = naga::back::spv::PipelineOptions {
+                    shader_stage: naga::ShaderStage::Compute,
+                    entry_point: "main".into(),
+                };
+                let words = naga::back::spv::write_vec(module, info, &options, Some(&pipeline))
+                    .unwrap_or_else(|e| failed(what, self, e));
+                assert_eq!(words.first(), Some(&0x0723_0203), "SPIR-V magic");
+            }
+            Backend::Metal => {
+                let options = naga::back::msl::Options {
+                    lang_version: (2, 4),
+                    ..Default::default()
+                };
+                let (msl, _) = naga::back::msl::write_string(
+                    module,
+                    info,
+                    &options,
+                    &naga::back::msl::PipelineOptions::default(),
+                )
+                .unwrap_or_else(|e| failed(what, self, e));
+                assert!(msl.contains("kernel void main_"), "{what}: no MSL kernel");
+            }
+            Backend::Dx12 => {
+                let options = naga::back::hlsl::Options {
+                    shader_model: naga::back::hlsl::ShaderModel::V6_2,
+                    ..Default::default()
+                };
+                let pipeline = naga::back::hlsl::PipelineOptions {
+                    entry_point: Some((naga::ShaderStage::Compute, "main".into())),
+                };
+                let mut hlsl = String::new();
+                naga::back::hlsl::Writer::new(&mut hlsl, &options, &pipeline)
+                    .write(module, info, None)
+                    .unwrap_or_else(|e| failed(what, self, e));
+                assert!(hlsl.contains("[numthreads("), "{what}: no HLSL kernel");
+            }
+            Backend::Gl => {
+                let pipeline = naga::back::glsl::PipelineOptions {
+                    shader_stage: naga::ShaderStage::Compute,
+                    entry_point: "main".into(),
+                    multiview: None,
+                };
+                let options = naga::back::glsl::Options::default();
+                let mut glsl = String::new();
+                naga::back::glsl::Writer::new(
+                    &mut glsl,
+                    module,
+                    info,
+                    &options,
+                    &pipeline,
+                    naga::proc::BoundsCheckPolicies::default(),
+                )
+                .and_then(|mut w| w.write().map(|_| ()))
+                .unwrap_or_else(|e| failed(what, self, e));
+                assert!(
+                    glsl.contains("layout(local_size_x"),
+                    "{what}: no GLSL kernel"
+                );
+            }
+        }
+    }
+}
+
+/// `validate`, then every backend that can run the variant translates it.
+fn validate_everywhere(src: &str, what: &str, needs_f16: bool, needs_subgroups: bool) {
+    let (module, info) = validated(src, what);
+    for backend in Backend::ALL {
+        if backend.runs(needs_f16, needs_subgroups) {
+            backend.translate(&module, &info, what);
+        }
+    }
 }
 
 fn caps(device_type: wgpu::DeviceType, workgroup_bytes: u32, subgroup: u32) -> DeviceCaps {
@@ -69,6 +182,7 @@ fn flash_family_validates_for_every_planned_specialisation() {
         .collect();
     let mut seen: std::collections::HashSet<FlashSpec> = Default::default();
     let mut combines: std::collections::HashSet<FlashSpec> = Default::default();
+    let mut work = Vec::new();
     for dev in &devices {
         for p in &problems {
             let mut variants = vec![None, Some(FlashVariant::Tiled), Some(FlashVariant::Decode)];
@@ -91,16 +205,22 @@ fn flash_family_validates_for_every_planned_specialisation() {
                     TensorIo::Bf16,
                 ] {
                     let spec = FlashSpec { io, ..plan.spec(p) };
+                    let f16 = io == TensorIo::F16;
                     if seen.insert(spec) {
-                        validate(&spec.source(), &format!("{spec:?}"));
+                        let simd = spec.shader() == Shader::FlashSimd;
+                        work.push((spec, f16, simd));
                     }
                     if combines.insert(spec.combine()) {
-                        validate(&spec.combine().source(), &format!("{:?}", spec.combine()));
+                        work.push((spec.combine(), f16, false));
                     }
                 }
             }
         }
     }
+    // Naga's parse, validation and four writers, over both cores.
+    work.par_iter().for_each(|(spec, f16, simd)| {
+        validate_everywhere(&spec.source(), &format!("{spec:?}"), *f16, *simd);
+    });
     assert!(seen.len() > 10);
     for (what, planned) in [
         ("bias", seen.iter().any(|s| s.bias && !s.bool_mask)),
