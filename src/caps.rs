@@ -38,6 +38,9 @@ pub struct DeviceCaps {
     /// Store f16 in u32 words even where the device has `SHADER_F16`
     /// ([`crate::ContextOptions::packed_f16`]).
     pub packed_f16: bool,
+    /// Plan as for a discrete GPU even on a CPU adapter
+    /// ([`crate::ContextOptions::plan_as_gpu`], `XATTN_PLAN=gpu`).
+    pub plan_as_gpu: bool,
 }
 
 impl DeviceCaps {
@@ -63,6 +66,7 @@ impl DeviceCaps {
             info,
             host_threads,
             packed_f16,
+            plan_as_gpu: false,
         }
     }
 
@@ -85,6 +89,7 @@ impl DeviceCaps {
             max_texture_dim: l.max_texture_dimension_2d,
             host_threads: 4,
             packed_f16: false,
+            plan_as_gpu: false,
         }
     }
 
@@ -126,9 +131,16 @@ impl DeviceCaps {
     }
 
     /// Whether the adapter is a CPU (lavapipe, llvmpipe): the planner then
-    /// picks CPU-shaped tiles and keeps under the driver's loop budget.
+    /// keeps under the driver's loop budget, and picks CPU-shaped kernels and
+    /// tiles unless [`DeviceCaps::plan_as_gpu`].
     pub fn is_cpu(&self) -> bool {
         self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// Whether the planner picks CPU-shaped kernels, tiles, splits and
+    /// workgroup order: a CPU adapter not asked to plan as a GPU.
+    pub fn cpu_plans(&self) -> bool {
+        self.is_cpu() && !self.plan_as_gpu
     }
 }
 

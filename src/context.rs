@@ -30,6 +30,11 @@ pub struct ContextOptions {
     /// Host threads a CPU adapter runs on (default: the machine's available
     /// parallelism).
     pub host_threads: Option<usize>,
+    /// Plan as for a discrete GPU of the adapter's subgroup size
+    /// (`XATTN_PLAN=gpu`; default off): the kernels, tiles and splits a GPU
+    /// would get, so GPU paths run and are checked on any adapter. The
+    /// adapter's real limits and a CPU driver's loop budget still hold.
+    pub plan_as_gpu: bool,
 }
 
 impl Default for ContextOptions {
@@ -42,6 +47,7 @@ impl Default for ContextOptions {
             power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
             packed_f16: std::env::var("XATTN_F16").is_ok_and(|v| v.eq_ignore_ascii_case("packed")),
             host_threads: None,
+            plan_as_gpu: std::env::var("XATTN_PLAN").is_ok_and(|v| v.eq_ignore_ascii_case("gpu")),
         }
     }
 }
@@ -288,7 +294,8 @@ impl Context {
         queue: wgpu::Queue,
         options: &ContextOptions,
     ) -> Self {
-        let caps = DeviceCaps::from_device(&device, options.threads(), options.packed_f16);
+        let mut caps = DeviceCaps::from_device(&device, options.threads(), options.packed_f16);
+        caps.plan_as_gpu = options.plan_as_gpu;
         let dummy_buffer = |label| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),

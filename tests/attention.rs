@@ -3,10 +3,11 @@
 
 mod common;
 
-use common::{assert_close, ctx};
+use common::{assert_close, assert_close_on, ctx, gpu_plan_ctx};
 use xattn::check::{grid, inputs, max_err, max_rel_err};
 use xattn::{
-    AttentionBuffers, AttentionProblem, FlashAttention, FlashVariant, KvAccess, TileOverride,
+    AttentionBuffers, AttentionProblem, Dtype, FlashAttention, FlashVariant, KvAccess,
+    TileOverride, Window,
 };
 
 #[test]
@@ -263,6 +264,46 @@ fn simd_kernel_reads_kv_from_texture_mirrors_or_buffers_alike() {
 }
 
 #[test]
+fn gpu_plans_are_chosen_and_the_decode_kernel_runs_on_this_adapter() {
+    // XATTN_PLAN=gpu: the kernels, tiles and splits a discrete GPU of this
+    // adapter's subgroup size would get (never the CPU-only simd kernel,
+    // never texture mirrors), within the adapter's real limits.
+    let gpu = gpu_plan_ctx();
+    let problems = [
+        AttentionProblem::new(2, 4, 45, 141, 19)
+            .with_kv_heads(2)
+            .with_head_dim_v(12)
+            .with_kv_lens(true),
+        AttentionProblem::new(1, 2, 130, 130, 64)
+            .with_window(Window::sliding(40, 0))
+            .with_dtype(Dtype::F16),
+        AttentionProblem::new(1, 8, 2048, 2048, 128),
+    ];
+    for p in &problems {
+        let plan = xattn::plan(p, gpu.caps(), TileOverride::default()).unwrap();
+        assert_eq!(plan.variant, FlashVariant::Tiled, "{}", plan.why);
+        assert_eq!(plan.kv, KvAccess::Storage);
+        assert!(plan.wg >= 16 && plan.why.contains("GPU"), "{}", plan.why);
+        assert!(plan.why.contains("live floats"), "{}", plan.why);
+    }
+    // Run here: a Whisper step, the decode kernel with 64 invocations and key
+    // splits, against the reference. (The GPU tiled tiles, WG 64 and Bc 32,
+    // took over 2 minutes to compile on lavapipe: running the suites under
+    // the GPU family there waits for the GPU tiled kernel.)
+    let step = AttentionProblem::new(1, 20, 1, 1500, 64);
+    let flash = FlashAttention::new(gpu, &step).unwrap();
+    let plan = flash.plan();
+    assert_eq!(
+        (plan.variant, plan.wg),
+        (FlashVariant::Decode, 64),
+        "{}",
+        plan.why
+    );
+    assert!(plan.splits > 1, "{}", plan.why);
+    assert_close_on(gpu, &step, None, 50);
+}
+
+#[test]
 fn grid_past_65535_workgroups_is_folded() {
     // One workgroup per (batch, head) with n_q = 1: 70 000 workgroups.
     let p = AttentionProblem::new(1, 70_000, 1, 3, 4);
@@ -329,7 +370,7 @@ fn thousands_of_keys_stay_correct_on_every_adapter() {
 
 #[test]
 fn bhsd_layouts_are_read_and_written_in_place_through_strides() {
-    use xattn::{Dtype, Layout};
+    use xattn::Layout;
     let (s, h) = (Layout::Bshd, Layout::Bhsd);
     let cases = [
         // Tiled kernel, GQA, key lengths, scalar-path head dim.

@@ -37,7 +37,7 @@ pub(super) fn plan(
     // from many keys at once; 8 on CPU adapters, one SIMD vector of lavapipe,
     // where a workgroup needs no barrier coroutines: Whisper's decode step ran
     // in 1.7 ms with 8 (min of 31), 1.9 with 16, 3.5 with 32 and 64.
-    let wg_default = if caps.is_cpu() { 8 } else { 64 };
+    let wg_default = if caps.cpu_plans() { 8 } else { 64 };
     let mut wg = force.wg.unwrap_or(wg_default).min(caps.max_invocations);
     while force.wg.is_none() && wg > 1 && workgroup_bytes(problem, wg) > caps.max_workgroup_storage
     {
@@ -76,7 +76,7 @@ pub(super) fn plan(
     };
     // K/V texture mirrors on CPU adapters (see simd.rs); GPUs read the
     // storage buffers, coalesced.
-    let texture = (caps.is_cpu() && force.kv_texture.unwrap_or(true))
+    let texture = (caps.cpu_plans() && force.kv_texture.unwrap_or(true))
         .then(|| kv_texture(problem, caps))
         .flatten();
     let (kv, kv_why) = match texture {
@@ -90,6 +90,8 @@ pub(super) fn plan(
         None => (KvAccess::Storage, String::new()),
     };
     let plan = FlashPlan {
+        // Per row: P, the partial sums, its key range and mask row.
+        live_floats: super::live_floats(problem, br, 1 + 4 + 4, 0),
         variant: FlashVariant::Decode,
         kv,
         br,

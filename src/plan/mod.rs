@@ -79,6 +79,10 @@ pub struct FlashPlan {
     /// Where the kernel reads K and V: the storage buffers, or texture
     /// mirrors of them copied in before the launch (simd kernel, vec4 rows).
     pub kv: KvAccess,
+    /// Estimated f32 values one invocation keeps live in the key loop (its
+    /// Q and O rows, m and l, the block's scores, loaded K/V): what a GPU
+    /// would hold in registers. See [`GPU_LIVE_FLOATS`].
+    pub live_floats: u32,
     /// Why these tiles, in words.
     pub why: String,
 }
@@ -150,6 +154,7 @@ impl FlashPlan {
             split_keys: 0,
             chunk_keys: 0,
             kv: KvAccess::Storage,
+            live_floats: 0,
             why: String::new(),
         }
     }
@@ -262,7 +267,7 @@ pub fn plan(
     force: TileOverride,
 ) -> Result<FlashPlan> {
     problem.validate()?;
-    let cpu = caps.is_cpu();
+    let cpu = caps.cpu_plans();
     let rows_per_kv_head = problem.heads / problem.kv_heads * problem.n_q;
     let variant = force
         .variant
@@ -314,6 +319,17 @@ pub fn plan(
             tiles.base_workgroups
         ));
     }
+    let live = tiles.plan.live_floats;
+    tiles
+        .plan
+        .why
+        .push_str(&format!("; about {live} live floats per invocation"));
+    if !cpu && live > GPU_LIVE_FLOATS {
+        tiles.plan.why.push_str(&format!(
+            " (over the {GPU_LIVE_FLOATS} a GPU invocation should hold: it would spill; \
+             the split-head-dim kernel that keeps within it is not written yet)"
+        ));
+    }
     if (chunk_keys as usize) < problem.n_kv.min(split_keys as usize) {
         tiles.plan.why.push_str(&format!(
             "; {chunk_keys} keys per launch (driver loop limit)"
@@ -342,6 +358,18 @@ pub fn kv_texture(problem: &AttentionProblem, caps: &DeviceCaps) -> Option<u32> 
     (rows <= caps.max_texture_dim as usize).then_some(width_log2)
 }
 
+/// The register budget of a GPU plan, in f32 values per invocation: NVIDIA
+/// allows 255 registers per thread but occupancy halves past 128; Intel's
+/// SIMD16 has about 64 floats per lane.
+pub const GPU_LIVE_FLOATS: u32 = 128;
+
+/// Estimated live floats per invocation: `rows` query rows of Q (d) and O
+/// (d_v) in vec4s, their m and l, `scores` per row, and `extra` more.
+pub(crate) fn live_floats(p: &AttentionProblem, rows: u32, scores: u32, extra: u32) -> u32 {
+    let width = 4 * (p.head_dim.div_ceil(4) + p.head_dim_v.div_ceil(4)) as u32;
+    rows * (width + 2 + scores) + extra + 12
+}
+
 /// Most query rows per key/value head (H/H_kv·n_q) for which the planner
 /// picks [`FlashVariant::Decode`]: twice [`decode_rows_max`], except on CPU
 /// adapters that run the simd kernel, where it is 1. There the simd kernel
@@ -352,7 +380,7 @@ pub fn kv_texture(problem: &AttentionProblem, caps: &DeviceCaps) -> Option<u32> 
 /// kv head the decode kernel stays ahead (Whisper step 1×20, 1×1 500: 7.2
 /// against 10.1 ms; 1×8, 1×8 192: 17.0 against 20.2).
 pub fn decode_rows_limit(caps: &DeviceCaps) -> usize {
-    if caps.is_cpu() && simd::fits(caps) {
+    if caps.cpu_plans() && simd::fits(caps) {
         1
     } else {
         2 * decode_rows_max(caps) as usize
@@ -368,7 +396,7 @@ pub fn decode_rows_limit(caps: &DeviceCaps) -> usize {
 /// 3×799, d 59 (12 rows per kv head): decode 4.4 ms, tiled 27 ms; 1×8,
 /// 32×2000: decode (16 rows) 49 ms, tiled 37 ms.
 pub fn decode_rows_max(caps: &DeviceCaps) -> u32 {
-    if caps.is_cpu() {
+    if caps.cpu_plans() {
         8
     } else {
         4

@@ -99,7 +99,10 @@ pub(super) fn plan(
             ),
         ),
     };
+    let width = 4 * (problem.head_dim.div_ceil(4) + problem.head_dim_v.div_ceil(4)) as u32;
     let plan = FlashPlan {
+        // Bc scores per row, and the lane's loaded K and V row.
+        live_floats: super::live_floats(problem, tr, bc, width),
         variant: FlashVariant::Simd,
         br,
         bc,

@@ -55,8 +55,7 @@ pub(super) fn choose(
     let splits = match force.splits {
         Some(s) => s.max(1) as usize,
         None => {
-            let cpu = caps.is_cpu();
-            let target = if cpu {
+            let target = if caps.cpu_plans() {
                 4 * caps.host_threads.max(1)
             } else {
                 GPU_TARGET_WORKGROUPS
@@ -70,7 +69,11 @@ pub(super) fn choose(
                     .min(n_kv / min_keys)
                     .max(1)
             };
-            let by_loops = if cpu { n_kv.div_ceil(loop_keys) } else { 1 };
+            let by_loops = if caps.is_cpu() {
+                n_kv.div_ceil(loop_keys)
+            } else {
+                1
+            };
             by_parallelism.max(by_loops).min(mem_splits.max(1))
         }
     }

@@ -12,7 +12,7 @@ pub(super) fn plan(
     caps: &DeviceCaps,
     force: TileOverride,
 ) -> Result<Tiles> {
-    let cpu = caps.is_cpu();
+    let cpu = caps.cpu_plans();
     let tr = force.tr.unwrap_or(if !cpu {
         1
     } else if problem.n_q >= 256 {
@@ -61,19 +61,27 @@ pub(super) fn plan(
         })?;
     let br = tr * wg;
     let q_blocks = problem.n_q.div_ceil(br as usize);
-    let loop_keys = if cpu {
+    let loop_keys = if caps.is_cpu() {
         loop_safe_keys(problem, bc, tr, wg)
     } else {
         u32::MAX
     };
     let why = format!(
-        "{} adapter: tiled kernel, TR = {tr}, WG = {wg} for n_q = {}; Bc = {bc}, the largest \
+        "{}: tiled kernel, TR = {tr}, WG = {wg} for n_q = {}; Bc = {bc}, the largest \
          K/V block in {} B of workgroup memory",
-        if cpu { "CPU" } else { "GPU" },
+        if cpu {
+            "CPU adapter"
+        } else if caps.is_cpu() {
+            "GPU plan (XATTN_PLAN=gpu) on a CPU adapter"
+        } else {
+            "GPU adapter"
+        },
         problem.n_q,
         caps.max_workgroup_storage,
     );
     let plan = FlashPlan {
+        // S (Bc per row) and the vec4 of partial sums per row.
+        live_floats: super::live_floats(problem, tr, bc + 4, 0),
         variant: FlashVariant::Tiled,
         br,
         bc,

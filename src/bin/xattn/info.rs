@@ -33,6 +33,15 @@ pub fn info(a: &InfoArgs) -> Result<ExitCode, Error> {
     let plan = xattn::plan(&p, c, TileOverride::default())?;
     let decode = AttentionProblem::new(1, 20, 1, 1500, 64);
     let decode_plan = xattn::plan(&decode, c, TileOverride::default())?;
+    // The head dims of the seed shapes and the largest, with their register
+    // estimates (plan family: `XATTN_PLAN=gpu` plans as a GPU).
+    let by_head_dim = [40usize, 80, 128, 160, 256]
+        .into_iter()
+        .map(|d| {
+            let p = AttentionProblem::new(1, 8, 2048, 2048, d);
+            xattn::plan(&p, c, TileOverride::default()).map(|plan| (d, plan.why))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let probe = xattn::harness::bench::probe(&ctx)?;
     if a.json {
         let doc = serde_json::json!({
@@ -57,6 +66,10 @@ pub fn info(a: &InfoArgs) -> Result<ExitCode, Error> {
             "plans": {
                 "square_2k_d64": plan.why,
                 "whisper_decode_step": decode_plan.why,
+                "square_2k_by_head_dim": by_head_dim
+                    .iter()
+                    .map(|(d, why)| serde_json::json!({ "d": d, "why": why }))
+                    .collect::<Vec<_>>(),
             },
             "probe": { "fma_gflops": probe.fma_gflops, "copy_gbps": probe.copy_gbps },
         });
@@ -82,6 +95,9 @@ pub fn info(a: &InfoArgs) -> Result<ExitCode, Error> {
         c.max_workgroup_storage, c.max_invocations, c.max_storage_binding
     );
     println!("plan for 1x8, 2048x2048, d64: {}", plan.why);
+    for (d, why) in &by_head_dim {
+        println!("plan for 1x8, 2048x2048, d{d}: {why}");
+    }
     println!(
         "plan for 1x20, 1x1500, d64 (Whisper decode step): {}",
         decode_plan.why
