@@ -170,6 +170,10 @@ impl Kernel {
     }
 }
 
+/// A cache entry: the kernel once compiled (`None` before, or after a failed
+/// compile, which the next caller retries).
+type PipelineSlot = Mutex<Option<Arc<Kernel>>>;
+
 /// A device, its queue, what it can do, and the compiled pipelines.
 ///
 /// Build one per process (it is `Send + Sync`; share it behind an `Arc`) and
@@ -178,7 +182,10 @@ pub struct Context {
     device: wgpu::Device,
     queue: wgpu::Queue,
     caps: DeviceCaps,
-    pipelines: RwLock<HashMap<PipelineKey, Arc<Kernel>>>,
+    /// One slot per key: the map's lock is held only to find or add a slot,
+    /// the slot's own lock while its pipeline compiles, so a cold compile
+    /// (seconds on lavapipe) blocks only callers of the same key.
+    pipelines: RwLock<HashMap<PipelineKey, Arc<PipelineSlot>>>,
     /// wgpu-core 30 can assert when two threads poll one device at once
     /// (gfx-rs/wgpu#9958); every wait goes through this lock.
     poll_lock: Mutex<()>,
@@ -333,7 +340,14 @@ impl Context {
 
     /// Number of pipelines compiled so far (for tests and diagnostics).
     pub fn cached_pipelines(&self) -> usize {
-        self.pipelines.read().map(|m| m.len()).unwrap_or(0)
+        self.pipelines
+            .read()
+            .map(|m| {
+                m.values()
+                    .filter(|s| s.lock().is_ok_and(|k| k.is_some()))
+                    .count()
+            })
+            .unwrap_or(0)
     }
 
     pub(crate) fn dummy_buffer(&self) -> &wgpu::Buffer {
@@ -345,22 +359,42 @@ impl Context {
     }
 
     /// Returns the pipeline for `key`, compiling `source()` on first use. The
-    /// read lock serves the common case; the write path checks again so two
-    /// threads racing on a new key compile it once.
+    /// map's read lock serves the common case; a new key gets its slot under
+    /// the write lock, released before compiling; two threads racing on one
+    /// key compile it once (the second waits on the slot).
     pub(crate) fn pipeline(
         &self,
         key: PipelineKey,
         bindings: &[Binding],
         source: impl FnOnce() -> String,
     ) -> Result<Arc<Kernel>> {
-        if let Some(p) = self.pipelines.read().expect("pipeline cache").get(&key) {
-            return Ok(p.clone());
+        let found = self
+            .pipelines
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let slot = match found {
+            Some(slot) => slot,
+            None => self
+                .pipelines
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(key)
+                .or_default()
+                .clone(),
+        };
+        let mut kernel = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = kernel.as_ref() {
+            return Ok(k.clone());
         }
-        let mut map = self.pipelines.write().expect("pipeline cache");
-        if let Some(p) = map.get(&key) {
-            return Ok(p.clone());
-        }
-        let src = source();
+        let compiled = Arc::new(self.compile(key, bindings, source())?);
+        *kernel = Some(compiled.clone());
+        Ok(compiled)
+    }
+
+    /// Compiles one pipeline with its explicit bind group layout.
+    fn compile(&self, key: PipelineKey, bindings: &[Binding], src: String) -> Result<Kernel> {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         // SAFETY: the kernels index only within bounds that `validate` has
         // checked against the bound buffers, and every loop has a bound that the
@@ -425,9 +459,7 @@ impl Context {
                 key.spec
             )));
         }
-        let kernel = Arc::new(Kernel { pipeline, layout });
-        map.insert(key, kernel.clone());
-        Ok(kernel)
+        Ok(Kernel { pipeline, layout })
     }
 
     /// Blocks until all submitted work is done. Serialised across threads.

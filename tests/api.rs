@@ -272,6 +272,46 @@ fn concurrent_use_from_threads_is_safe() {
 }
 
 #[test]
+fn a_cold_compile_does_not_block_another_threads_cache_hit() {
+    // The pipeline cache is locked per key while compiling: a cached kernel
+    // is served while another thread compiles a new one (seconds on a CPU
+    // driver with an empty shader cache).
+    let c = ctx();
+    let warm = AttentionProblem::new(1, 2, 16, 16, 32);
+    FlashAttention::new(c, &warm).unwrap();
+    // A specialisation no other test builds, with a large generated source
+    // (d 236, 4 rows per lane): wgpu's shader translation alone takes a
+    // while, and drivers that compile at pipeline creation take longer.
+    let cold = AttentionProblem::new(1, 1, 64, 24, 236).with_head_dim_v(220);
+    let force = TileOverride {
+        tr: Some(4),
+        kv_texture: Some(false),
+        ..Default::default()
+    };
+    std::thread::scope(|s| {
+        let compile = s.spawn(|| {
+            let t = std::time::Instant::now();
+            FlashAttention::with_tiles(c, &cold, force).unwrap();
+            t.elapsed()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let t = std::time::Instant::now();
+        FlashAttention::new(c, &warm).unwrap();
+        let hit = t.elapsed();
+        let compile = compile.join().unwrap();
+        // Only meaningful when the compile was slow; then the hit must not
+        // have waited for it.
+        if compile > std::time::Duration::from_millis(300) {
+            assert!(
+                hit < compile / 4,
+                "a cache hit took {hit:?} while another thread compiled for {compile:?}"
+            );
+        }
+        eprintln!("cold compile {compile:?}, concurrent cache hit {hit:?}");
+    });
+}
+
+#[test]
 fn bad_masks_and_lengths_are_typed_errors() {
     let ctx = ctx();
     let p = AttentionProblem::new(2, 2, 5, 9, 8);
