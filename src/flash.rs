@@ -121,9 +121,7 @@ impl<'c> FlashAttention<'c> {
         let bound = self.bind_with(bufs, false)?;
         if !bound.mirrors.is_empty() {
             self.ctx.submit(|enc| {
-                for m in &bound.mirrors {
-                    m.record_copy(enc);
-                }
+                bound.fill_mirrors(enc);
                 Ok(())
             })?;
         }
@@ -144,8 +142,6 @@ impl<'c> FlashAttention<'c> {
             let [q, k, v, lens, o, lse, state, mask] = rest;
             [params, q, k, v, lens, o, lse, state, mask]
         }
-        let bind =
-            |params: &wgpu::Buffer, kernel: &Kernel| kernel.bind(device, &buffers_of(params, rest));
         let mirrors = match self.plan.kv {
             KvAccess::Storage => Vec::new(),
             KvAccess::Texture { width_log2 } => {
@@ -160,9 +156,7 @@ impl<'c> FlashAttention<'c> {
             .params
             .iter()
             .map(|params| {
-                if mirrors.is_empty() {
-                    return bind(params, &self.kernel);
-                }
+                // The nine buffers, then the mirrors' views where the plan has them.
                 let mut resources: Vec<_> = buffers_of(params, rest)
                     .iter()
                     .map(|b| b.as_entire_binding())
@@ -177,7 +171,8 @@ impl<'c> FlashAttention<'c> {
             .collect();
         let combine = self.combine.as_ref().map(|(kernel, grid)| {
             let params = self.params.last().expect("at least one launch");
-            (kernel.clone(), bind(params, kernel), *grid)
+            let bind = kernel.bind(device, &buffers_of(params, rest));
+            (kernel.clone(), bind, *grid)
         });
         Ok(BoundAttention {
             kernel: self.kernel.clone(),
@@ -242,8 +237,7 @@ impl<'c> FlashAttention<'c> {
 pub struct BoundAttention {
     kernel: Arc<Kernel>,
     grid: (u32, u32),
-    /// Texture mirrors of K and V, refreshed from the buffers at every
-    /// record (plans with [`KvAccess::Texture`]).
+    /// Texture mirrors of K and V (plans with [`KvAccess::Texture`]).
     mirrors: Vec<KvMirror>,
     /// Whether each record copies K/V into the mirrors ([`FlashAttention::bind`])
     /// or they were filled once ([`FlashAttention::bind_fixed_kv`]).
@@ -253,6 +247,13 @@ pub struct BoundAttention {
 }
 
 impl BoundAttention {
+    /// Records the copies of K and V into their texture mirrors.
+    fn fill_mirrors(&self, encoder: &mut wgpu::CommandEncoder) {
+        for m in &self.mirrors {
+            m.record_copy(encoder);
+        }
+    }
+
     /// Records the launch (the copies into the K/V texture mirrors where the
     /// plan reads them, every key-range dispatch, then the split-KV combine if
     /// the plan has splits) into the caller's encoder, in one compute pass
@@ -280,9 +281,7 @@ impl BoundAttention {
                     }),
                 });
             }
-            for m in &self.mirrors {
-                m.record_copy(encoder);
-            }
+            self.fill_mirrors(encoder);
         }
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("flash_attention"),
@@ -407,7 +406,9 @@ impl Context {
         let mut bindings = FLASH_BINDINGS.to_vec();
         if let KvAccess::Texture { .. } = spec.kv {
             // Bindings 9 and 10 (KvAccess::TEXTURE_BINDINGS).
-            let uint = spec.io == TensorIo::Bf16;
+            // Sampled as the mirror's format reads: uint for bf16's words.
+            let uint = spec.io.texture_format().sample_type(None, None)
+                == Some(wgpu::TextureSampleType::Uint);
             bindings.extend([Binding::Texture { uint }; 2]);
         }
         self.pipeline(

@@ -76,8 +76,9 @@ pub(super) fn plan(
     };
     // K/V texture mirrors on CPU adapters (see simd.rs); GPUs read the
     // storage buffers, coalesced.
-    let texture = (caps.cpu_plans() && force.kv_texture.unwrap_or(true))
-        .then(|| kv_texture(problem, caps))
+    let texture = caps
+        .cpu_plans()
+        .then(|| kv_texture(problem, caps, force))
         .flatten();
     let (kv, kv_why) = match texture {
         Some(width_log2) => (

@@ -340,12 +340,20 @@ pub fn plan(
 
 /// The width (log₂ texels) of the texture mirrors of K and V
 /// ([`KvAccess::Texture`]) for `problem` on `caps`, or `None` where they do
-/// not apply: head dims not multiples of 4 (rows must start on a texel), or
-/// a tensor too large for a texture of the adapter's largest dimension.
-/// Square 2k, d 64, on lavapipe: 3× the storage-buffer kernel (shaders/
-/// README.md "The simd kernel for CPU adapters").
-pub fn kv_texture(problem: &AttentionProblem, caps: &DeviceCaps) -> Option<u32> {
-    if !problem.head_dim.is_multiple_of(4) || !problem.head_dim_v.is_multiple_of(4) {
+/// not apply: turned off by `force.kv_texture`, head dims not multiples of
+/// 4 (rows must start on a texel), or a tensor too large for a texture of
+/// the adapter's largest dimension. Square 2k, d 64, on lavapipe: 3× the
+/// storage-buffer kernel (shaders/README.md "The simd kernel for CPU
+/// adapters").
+pub fn kv_texture(
+    problem: &AttentionProblem,
+    caps: &DeviceCaps,
+    force: TileOverride,
+) -> Option<u32> {
+    if force.kv_texture == Some(false)
+        || !problem.head_dim.is_multiple_of(4)
+        || !problem.head_dim_v.is_multiple_of(4)
+    {
         return None;
     }
     let max = caps.max_texture_dim.min(1 << 14);
@@ -363,11 +371,15 @@ pub fn kv_texture(problem: &AttentionProblem, caps: &DeviceCaps) -> Option<u32> 
 /// SIMD16 has about 64 floats per lane.
 pub const GPU_LIVE_FLOATS: u32 = 128;
 
+/// ⌈d/4⌉ + ⌈d_v/4⌉: the vec4s of one row of Q and one of O (or of K and V).
+pub(crate) fn row_vec4s(p: &AttentionProblem) -> u32 {
+    (p.head_dim.div_ceil(4) + p.head_dim_v.div_ceil(4)) as u32
+}
+
 /// Estimated live floats per invocation: `rows` query rows of Q (d) and O
 /// (d_v) in vec4s, their m and l, `scores` per row, and `extra` more.
 pub(crate) fn live_floats(p: &AttentionProblem, rows: u32, scores: u32, extra: u32) -> u32 {
-    let width = 4 * (p.head_dim.div_ceil(4) + p.head_dim_v.div_ceil(4)) as u32;
-    rows * (width + 2 + scores) + extra + 12
+    rows * (4 * row_vec4s(p) + 2 + scores) + extra + 12
 }
 
 /// Most query rows per key/value head (H/H_kv·n_q) for which the planner

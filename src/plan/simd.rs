@@ -2,7 +2,9 @@
 //! subgroup per workgroup, TR query rows per lane, K/V shared by subgroup
 //! broadcast, the block unrolled by the source generator.
 
-use super::{budget_keys, kv_texture, unplannable, FlashPlan, FlashVariant, TileOverride, Tiles};
+use super::{
+    budget_keys, kv_texture, row_vec4s, unplannable, FlashPlan, FlashVariant, TileOverride, Tiles,
+};
 use crate::caps::DeviceCaps;
 use crate::error::Result;
 use crate::problem::AttentionProblem;
@@ -38,9 +40,8 @@ const TEXTURE_ROWS: u32 = 1;
 /// 2k, d 64: TR 1 / 2 / 4 ran 2 070 / 1 130 / 716 ms), within
 /// [`ROW_VEC4S`].
 fn default_rows(p: &AttentionProblem, sg: u32) -> u32 {
-    let width = (p.head_dim.div_ceil(4) + p.head_dim_v.div_ceil(4)) as u32;
     let fill = p.n_q.div_ceil(sg as usize).min(4) as u32;
-    (ROW_VEC4S / width).clamp(1, 4).min(fill.max(1))
+    (ROW_VEC4S / row_vec4s(p)).clamp(1, 4).min(fill.max(1))
 }
 
 /// The simd plan: Br = SG·TR query rows per workgroup, Bc = SG keys per block.
@@ -59,11 +60,7 @@ pub(super) fn plan(
         ));
     }
     let sg = caps.subgroup_min_size;
-    let texture = force
-        .kv_texture
-        .unwrap_or(true)
-        .then(|| kv_texture(problem, caps))
-        .flatten();
+    let texture = kv_texture(problem, caps, force);
     let tr = match (force.tr, texture) {
         (Some(tr), _) => tr,
         (None, Some(_)) => TEXTURE_ROWS,
@@ -99,10 +96,9 @@ pub(super) fn plan(
             ),
         ),
     };
-    let width = 4 * (problem.head_dim.div_ceil(4) + problem.head_dim_v.div_ceil(4)) as u32;
     let plan = FlashPlan {
         // Bc scores per row, and the lane's loaded K and V row.
-        live_floats: super::live_floats(problem, tr, bc, width),
+        live_floats: super::live_floats(problem, tr, bc, 4 * row_vec4s(problem)),
         variant: FlashVariant::Simd,
         br,
         bc,
