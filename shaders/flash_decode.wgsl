@@ -1,21 +1,21 @@
-// Fused attention for decode-shaped problems (a few query rows, many keys):
-// flash-decoding inside one workgroup, same semantics, params and bindings as
-// flash_forward.wgsl.
+// Fused attention for decode-shaped problems (a few query rows, many keys)
+// on CPU adapters: flash-decoding inside one workgroup, same semantics,
+// params and bindings as flash_forward.wgsl. GPUs get
+// flash_decode_lanes.wgsl, which spreads each key across lanes instead.
 //
-// A workgroup owns BR query rows that read the same key/value head — row i of
-// each of the G = H/H_kv query heads of kv head hk, packed as
-// r = (h − hk·G)·n_q + i, so GQA/MQA heads share one pass over K and V — and
-// one split of the key range. Invocation `lid` takes keys lid, lid + WG, … of
-// the range straight from memory (each key is read once per workgroup) and
-// keeps, for each of its BR rows, a private online softmax: running max m,
-// sum l and unnormalised O (softmax_state.wgsl, ROWS = BR). Each key is
-// merged into that state (state_merge), whose rescale happens only when a
-// lane's max grows, which after the first few keys is rare. When the keys are
-// done the WG partial states are merged through workgroup memory with the
-// same formula (lane 0 finds the max and the weighted sum, then DVC vec4
-// columns of O at a time), and the merged state goes to O and LSE or, with
-// several splits, to `state` for split_combine.wgsl. No barrier inside the key
-// loop, no subgroup operations: it runs on every adapter, GL included.
+// A workgroup owns BR packed query rows of one key/value head and one split
+// of the key range (decode_rows.wgsl). Invocation `lid` takes keys lid,
+// lid + WG, … of the range straight from memory (each key is read once per
+// workgroup) and keeps, for each of its BR rows, a private online softmax:
+// running max m, sum l and unnormalised O (softmax_state.wgsl, ROWS = BR).
+// Each key is merged into that state (state_merge), whose rescale happens
+// only when a lane's max grows, which after the first few keys is rare. When
+// the keys are done the WG partial states are merged through workgroup
+// memory with the same formula (lane 0 finds the max and the weighted sum,
+// then DVC vec4 columns of O at a time), and the merged state goes to O and
+// LSE or, with several splits, to `state` for split_combine.wgsl. No barrier
+// inside the key loop, no subgroup operations: it runs on every adapter, GL
+// included.
 //
 // Host-prepended constants: D, DV, D4, DV4, MASK, WIN, SKIP (see flash_forward.wgsl),
 // BR (rows per workgroup, = ROWS), WG (invocations), DVC (vec4 columns per
@@ -32,21 +32,6 @@ var<workgroup> red_o: array<vec4<f32>, WG * DVC>;
 // The merged (max, sum) of the row being merged, computed by lane 0.
 var<workgroup> wg_merged: vec2<f32>;
 
-// Query head and query row of packed row `r` of the workgroup; `x` is the
-// head, `y` the row, `z` 1 when the packed row exists in this batch entry's
-// sequence.
-fn packed_row(t: Tile, sq: Seq, r: u32) -> vec3<u32> {
-    let pr = t.qb * BR + r;
-    let i = pr % params.n_q;
-    return vec3<u32>(t.hk * params.group + pr / params.n_q, i, u32(pr < params.group * params.n_q && i < sq.nq));
-}
-
-// Each row's visible key range [x, y) (length and window) and the first
-// word of its bias / mask row, computed once before the key loop.
-var<private> row_lo: array<u32, BR>;
-var<private> row_hi: array<u32, BR>;
-var<private> row_mask: array<vec2<u32>, BR>;
-
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     // qb: the block of packed rows; h = hk: the kv head.
@@ -57,19 +42,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let sq = load_seq(t.b, lid);
     let first = (params.flags & LAUNCH_FIRST) != 0u;
     // The used rows' lowest and highest query index, for the key range.
-    var i_min = 0xffffffffu;
-    var i_max = 0u;
+    let used_rows = setup_rows(t, sq);
     for (var r = 0u; r < BR; r++) {
         let hq = packed_row(t, sq, r);
-        let used = hq.z != 0u && hq.y < sq.nq_used;
-        if (used) {
-            i_min = min(i_min, hq.y);
-            i_max = max(i_max, hq.y);
-        }
-        let keys = row_keys(sq, hq.y);
-        row_lo[r] = select(1u, keys.x, used);
-        row_hi[r] = select(0u, keys.y, used);
-        row_mask[r] = mask_row(t.b, hq.x, hq.y);
+        let used = row_used(sq, hq);
         for (var c = 0u; c < D4; c++) {
             Q[r * D4 + c] = q_scaled4(t.b, sq.q0 + hq.y, hq.x, c, used);
         }
@@ -85,16 +61,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let vb = v_base(t.b, sq.k0, t.hk);
     // Block skipping: the union of the used rows' keys (per-key checks only
     // where a window, mask or bias applies, or skipping is off).
-    let range = key_range(t.split, block_keys(sq, i_min, i_max + 1u));
+    let range = key_range(t.split, block_keys(sq, used_rows.x, used_rows.y + 1u));
     let checked = WIN != 0u || MASK != 0u || SKIP == 0u;
     for (var j = range.x + lid; j < range.y; j += WG) {
         if ((MASK & MASK_BOOL) != 0u) {
             // Keys no row of the workgroup sees are not loaded.
-            var seen = false;
-            for (var r = 0u; r < BR; r++) {
-                seen = seen || ((mask_bits(row_mask[r].y, j) & 1u) != 0u && j >= row_lo[r] && j < row_hi[r]);
-            }
-            if (!seen) {
+            if (!any_row_sees(j)) {
                 continue;
             }
         }
@@ -112,14 +84,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         // One key is a state of its own: m = S, l = 1, O = V; P is its weight.
         var P: array<f32, BR>;
         for (var r = 0u; r < BR; r++) {
-            var S = hsum4(part[r]);
-            if (checked) {
-                S = mask_score(S, row_mask[r], j);
-                if (j < row_lo[r] || j >= row_hi[r]) {
-                    S = MASKED;
-                }
-            }
-            P[r] = state_merge(r, S, 1.0);
+            P[r] = state_merge(r, row_score(hsum4(part[r]), r, j, checked), 1.0);
         }
         let vr = vb + j * params.v_stride_s;
         for (var c = 0u; c < DV4; c++) {
@@ -132,8 +97,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
     // Padded query rows leave an empty state: O = 0, LSE = −∞.
     for (var r = 0u; r < BR; r++) {
-        let hq = packed_row(t, sq, r);
-        if (hq.z == 0u || hq.y >= sq.nq_used) {
+        if (!row_used(sq, packed_row(t, sq, r))) {
             state_reset(r);
         }
     }

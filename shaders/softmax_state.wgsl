@@ -1,7 +1,10 @@
 // The online-softmax state, FlashAttention-2's m, l and O, written once for
 // every fused kernel (flash_forward, flash_decode, flash_lanes) and the
 // split-KV combine. The host prepends it after flash_common.wgsl; ROWS (query
-// rows of state per invocation: TR, BR or 1) comes with the specialisation.
+// rows of state per invocation: TR, BR or 1) and OC (vec4 columns of O per
+// row and invocation: DV4, or flash_decode_lanes.wgsl's share of them) come
+// with the specialisation. state_load, state_store and state_finish move
+// whole rows and are for kernels with OC = DV4.
 //
 // Per row r:  m  running max of the scores seen, log2 units (Q carries
 //                scale·log2 e, so the softmax is exp2);
@@ -17,7 +20,7 @@
 
 var<private> m: array<f32, ROWS>;
 var<private> l: array<f32, ROWS>;
-var<private> O: array<vec4<f32>, ROWS * DV4>;
+var<private> O: array<vec4<f32>, ROWS * OC>;
 
 // Vec4s of one row in the `state` buffer: (m, l, 0, 0), then DV4 of O.
 const STATE_VEC4S: u32 = 1u + DV4;
@@ -31,8 +34,8 @@ fn state_base(split: u32, row: u32) -> u32 {
 fn state_reset(r: u32) {
     m[r] = NEG_BIG;
     l[r] = 0.0;
-    for (var c = 0u; c < DV4; c++) {
-        O[r * DV4 + c] = vec4<f32>(0.0);
+    for (var c = 0u; c < OC; c++) {
+        O[r * OC + c] = vec4<f32>(0.0);
     }
 }
 
@@ -41,7 +44,7 @@ fn state_load(r: u32, sb: u32) {
     m[r] = state[sb].x;
     l[r] = state[sb].y;
     for (var c = 0u; c < DV4; c++) {
-        O[r * DV4 + c] = state[sb + 1u + c];
+        O[r * OC + c] = state[sb + 1u + c];
     }
 }
 
@@ -50,7 +53,7 @@ fn state_load(r: u32, sb: u32) {
 fn state_store(r: u32, sb: u32) {
     state[sb] = vec4<f32>(m[r], l[r], 0.0, 0.0);
     for (var c = 0u; c < DV4; c++) {
-        state[sb + 1u + c] = O[r * DV4 + c];
+        state[sb + 1u + c] = O[r * OC + c];
     }
 }
 
@@ -64,8 +67,8 @@ fn merge_weight(m_s: f32, m_max: f32) -> f32 {
 fn state_rescale(r: u32, m_new: f32) {
     let alpha = merge_weight(m[r], m_new);
     l[r] *= alpha;
-    for (var c = 0u; c < DV4; c++) {
-        O[r * DV4 + c] *= alpha;
+    for (var c = 0u; c < OC; c++) {
+        O[r * OC + c] *= alpha;
     }
     m[r] = m_new;
 }
@@ -96,7 +99,7 @@ fn lse_of(m_r: f32, l_r: f32) -> f32 {
 fn state_finish(r: u32, ob: u32, row: u32) {
     let inv = inv_l(l[r]);
     for (var c = 0u; c < DV4; c++) {
-        store_o4(ob, c, O[r * DV4 + c] * inv);
+        store_o4(ob, c, O[r * OC + c] * inv);
     }
     lse[row] = lse_of(m[r], l[r]);
 }

@@ -11,13 +11,18 @@
 // row whose splits are all empty gets O = 0 and LSE = −∞, never NaN.
 //
 // Padded query rows arrive as empty states from every split, so they too come
-// out as O = 0, LSE = −∞. One invocation per query row; host-prepended
-// constants D, DV, D4, DV4, ROWS = 1 (MASK and WIN are 0: the combine needs
-// neither).
+// out as O = 0, LSE = −∞.
+//
+// Lanes across d_v: a workgroup of 64 invocations merges 64/CL rows, CL
+// lanes per row (a power of two ≥ ⌈d_v/4⌉ up to 64), lane c of a row owning
+// the row's vec4 columns c, c + CL, … (OC of them); every lane of a row
+// reads the splits' (m, l), the same words. Host-prepended constants D, DV,
+// D4, DV4, ROWS = 1, OC, CL (MASK and WIN are 0: the combine needs neither).
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let row = (wid.x + wid.y * nwg.x) * 64u + lid;
+    let row = (wid.x + wid.y * nwg.x) * (64u / CL) + lid / CL;
+    let lane = lid % CL;
     if (row >= params.lse_rows) {
         return;
     }
@@ -27,8 +32,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var s = 0u; s < params.splits; s++) {
         let sb = state_base(s, row);
         let w = state_merge(0u, state[sb].x, state[sb].y);
-        for (var c = 0u; c < DV4; c++) {
-            O[c] = fma(vec4<f32>(w), state[sb + 1u + c], O[c]);
+        for (var i = 0u; i < OC; i++) {
+            let c = lane + CL * i;
+            if (c < DV4) {
+                O[i] = fma(vec4<f32>(w), state[sb + 1u + c], O[i]);
+            }
         }
     }
     // Row = b·lse_stride_b + h·lse_stride_h + t: lse [B, H, n_q] for padded
@@ -41,5 +49,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         b = bh / params.heads;
         h = bh % params.heads;
     }
-    state_finish(0u, o_base(b, t, h), row);
+    let ob = o_base(b, t, h);
+    let inv = inv_l(l[0]);
+    for (var i = 0u; i < OC; i++) {
+        let c = lane + CL * i;
+        if (c < DV4) {
+            store_o4(ob, c, O[i] * inv);
+        }
+    }
+    if (lane == 0u) {
+        lse[row] = lse_of(m[0], l[0]);
+    }
 }

@@ -10,7 +10,7 @@ use crate::mask::Masks;
 use crate::params::FlashParams;
 use crate::plan::{fold_grid, plan, split_state_row_bytes, FlashPlan, TileOverride};
 use crate::problem::AttentionProblem;
-use crate::source::{FlashSpec, KvAccess, TensorIo};
+use crate::source::{FlashSpec, KernelTiles, KvAccess, TensorIo};
 use crate::tensor::{AttentionBuffers, AttentionOutput, AttentionTensors};
 
 /// The fused kernel, planned and compiled for one problem. Cheap to keep and
@@ -51,8 +51,9 @@ impl<'c> FlashAttention<'c> {
         let kernel = ctx.flash_pipeline(spec)?;
         let combine = if plan.splits > 1 {
             let kernel = ctx.flash_pipeline(spec.combine())?;
+            let rows_per_workgroup = KernelTiles::combine_rows(spec.dv) as usize;
             let grid = fold_grid(
-                problem.lse_len().div_ceil(64),
+                problem.lse_len().div_ceil(rows_per_workgroup),
                 ctx.caps().max_workgroups_per_dim,
                 "split_combine",
             )?;

@@ -286,21 +286,29 @@ fn gpu_plans_are_chosen_and_the_decode_kernel_runs_on_this_adapter() {
         assert!(plan.wg >= 16 && plan.why.contains("GPU"), "{}", plan.why);
         assert!(plan.why.contains("live floats"), "{}", plan.why);
     }
-    // Run here: a Whisper step, the decode kernel with 64 invocations and key
+    // Run here: a Whisper step and GQA 8:2 with two queries, the GPU decode
+    // kernel with 128 invocations in key groups, subgroup merges and key
     // splits, against the reference. (The GPU tiled tiles, WG 64 and Bc 32,
     // took over 2 minutes to compile on lavapipe: running the suites under
     // the GPU family there waits for the GPU tiled kernel.)
-    let step = AttentionProblem::new(1, 20, 1, 1500, 64);
-    let flash = FlashAttention::new(gpu, &step).unwrap();
-    let plan = flash.plan();
-    assert_eq!(
-        (plan.variant, plan.wg),
-        (FlashVariant::Decode, 64),
-        "{}",
-        plan.why
-    );
-    assert!(plan.splits > 1, "{}", plan.why);
-    assert_close_on(gpu, &step, None, 50);
+    for (i, step) in [
+        AttentionProblem::new(1, 20, 1, 1500, 64),
+        AttentionProblem::new(2, 8, 2, 700, 40).with_kv_heads(2),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let flash = FlashAttention::new(gpu, step).unwrap();
+        let plan = flash.plan();
+        assert_eq!(
+            (plan.variant, plan.wg, plan.subgroups),
+            (FlashVariant::DecodeLanes, 128, true),
+            "{}",
+            plan.why
+        );
+        assert!(plan.splits > 1, "{}", plan.why);
+        assert_close_on(gpu, step, None, 50 + i as u64);
+    }
 }
 
 #[test]

@@ -46,6 +46,7 @@ fn forced_split_counts_on_ragged_key_ranges() {
     for (variant, n_q, d) in [
         (FlashVariant::Decode, 1, 64),
         (FlashVariant::Decode, 3, 59),
+        (FlashVariant::DecodeLanes, 3, 59),
         (FlashVariant::Tiled, 33, 40),
     ] {
         for n_kv in [1usize, 77, 1500, 4097] {
@@ -194,9 +195,9 @@ fn planner_splits_where_the_grid_would_leave_the_device_idle() {
     let gpu = caps(wgpu::DeviceType::DiscreteGpu);
     let whisper = AttentionProblem::new(1, 20, 1, 1500, 64);
     let w = plan(&whisper, &gpu, TileOverride::default()).unwrap();
-    assert_eq!(w.variant, FlashVariant::Decode);
-    // 20 workgroups: split until each has ≥ 4 keys per invocation (README).
-    assert_eq!((w.splits, w.split_keys), (5, 300), "{w:?}");
+    assert_eq!(w.variant, FlashVariant::DecodeLanes);
+    // 20 workgroups: split toward 512, but no split under 128 keys (README).
+    assert_eq!((w.splits, w.split_keys), (11, 137), "{w:?}");
     let perceiver = AttentionProblem::new(1, 1, 512, 50_176, 64);
     let pc = plan(&perceiver, &gpu, TileOverride::default()).unwrap();
     assert_eq!(pc.variant, FlashVariant::Tiled);
@@ -241,5 +242,58 @@ fn forced_splits_are_clamped_and_oversized_state_is_a_typed_error() {
             assert!(reason.contains("partial state"), "{reason}")
         }
         other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn gpu_decode_kernel_spreads_the_head_dim_across_lanes() {
+    // Subgroup and workgroup-memory reductions; head dims whose vec4 columns
+    // the lanes divide (64, 256) or not (40, 59, 7 with d_v 13); GQA rows
+    // packed (8:1, 8:2 with 3 queries: a ragged second row block); one and
+    // several key groups per workgroup, key splits, and launches that carry
+    // the state (chunk_keys).
+    let cases = [
+        (
+            AttentionProblem::new(2, 8, 1, 300, 64).with_kv_heads(1),
+            8,
+            1,
+            None,
+        ),
+        (
+            AttentionProblem::new(1, 8, 3, 799, 59).with_kv_heads(2),
+            32,
+            3,
+            None,
+        ),
+        (AttentionProblem::new(1, 4, 2, 129, 256), 16, 1, Some(50)),
+        (
+            AttentionProblem::new(2, 3, 1, 77, 7).with_head_dim_v(13),
+            64,
+            2,
+            None,
+        ),
+        (
+            AttentionProblem::new(1, 2, 1, 1000, 40).with_kv_lens(true),
+            32,
+            7,
+            Some(96),
+        ),
+    ];
+    for sub in [true, false] {
+        for (i, (p, wg, splits, chunk)) in cases.iter().enumerate() {
+            let force = TileOverride {
+                variant: Some(FlashVariant::DecodeLanes),
+                subgroups: Some(sub),
+                wg: Some(*wg),
+                splits: Some(*splits),
+                chunk_keys: *chunk,
+                ..Default::default()
+            };
+            let lens: Vec<u32> = (0..p.batch as u32).map(|b| 1000 - 333 * b).collect();
+            let lens = p.kv_lens.then_some(&lens[..]);
+            assert_close_forced(p, lens, 40 + i as u64, force);
+            let plan = plan(p, ctx().caps(), force).unwrap();
+            assert_eq!(plan.subgroups, sub, "{}", plan.why);
+        }
     }
 }

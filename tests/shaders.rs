@@ -185,13 +185,23 @@ fn flash_family_validates_for_every_planned_specialisation() {
     let mut work = Vec::new();
     for dev in &devices {
         for p in &problems {
-            let mut variants = vec![None, Some(FlashVariant::Tiled), Some(FlashVariant::Decode)];
-            if dev.subgroups && dev.subgroup_min_size == dev.subgroup_max_size {
-                variants.push(Some(FlashVariant::Simd));
+            let mut variants = vec![
+                (None, None),
+                (Some(FlashVariant::Tiled), None),
+                (Some(FlashVariant::Decode), None),
+                (Some(FlashVariant::DecodeLanes), None),
+            ];
+            if dev.subgroups {
+                // The GPU decode kernel's workgroup-memory reductions too.
+                variants.push((Some(FlashVariant::DecodeLanes), Some(false)));
             }
-            for variant in variants {
+            if dev.subgroups && dev.subgroup_min_size == dev.subgroup_max_size {
+                variants.push((Some(FlashVariant::Simd), None));
+            }
+            for (variant, subgroups) in variants {
                 let force = TileOverride {
                     variant,
+                    subgroups,
                     ..Default::default()
                 };
                 let plan = plan(p, dev, force).unwrap();
@@ -207,8 +217,7 @@ fn flash_family_validates_for_every_planned_specialisation() {
                     let spec = FlashSpec { io, ..plan.spec(p) };
                     let f16 = io == TensorIo::F16;
                     if seen.insert(spec) {
-                        let simd = spec.shader() == Shader::FlashSimd;
-                        work.push((spec, f16, simd));
+                        work.push((spec, f16, spec.uses_subgroups()));
                     }
                     if combines.insert(spec.combine()) {
                         work.push((spec.combine(), f16, false));
@@ -230,10 +239,25 @@ fn flash_family_validates_for_every_planned_specialisation() {
     ] {
         assert!(planned, "{what} never planned");
     }
-    for shader in [Shader::FlashSimd, Shader::FlashForward, Shader::FlashDecode] {
+    for shader in [
+        Shader::FlashSimd,
+        Shader::FlashForward,
+        Shader::FlashDecode,
+        Shader::FlashDecodeLanes,
+    ] {
         assert!(
             seen.iter().any(|s| s.shader() == shader),
             "{shader:?} never planned"
+        );
+    }
+    // The GPU decode kernel with both kinds of reduction.
+    for sub in [false, true] {
+        assert!(
+            seen.iter().any(|s| matches!(
+                s.tiles,
+                KernelTiles::DecodeLanes { subgroups, .. } if subgroups == sub
+            )),
+            "decode-lanes with subgroups {sub} never planned"
         );
     }
     // K/V from storage buffers and from texture mirrors (the simd kernel

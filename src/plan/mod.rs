@@ -6,6 +6,7 @@
 //! its shader; `split.rs` holds the split-KV heuristic.
 
 mod decode;
+mod decode_lanes;
 mod simd;
 mod split;
 mod tiled;
@@ -79,6 +80,9 @@ pub struct FlashPlan {
     /// Where the kernel reads K and V: the storage buffers, or texture
     /// mirrors of them copied in before the launch (simd kernel, vec4 rows).
     pub kv: KvAccess,
+    /// Whether the kernel's reductions use subgroup operations
+    /// ([`FlashVariant::DecodeLanes`]; the others decide by variant).
+    pub subgroups: bool,
     /// Estimated f32 values one invocation keeps live in the key loop (its
     /// Q and O rows, m and l, the block's scores, loaded K/V): what a GPU
     /// would hold in registers. See [`GPU_LIVE_FLOATS`].
@@ -102,8 +106,16 @@ pub enum FlashVariant {
     /// `flash_decode.wgsl`: for a few query rows against many keys. Each
     /// invocation streams its own keys for all Br rows of one key/value head
     /// (GQA heads packed together), the lanes' states are merged through
-    /// workgroup memory. Every adapter; the default when H/H_kv·n_q is small.
+    /// workgroup memory. Every adapter; the default on CPU adapters when
+    /// H/H_kv·n_q is small.
     Decode,
+    /// `flash_decode_lanes.wgsl`: the decode kernel shaped for GPUs. Each
+    /// key's head dim is spread across a group of lanes (coalesced K/V
+    /// rows, a fraction of Q and O per lane), the groups' states merged by
+    /// subgroup operations, or workgroup memory where the adapter has none.
+    /// The default on GPUs when H/H_kv·n_q is small. `bc` is the keys one
+    /// workgroup takes per step, `wg / bc` the lanes per key.
+    DecodeLanes,
 }
 
 impl FlashVariant {
@@ -113,6 +125,7 @@ impl FlashVariant {
             FlashVariant::Tiled => Shader::FlashForward,
             FlashVariant::Simd => Shader::FlashSimd,
             FlashVariant::Decode => Shader::FlashDecode,
+            FlashVariant::DecodeLanes => Shader::FlashDecodeLanes,
         }
     }
 
@@ -122,12 +135,13 @@ impl FlashVariant {
     }
 
     /// The variant's name on the command line and in bench tables:
-    /// `tiled`, `decode` or `simd`.
+    /// `tiled`, `decode`, `decode-lanes` or `simd`.
     pub fn label(self) -> &'static str {
         match self {
             FlashVariant::Tiled => "tiled",
             FlashVariant::Simd => "simd",
             FlashVariant::Decode => "decode",
+            FlashVariant::DecodeLanes => "decode-lanes",
         }
     }
 }
@@ -154,6 +168,7 @@ impl FlashPlan {
             split_keys: 0,
             chunk_keys: 0,
             kv: KvAccess::Storage,
+            subgroups: false,
             live_floats: 0,
             why: String::new(),
         }
@@ -177,6 +192,12 @@ impl FlashPlan {
                 br: self.br,
                 wg: self.wg,
                 dvc: decode::merge_columns(p, self.wg),
+            },
+            FlashVariant::DecodeLanes => KernelTiles::DecodeLanes {
+                br: self.br,
+                wg: self.wg,
+                kl: self.wg / self.bc.max(1),
+                subgroups: self.subgroups,
             },
         };
         FlashSpec {
@@ -220,6 +241,10 @@ pub struct TileOverride {
     /// K/V through texture mirrors where the kernel and head dims allow it
     /// (default on: see [`kv_texture`]); off reads the storage buffers.
     pub kv_texture: Option<bool>,
+    /// Reductions by subgroup operations where the kernel has the choice
+    /// ([`FlashVariant::DecodeLanes`]; default: where the adapter has
+    /// them); off uses workgroup memory, as on adapters without subgroups.
+    pub subgroups: Option<bool>,
 }
 
 /// Splits `total` workgroups into an (x, y) grid within the per-dimension limit.
@@ -240,8 +265,11 @@ pub fn fold_grid(total: usize, max_per_dim: u32, kernel: &'static str) -> Result
 /// device with `caps`.
 ///
 /// Heuristic (shaders/README.md "Tiling" and "Decoding" have the measurements):
-/// - Variant: [`FlashVariant::Decode`] when the query rows that share one
-///   key/value head, H/H_kv·n_q, number at most [`decode_rows_limit`];
+/// - Variant: when the query rows that share one key/value head,
+///   H/H_kv·n_q, number at most [`decode_rows_limit`], a decode kernel:
+///   [`FlashVariant::Decode`] on CPU adapters (each lane streams whole key
+///   rows, as a SIMD lane should), [`FlashVariant::DecodeLanes`] elsewhere
+///   (coalesced rows across lanes, subgroup merges; `decode_lanes.rs`);
 ///   otherwise [`FlashVariant::Simd`] on CPU adapters with one fixed
 ///   subgroup size (lavapipe; `simd.rs` has its rows per lane and the
 ///   measurements), else [`FlashVariant::Tiled`].
@@ -272,7 +300,11 @@ pub fn plan(
     let variant = force
         .variant
         .unwrap_or(if rows_per_kv_head <= decode_rows_limit(caps) {
-            FlashVariant::Decode
+            if cpu {
+                FlashVariant::Decode
+            } else {
+                FlashVariant::DecodeLanes
+            }
         } else if cpu && simd::fits(caps) {
             FlashVariant::Simd
         } else {
@@ -282,6 +314,7 @@ pub fn plan(
         FlashVariant::Tiled => tiled::plan(problem, caps, force)?,
         FlashVariant::Simd => simd::plan(problem, caps, force)?,
         FlashVariant::Decode => decode::plan(problem, caps, force)?,
+        FlashVariant::DecodeLanes => decode_lanes::plan(problem, caps, force)?,
     };
     let (splits, split_keys, chunk_keys) = split::choose(problem, caps, &tiles, force)?;
     tiles.plan.splits = splits;
@@ -417,21 +450,33 @@ pub fn decode_rows_max(caps: &DeviceCaps) -> u32 {
 
 /// A variant's tiles before splitting: the plan (splits not yet chosen), the
 /// workgroups of one split, the most keys one launch may cover on this
-/// adapter, and the granularity of split boundaries.
+/// adapter, the granularity of split boundaries, and the fewest keys a split
+/// made for parallelism should hold (default four key blocks, or four keys
+/// per lane: 4·max(align, WG)).
 pub(crate) struct Tiles {
     pub plan: FlashPlan,
     pub base_workgroups: usize,
     pub loop_keys: u32,
     pub align: u32,
+    pub min_split_keys: u32,
 }
 
 impl Tiles {
     pub fn new(plan: FlashPlan, base_workgroups: usize, loop_keys: u32, align: u32) -> Self {
+        let min_split_keys = 4 * align.max(plan.wg);
         Self {
             plan,
             base_workgroups,
             loop_keys,
             align,
+            min_split_keys,
+        }
+    }
+
+    pub fn with_min_split_keys(self, keys: u32) -> Self {
+        Self {
+            min_split_keys: keys,
+            ..self
         }
     }
 }
@@ -514,7 +559,12 @@ mod tests {
     fn variants_follow_the_query_rows_per_kv_head() {
         for (name, caps) in adapters() {
             let whisper = go(&AttentionProblem::new(1, 20, 1, 1500, 64), &caps);
-            assert_eq!(whisper.variant, FlashVariant::Decode, "{name}");
+            let want = if name == "lavapipe" {
+                FlashVariant::Decode
+            } else {
+                FlashVariant::DecodeLanes
+            };
+            assert_eq!(whisper.variant, want, "{name}");
             let square = go(&AttentionProblem::new(1, 8, 2048, 2048, 64), &caps);
             let want = if name == "lavapipe" {
                 FlashVariant::Simd
@@ -533,6 +583,59 @@ mod tests {
             };
             assert_eq!(go(&gqa, &caps).variant, want, "{name}");
         }
+    }
+
+    #[test]
+    fn gpu_decode_plans_fill_subgroups_and_keep_the_register_budget() {
+        for (name, caps) in adapters().into_iter().skip(1) {
+            for d in [40, 64, 80, 128, 160, 256] {
+                // Whisper's step and GQA 8:2 with 2 queries (8 rows per kv head).
+                for p in [
+                    AttentionProblem::new(1, 20, 1, 1500, d),
+                    AttentionProblem::new(2, 8, 2, 3000, d).with_kv_heads(2),
+                ] {
+                    let plan = go(&p, &caps);
+                    let what = format!("{name} d {d}: {}", plan.why);
+                    assert_eq!(plan.variant, FlashVariant::DecodeLanes, "{what}");
+                    assert!(plan.live_floats <= GPU_LIVE_FLOATS, "{what}");
+                    let kl = plan.wg / plan.bc;
+                    assert!(
+                        plan.wg >= 128 && plan.wg >= caps.subgroup_max_size,
+                        "{what}"
+                    );
+                    assert_eq!(plan.subgroups, caps.subgroups, "{what}");
+                    if caps.subgroups {
+                        assert!(kl <= caps.subgroup_min_size, "{what}");
+                    } else {
+                        assert!(kl <= 4 || d == 256, "{what}");
+                    }
+                    // At least 128 keys per split.
+                    assert!(plan.split_keys >= 128, "{what}");
+                }
+            }
+        }
+        // d 64: 8 lanes of two vec4 columns per key, 16 keys per step.
+        let p = AttentionProblem::new(1, 20, 1, 1500, 64);
+        let plan = go(&p, &DeviceCaps::discrete_gpu(32));
+        assert_eq!((plan.wg, plan.bc, plan.br), (128, 16, 1));
+        // A forced subgroup plan on an adapter without subgroups says why.
+        let force = TileOverride {
+            variant: Some(FlashVariant::DecodeLanes),
+            subgroups: Some(true),
+            ..Default::default()
+        };
+        assert!(matches!(
+            plan_with(&p, &webgpu(), force),
+            Err(Error::Unplannable { .. })
+        ));
+    }
+
+    fn plan_with(
+        p: &AttentionProblem,
+        caps: &DeviceCaps,
+        force: TileOverride,
+    ) -> Result<FlashPlan> {
+        plan(p, caps, force)
     }
 
     #[test]

@@ -27,8 +27,8 @@ pub(crate) fn state_row_bytes(p: &AttentionProblem) -> u64 {
 ///   for the decode kernel) would leave the device idle is split until it has
 ///   about 512 workgroups on a GPU or 4 per CPU thread on a CPU adapter, but
 ///   never into splits of fewer than 4 key blocks (4·Bc keys; 4 keys per lane
-///   for the decode kernel), which would spend more on the merge than they
-///   save.
+///   for the decode kernel; 128 keys for the GPU decode kernel), which would
+///   spend more on the merge than they save.
 /// - Loop limit: on CPU adapters (lavapipe end a shader's loops after 65 535
 ///   iterations, see [`loop_safe_keys`]) a key range too long for one launch
 ///   is cut into splits, which run in parallel and need one combine, rather
@@ -60,7 +60,7 @@ pub(super) fn choose(
             } else {
                 GPU_TARGET_WORKGROUPS
             };
-            let min_keys = 4 * tiles.align.max(tiles.plan.wg) as usize;
+            let min_keys = tiles.min_split_keys.max(1) as usize;
             let by_parallelism = if 2 * tiles.base_workgroups >= target {
                 1
             } else {

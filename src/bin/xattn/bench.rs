@@ -37,8 +37,9 @@ pub struct BenchArgs {
     /// Skip the naive kernel.
     #[arg(long)]
     no_naive: bool,
-    /// Force the fused kernel's variant: tiled, decode, or simd (adapters
-    /// with fixed-size subgroups, e.g. lavapipe).
+    /// Force the fused kernel's variant: tiled, decode (CPU-shaped),
+    /// decode-lanes (GPU-shaped), or simd (adapters with fixed-size
+    /// subgroups, e.g. lavapipe).
     #[arg(long, value_enum)]
     variant: Option<VariantArg>,
     /// Force the number of key splits (split-KV); 1 turns splitting off.
@@ -52,6 +53,10 @@ pub struct BenchArgs {
     /// texture mirrors (to measure what the mirrors save).
     #[arg(long)]
     kv_storage: bool,
+    /// The GPU decode kernel sums through workgroup memory even where the
+    /// adapter has subgroups (as on GL), to measure what subgroups save.
+    #[arg(long)]
+    no_subgroups: bool,
     /// Storage type of q, k, v and o; for f16/bf16 the table adds the
     /// speed-up over the same kernel in f32 (the naive baseline is f32-only).
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
@@ -81,6 +86,7 @@ pub enum Suite {
 pub enum VariantArg {
     Tiled,
     Decode,
+    DecodeLanes,
     Simd,
 }
 
@@ -89,6 +95,7 @@ impl VariantArg {
         match self {
             VariantArg::Tiled => FlashVariant::Tiled,
             VariantArg::Decode => FlashVariant::Decode,
+            VariantArg::DecodeLanes => FlashVariant::DecodeLanes,
             VariantArg::Simd => FlashVariant::Simd,
         }
     }
@@ -123,6 +130,7 @@ pub fn bench(a: &BenchArgs) -> Result<ExitCode, Error> {
             splits: a.splits,
             grid_stride: a.grid_stride,
             kv_texture: a.kv_storage.then_some(false),
+            subgroups: a.no_subgroups.then_some(false),
             ..TileOverride::default()
         },
         naive: !a.no_naive,
