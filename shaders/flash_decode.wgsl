@@ -1,7 +1,7 @@
 // Fused attention for decode-shaped problems (a few query rows, many keys)
 // on CPU adapters: flash-decoding inside one workgroup, same semantics,
 // params and bindings as flash_forward.wgsl. GPUs get
-// flash_decode_lanes.wgsl, which spreads each key across lanes instead.
+// flash_lanes.wgsl, which spreads each key across lanes instead.
 //
 // A workgroup owns BR packed query rows of one key/value head and one split
 // of the key range (decode_rows.wgsl). Invocation `lid` takes keys lid,
@@ -42,7 +42,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let sq = load_seq(t.b, lid);
     let first = (params.flags & LAUNCH_FIRST) != 0u;
     // The used rows' lowest and highest query index, for the key range.
-    let used_rows = setup_rows(t, sq);
+    let used_rows = setup_rows(t, sq, 0u);
     for (var r = 0u; r < BR; r++) {
         let hq = packed_row(t, sq, r);
         let used = row_used(sq, hq);

@@ -2,7 +2,7 @@
 // every fused kernel (flash_forward, flash_decode, flash_lanes) and the
 // split-KV combine. The host prepends it after flash_common.wgsl; ROWS (query
 // rows of state per invocation: TR, BR or 1) and OC (vec4 columns of O per
-// row and invocation: DV4, or flash_decode_lanes.wgsl's share of them) come
+// row and invocation: DV4, or flash_lanes.wgsl's share of them) come
 // with the specialisation. state_load, state_store and state_finish move
 // whole rows and are for kernels with OC = DV4.
 //

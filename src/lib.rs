@@ -66,7 +66,7 @@ pub use layout::Layout;
 pub use mask::{pack_mask, MaskShape, Masks, SeqLayout, VarLen, Window, MAX_SEQ};
 pub use naive::{NaiveAttention, NaiveParams};
 pub use params::FlashParams;
-pub use plan::{plan, FlashPlan, FlashVariant, TileOverride, MAX_SPLITS};
+pub use plan::{plan, FlashPlan, FlashVariant, TileOverride, GPU_LIVE_FLOATS, MAX_SPLITS};
 pub use problem::{AttentionProblem, MAX_HEAD_DIM};
 pub use source::{FlashSpec, KernelTiles, KvAccess, Shader, TensorIo};
 pub use tensor::{AttentionBuffers, AttentionOutput, AttentionTensors};

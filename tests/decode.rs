@@ -3,11 +3,11 @@
 
 mod common;
 
-use common::ctx;
+use common::{ctx, gpu_plan_ctx};
 use xattn::check::{check_with, inputs, max_err};
 use xattn::wgpu;
 use xattn::{
-    plan, AttentionBuffers, AttentionProblem, AttentionTensors, DeviceCaps, Dtype, Error,
+    plan, AttentionBuffers, AttentionProblem, AttentionTensors, Context, DeviceCaps, Dtype, Error,
     FlashAttention, FlashVariant, TileOverride, MAX_SPLITS,
 };
 
@@ -46,7 +46,7 @@ fn forced_split_counts_on_ragged_key_ranges() {
     for (variant, n_q, d) in [
         (FlashVariant::Decode, 1, 64),
         (FlashVariant::Decode, 3, 59),
-        (FlashVariant::DecodeLanes, 3, 59),
+        (FlashVariant::Lanes, 3, 59),
         (FlashVariant::Tiled, 33, 40),
     ] {
         for n_kv in [1usize, 77, 1500, 4097] {
@@ -114,6 +114,17 @@ fn decode_kernel_packs_gqa_heads_and_handles_odd_head_dims() {
 
 #[test]
 fn bound_handle_runs_many_decode_steps_against_one_encoder_kv() {
+    bound_decode_loop(ctx());
+}
+
+#[test]
+fn bound_decode_loop_under_gpu_plans() {
+    // XATTN_PLAN=gpu: the lanes kernel (decode shape, splits, the combine)
+    // through the same bound handles.
+    bound_decode_loop(gpu_plan_ctx());
+}
+
+fn bound_decode_loop(c: &Context) {
     // Encoder K/V uploaded and bound once; each step writes a new query into
     // the same buffer (converted to the storage type) and records into its
     // own encoder. An odd row count (1×5×7 = 35 halves) ends mid-word; d 16
@@ -127,7 +138,6 @@ fn bound_handle_runs_many_decode_steps_against_one_encoder_kv() {
         (Dtype::Bf16, 2f64.powi(-7), 16),
     ] {
         let p = AttentionProblem::new(1, 5, 1, 333, d).with_dtype(dtype);
-        let c = ctx();
         let flash = FlashAttention::new(c, &p).unwrap();
         let round = |x| dtype.round_all(x);
         let (q0, k, v) = inputs(&p, 40);
@@ -195,7 +205,7 @@ fn planner_splits_where_the_grid_would_leave_the_device_idle() {
     let gpu = caps(wgpu::DeviceType::DiscreteGpu);
     let whisper = AttentionProblem::new(1, 20, 1, 1500, 64);
     let w = plan(&whisper, &gpu, TileOverride::default()).unwrap();
-    assert_eq!(w.variant, FlashVariant::DecodeLanes);
+    assert_eq!(w.variant, FlashVariant::Lanes);
     // 20 workgroups: split toward 512, but no split under 128 keys (README).
     assert_eq!((w.splits, w.split_keys), (11, 137), "{w:?}");
     let perceiver = AttentionProblem::new(1, 1, 512, 50_176, 64);
@@ -282,7 +292,7 @@ fn gpu_decode_kernel_spreads_the_head_dim_across_lanes() {
     for sub in [true, false] {
         for (i, (p, wg, splits, chunk)) in cases.iter().enumerate() {
             let force = TileOverride {
-                variant: Some(FlashVariant::DecodeLanes),
+                variant: Some(FlashVariant::Lanes),
                 subgroups: Some(sub),
                 wg: Some(*wg),
                 splits: Some(*splits),

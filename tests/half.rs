@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::ctx;
+use common::{ctx, gpu_plan_ctx};
 use xattn::check::{check_with, inputs, max_err, max_rel_err};
-use xattn::{AttentionProblem, Dtype, FlashAttention, TensorIo, TileOverride};
+use xattn::{AttentionProblem, Context, Dtype, FlashAttention, TensorIo, TileOverride};
 
 /// The storage paths this adapter runs: f16 natively where it has
 /// SHADER_F16, f16 through u32 words, bf16 through u32 words.
@@ -49,6 +49,16 @@ fn problems() -> Vec<(AttentionProblem, Option<Vec<u32>>)> {
 
 #[test]
 fn half_storage_matches_the_reference_on_every_path() {
+    half_storage_on(ctx());
+}
+
+#[test]
+fn half_storage_matches_the_reference_under_gpu_plans() {
+    // XATTN_PLAN=gpu: the lanes kernel reading every storage form.
+    half_storage_on(gpu_plan_ctx());
+}
+
+fn half_storage_on(ctx: &Context) {
     for (dtype, packed, io) in paths() {
         for (i, (p, lens)) in problems().into_iter().enumerate() {
             let p = p.with_dtype(dtype);
@@ -56,15 +66,16 @@ fn half_storage_matches_the_reference_on_every_path() {
                 packed_f16: packed,
                 ..Default::default()
             };
-            let flash = FlashAttention::with_tiles(ctx(), &p, force).unwrap();
+            let flash = FlashAttention::with_tiles(ctx, &p, force).unwrap();
             assert_eq!(flash.plan().io, io);
             let lens = lens.as_deref();
-            let r = check_with(ctx(), &p, lens, 50 + i as u64, |q, k, v| {
+            let r = check_with(ctx, &p, lens, 50 + i as u64, |q, k, v| {
                 flash.run(q, k, v, lens)
             })
             .unwrap();
             println!(
-                "{io:?} {p:?}: O {:.2e} (bound {:.2e}), LSE {:.2e} (bound {:.2e})",
+                "{} {io:?} {p:?}: O {:.2e} (bound {:.2e}), LSE {:.2e} (bound {:.2e})",
+                flash.plan().variant.label(),
                 r.fused.o,
                 r.o_bound(),
                 r.fused.lse,

@@ -5,8 +5,9 @@
 
 mod common;
 
-use common::ctx;
+use common::{ctx, gpu_plan_ctx};
 use xattn::check::{self, CheckReport, Rng};
+use xattn::Context;
 use xattn::{
     pack_mask, AttentionOutput, AttentionProblem, Dtype, FlashAttention, FlashVariant, MaskShape,
     Masks, TileOverride, VarLen, Window,
@@ -22,6 +23,7 @@ type Poison<'a> = &'a dyn Fn(&mut [f32], &mut [f32], &mut [f32]);
 /// into every q, k and v row no query may read (`poison`), and asserts the
 /// tolerance rule against the reference on the clean inputs.
 fn assert_masked(
+    ctx: &Context,
     p: &AttentionProblem,
     masks: &Masks<'_>,
     force: TileOverride,
@@ -29,8 +31,8 @@ fn assert_masked(
     seed: u64,
 ) -> (CheckReport, AttentionOutput) {
     let mut got = None;
-    let fa = FlashAttention::with_tiles(ctx(), p, force).unwrap_or_else(|e| panic!("{p:?}: {e}"));
-    let r = check::check_masked(ctx(), p, masks, seed, |q, k, v| {
+    let fa = FlashAttention::with_tiles(ctx, p, force).unwrap_or_else(|e| panic!("{p:?}: {e}"));
+    let r = check::check_masked(ctx, p, masks, seed, |q, k, v| {
         let (mut q, mut k, mut v) = (q.to_vec(), k.to_vec(), v.to_vec());
         poison(&mut q, &mut k, &mut v);
         let out = fa.run_with(&q, &k, &v, masks)?;
@@ -80,7 +82,7 @@ thread_local! {
 fn no_poison(_: &mut [f32], _: &mut [f32], _: &mut [f32]) {}
 
 fn check(p: &AttentionProblem, masks: &Masks<'_>, seed: u64) -> CheckReport {
-    assert_masked(p, masks, TileOverride::default(), &no_poison, seed).0
+    assert_masked(ctx(), p, masks, TileOverride::default(), &no_poison, seed).0
 }
 
 /// Writes NaN into rows `[from, to)` of a BSHD tensor with `width` = H·d
@@ -152,61 +154,94 @@ fn causal_on_xformers_shapes() {
 
 #[test]
 fn mask_window_and_lengths_on_xformers_shapes() {
-    // GQA 4:2, odd head dims (59 → d_v 33), a random 50 % boolean mask over
-    // [B, 1, n_q, n_kv], a sliding window, key and query lengths, with NaN in
-    // every padded query, key and value row.
-    for (n, &nq) in ODD.iter().enumerate() {
-        for (m, &nk) in ODD.iter().enumerate() {
-            let shape = MaskShape {
-                batch: true,
-                heads: false,
-                rows: true,
-            };
-            let p = AttentionProblem::new(2, 4, nq, nk, 59)
-                .with_kv_heads(2)
-                .with_head_dim_v(33)
-                .with_kv_lens(true)
-                .with_q_lens(true)
-                .with_window(Window::sliding(2 + n * 3, m))
-                .with_bool_mask(shape);
-            let bits = random_bits(&p, shape, 0.5, (n * 13 + m) as u64);
-            let kv_lens = [nk as u32, (nk as u32 * 2) / 3];
-            let q_lens = [(nq as u32).div_ceil(2), nq as u32];
-            let masks = Masks {
-                kv_lens: Some(&kv_lens),
-                q_lens: Some(&q_lens),
-                mask: Some(&bits),
-                ..Masks::default()
-            };
-            let poison = |q: &mut [f32], k: &mut [f32], v: &mut [f32]| {
-                for b in 0..2 {
-                    let (qw, kw, vw) = (4 * 59, 2 * 59, 2 * 33);
-                    let (qr, kr) = (b * nq, b * nk);
-                    poison_rows(q, qw, qr + q_lens[b] as usize, qr + nq);
-                    poison_rows(k, kw, kr + kv_lens[b] as usize, kr + nk);
-                    poison_rows(v, vw, kr + kv_lens[b] as usize, kr + nk);
-                }
-            };
-            // One tiled and one decode configuration for all 169 shapes
-            // (the default plans are covered by the causal test).
-            let force = TileOverride {
-                tr: Some(2),
-                wg: Some(16),
-                ..Default::default()
-            };
-            let (_, out) = assert_masked(&p, &masks, force, &poison, 7 + n as u64);
-            // Padded queries: exactly zero, LSE −∞.
-            for (b, &ql) in q_lens.iter().enumerate() {
-                for i in ql as usize..nq {
-                    let row = &out.o[(b * nq + i) * 4 * 33..][..4 * 33];
-                    assert!(row.iter().all(|&x| x == 0.0), "padded row {b},{i} not zero");
-                    for h in 0..4 {
-                        assert_eq!(out.lse[(b * 4 + h) * nq + i], f32::NEG_INFINITY);
-                    }
-                }
+    // One tiled and one decode configuration for all 169 shapes (the default
+    // plans are covered by the causal test).
+    let force = TileOverride {
+        tr: Some(2),
+        wg: Some(16),
+        ..Default::default()
+    };
+    for n in 0..ODD.len() {
+        for m in 0..ODD.len() {
+            mask_window_and_lengths(ctx(), n, m, force);
+        }
+    }
+}
+
+/// GQA 4:2, odd head dims (59 → d_v 33), a random 50 % boolean mask over
+/// [B, 1, n_q, n_kv], a sliding window, key and query lengths, with NaN in
+/// every padded query, key and value row; n_q = ODD[n], n_kv = ODD[m].
+fn mask_window_and_lengths(ctx: &Context, n: usize, m: usize, force: TileOverride) {
+    let (nq, nk) = (ODD[n], ODD[m]);
+    let shape = MaskShape {
+        batch: true,
+        heads: false,
+        rows: true,
+    };
+    let p = AttentionProblem::new(2, 4, nq, nk, 59)
+        .with_kv_heads(2)
+        .with_head_dim_v(33)
+        .with_kv_lens(true)
+        .with_q_lens(true)
+        .with_window(Window::sliding(2 + n * 3, m))
+        .with_bool_mask(shape);
+    let bits = random_bits(&p, shape, 0.5, (n * 13 + m) as u64);
+    let kv_lens = [nk as u32, (nk as u32 * 2) / 3];
+    let q_lens = [(nq as u32).div_ceil(2), nq as u32];
+    let masks = Masks {
+        kv_lens: Some(&kv_lens),
+        q_lens: Some(&q_lens),
+        mask: Some(&bits),
+        ..Masks::default()
+    };
+    let poison = |q: &mut [f32], k: &mut [f32], v: &mut [f32]| {
+        for b in 0..2 {
+            let (qw, kw, vw) = (4 * 59, 2 * 59, 2 * 33);
+            let (qr, kr) = (b * nq, b * nk);
+            poison_rows(q, qw, qr + q_lens[b] as usize, qr + nq);
+            poison_rows(k, kw, kr + kv_lens[b] as usize, kr + nk);
+            poison_rows(v, vw, kr + kv_lens[b] as usize, kr + nk);
+        }
+    };
+    let (_, out) = assert_masked(ctx, &p, &masks, force, &poison, 7 + n as u64);
+    // Padded queries: exactly zero, LSE −∞.
+    for (b, &ql) in q_lens.iter().enumerate() {
+        for i in ql as usize..nq {
+            let row = &out.o[(b * nq + i) * 4 * 33..][..4 * 33];
+            assert!(row.iter().all(|&x| x == 0.0), "padded row {b},{i} not zero");
+            for h in 0..4 {
+                assert_eq!(out.lse[(b * 4 + h) * nq + i], f32::NEG_INFINITY);
             }
         }
     }
+}
+
+#[test]
+fn masks_windows_lengths_and_varlen_under_gpu_plans() {
+    // XATTN_PLAN=gpu: the lanes kernel's decode and rows shapes (and the
+    // split combine) with boolean masks, windows, lengths and NaN padding on
+    // a spread of the shapes above, bias and mask together, and packed
+    // sequences.
+    let gpu = gpu_plan_ctx();
+    for (n, m) in [(0, 12), (2, 8), (4, 5), (6, 3), (9, 10), (12, 1), (11, 11)] {
+        mask_window_and_lengths(gpu, n, m, TileOverride::default());
+    }
+    for (nq, nk) in [(33, 65), (2, 129)] {
+        let (bias_shape, mask_shape) = (MaskShape::full(), MaskShape::default());
+        let p = AttentionProblem::new(2, 3, nq, nk, 40)
+            .with_bias(bias_shape)
+            .with_bool_mask(mask_shape)
+            .with_causal();
+        let bias = random_bias(&p, bias_shape, 0.1, 1);
+        let bits = random_bits(&p, mask_shape, 0.3, 51);
+        let masks = Masks {
+            bias: Some(&bias),
+            mask: Some(&bits),
+            ..Masks::default()
+        };
+        assert_masked(gpu, &p, &masks, TileOverride::default(), &no_poison, 200);
+    }
+    varlen_with_empty_sequences(gpu, &[TileOverride::default()]);
 }
 
 #[test]
@@ -325,8 +360,14 @@ fn bool_mask_in_every_broadcast_shape_and_density() {
                     mask: Some(&bits),
                     ..Masks::default()
                 };
-                let (_, out) =
-                    assert_masked(&p, &masks, TileOverride::default(), &no_poison, s as u64);
+                let (_, out) = assert_masked(
+                    ctx(),
+                    &p,
+                    &masks,
+                    TileOverride::default(),
+                    &no_poison,
+                    s as u64,
+                );
                 if masked == 1.0 {
                     assert!(out.o.iter().all(|&x| x == 0.0));
                     assert!(out.lse.iter().all(|&x| x == f32::NEG_INFINITY));
@@ -367,7 +408,7 @@ fn rows_emptied_by_bias_or_mask_give_zero_and_neg_inf() {
             },
         ),
     ] {
-        let (_, out) = assert_masked(&p, &masks, TileOverride::default(), &no_poison, 3);
+        let (_, out) = assert_masked(ctx(), &p, &masks, TileOverride::default(), &no_poison, 3);
         for h in 0..2 {
             assert_eq!(out.lse[h * nq], f32::NEG_INFINITY);
             assert!(out.lse[h * nq + 1].is_finite());
@@ -379,6 +420,24 @@ fn rows_emptied_by_bias_or_mask_give_zero_and_neg_inf() {
 
 #[test]
 fn varlen_with_an_empty_sequence_and_nan_between_sequences() {
+    varlen_with_empty_sequences(
+        ctx(),
+        &[
+            TileOverride::default(),
+            TileOverride {
+                splits: Some(3),
+                ..Default::default()
+            },
+            TileOverride {
+                variant: Some(FlashVariant::Decode),
+                splits: Some(2),
+                ..Default::default()
+            },
+        ],
+    );
+}
+
+fn varlen_with_empty_sequences(ctx: &Context, forces: &[TileOverride]) {
     // Four packed sequences, the second empty on the query side and the
     // third on the key side; keys used only up to kv_lens (seqused_k) with
     // NaN in the unused rows between sequences, queries only up to q_lens
@@ -412,19 +471,8 @@ fn varlen_with_an_empty_sequence_and_nan_between_sequences() {
             .with_kv_lens(true)
             .with_q_lens(true);
         p.window = window;
-        for force in [
-            TileOverride::default(),
-            TileOverride {
-                splits: Some(3),
-                ..Default::default()
-            },
-            TileOverride {
-                variant: Some(FlashVariant::Decode),
-                splits: Some(2),
-                ..Default::default()
-            },
-        ] {
-            let (_, out) = assert_masked(&p, &masks, force, &poison, 11);
+        for &force in forces {
+            let (_, out) = assert_masked(ctx, &p, &masks, force, &poison, 11);
             // Padded queries (and the whole of sequence 1, and sequence 2's
             // rows, which have no key) are zero with LSE −∞.
             for b in 0..4 {
@@ -489,7 +537,7 @@ fn padded_batch_lengths_with_nan_padding_in_half_precision() {
                 poison_rows(v, h * d, b * nk + kv_lens[b] as usize, (b + 1) * nk);
             }
         };
-        assert_masked(&p, &masks, TileOverride::default(), &poison, 21);
+        assert_masked(ctx(), &p, &masks, TileOverride::default(), &poison, 21);
     }
 }
 
@@ -513,8 +561,8 @@ fn block_skipping_changes_nothing_but_the_work() {
         block_skip: Some(false),
         ..Default::default()
     };
-    let (_, a) = assert_masked(&p, &masks, TileOverride::default(), &no_poison, 4);
-    let (_, b) = assert_masked(&p, &masks, off, &no_poison, 4);
+    let (_, a) = assert_masked(ctx(), &p, &masks, TileOverride::default(), &no_poison, 4);
+    let (_, b) = assert_masked(ctx(), &p, &masks, off, &no_poison, 4);
     let diff =
         a.o.iter()
             .zip(&b.o)

@@ -189,11 +189,11 @@ fn flash_family_validates_for_every_planned_specialisation() {
                 (None, None),
                 (Some(FlashVariant::Tiled), None),
                 (Some(FlashVariant::Decode), None),
-                (Some(FlashVariant::DecodeLanes), None),
+                (Some(FlashVariant::Lanes), None),
             ];
             if dev.subgroups {
                 // The GPU decode kernel's workgroup-memory reductions too.
-                variants.push((Some(FlashVariant::DecodeLanes), Some(false)));
+                variants.push((Some(FlashVariant::Lanes), Some(false)));
             }
             if dev.subgroups && dev.subgroup_min_size == dev.subgroup_max_size {
                 variants.push((Some(FlashVariant::Simd), None));
@@ -243,7 +243,7 @@ fn flash_family_validates_for_every_planned_specialisation() {
         Shader::FlashSimd,
         Shader::FlashForward,
         Shader::FlashDecode,
-        Shader::FlashDecodeLanes,
+        Shader::FlashLanes,
     ] {
         assert!(
             seen.iter().any(|s| s.shader() == shader),
@@ -255,9 +255,9 @@ fn flash_family_validates_for_every_planned_specialisation() {
         assert!(
             seen.iter().any(|s| matches!(
                 s.tiles,
-                KernelTiles::DecodeLanes { subgroups, .. } if subgroups == sub
+                KernelTiles::Lanes { subgroups, .. } if subgroups == sub
             )),
-            "decode-lanes with subgroups {sub} never planned"
+            "lanes with subgroups {sub} never planned"
         );
     }
     // K/V from storage buffers and from texture mirrors (the simd kernel

@@ -6,7 +6,7 @@
 //! its shader; `split.rs` holds the split-KV heuristic.
 
 mod decode;
-mod decode_lanes;
+mod lanes;
 mod simd;
 mod split;
 mod tiled;
@@ -81,7 +81,7 @@ pub struct FlashPlan {
     /// mirrors of them copied in before the launch (simd kernel, vec4 rows).
     pub kv: KvAccess,
     /// Whether the kernel's reductions use subgroup operations
-    /// ([`FlashVariant::DecodeLanes`]; the others decide by variant).
+    /// ([`FlashVariant::Lanes`]; the others decide by variant).
     pub subgroups: bool,
     /// Estimated f32 values one invocation keeps live in the key loop (its
     /// Q and O rows, m and l, the block's scores, loaded K/V): what a GPU
@@ -109,13 +109,13 @@ pub enum FlashVariant {
     /// workgroup memory. Every adapter; the default on CPU adapters when
     /// H/H_kv·n_q is small.
     Decode,
-    /// `flash_decode_lanes.wgsl`: the decode kernel shaped for GPUs. Each
+    /// `flash_lanes.wgsl`: the decode kernel shaped for GPUs. Each
     /// key's head dim is spread across a group of lanes (coalesced K/V
     /// rows, a fraction of Q and O per lane), the groups' states merged by
     /// subgroup operations, or workgroup memory where the adapter has none.
     /// The default on GPUs when H/H_kv·n_q is small. `bc` is the keys one
     /// workgroup takes per step, `wg / bc` the lanes per key.
-    DecodeLanes,
+    Lanes,
 }
 
 impl FlashVariant {
@@ -125,7 +125,7 @@ impl FlashVariant {
             FlashVariant::Tiled => Shader::FlashForward,
             FlashVariant::Simd => Shader::FlashSimd,
             FlashVariant::Decode => Shader::FlashDecode,
-            FlashVariant::DecodeLanes => Shader::FlashDecodeLanes,
+            FlashVariant::Lanes => Shader::FlashLanes,
         }
     }
 
@@ -135,13 +135,13 @@ impl FlashVariant {
     }
 
     /// The variant's name on the command line and in bench tables:
-    /// `tiled`, `decode`, `decode-lanes` or `simd`.
+    /// `tiled`, `decode`, `lanes` or `simd`.
     pub fn label(self) -> &'static str {
         match self {
             FlashVariant::Tiled => "tiled",
             FlashVariant::Simd => "simd",
             FlashVariant::Decode => "decode",
-            FlashVariant::DecodeLanes => "decode-lanes",
+            FlashVariant::Lanes => "lanes",
         }
     }
 }
@@ -193,12 +193,16 @@ impl FlashPlan {
                 wg: self.wg,
                 dvc: decode::merge_columns(p, self.wg),
             },
-            FlashVariant::DecodeLanes => KernelTiles::DecodeLanes {
-                br: self.br,
-                wg: self.wg,
-                kl: self.wg / self.bc.max(1),
-                subgroups: self.subgroups,
-            },
+            FlashVariant::Lanes => {
+                let rg = (self.br / self.tr.max(1)).max(1);
+                KernelTiles::Lanes {
+                    tr: self.tr,
+                    rg,
+                    kg: self.bc,
+                    kl: self.wg / (rg * self.bc).max(1),
+                    subgroups: self.subgroups,
+                }
+            }
         };
         FlashSpec {
             d: p.head_dim as u32,
@@ -242,7 +246,7 @@ pub struct TileOverride {
     /// (default on: see [`kv_texture`]); off reads the storage buffers.
     pub kv_texture: Option<bool>,
     /// Reductions by subgroup operations where the kernel has the choice
-    /// ([`FlashVariant::DecodeLanes`]; default: where the adapter has
+    /// ([`FlashVariant::Lanes`]; default: where the adapter has
     /// them); off uses workgroup memory, as on adapters without subgroups.
     pub subgroups: Option<bool>,
 }
@@ -268,8 +272,8 @@ pub fn fold_grid(total: usize, max_per_dim: u32, kernel: &'static str) -> Result
 /// - Variant: when the query rows that share one key/value head,
 ///   H/H_kv·n_q, number at most [`decode_rows_limit`], a decode kernel:
 ///   [`FlashVariant::Decode`] on CPU adapters (each lane streams whole key
-///   rows, as a SIMD lane should), [`FlashVariant::DecodeLanes`] elsewhere
-///   (coalesced rows across lanes, subgroup merges; `decode_lanes.rs`);
+///   rows, as a SIMD lane should), [`FlashVariant::Lanes`] elsewhere
+///   (coalesced rows across lanes, subgroup merges; `lanes.rs`);
 ///   otherwise [`FlashVariant::Simd`] on CPU adapters with one fixed
 ///   subgroup size (lavapipe; `simd.rs` has its rows per lane and the
 ///   measurements), else [`FlashVariant::Tiled`].
@@ -303,10 +307,12 @@ pub fn plan(
             if cpu {
                 FlashVariant::Decode
             } else {
-                FlashVariant::DecodeLanes
+                FlashVariant::Lanes
             }
         } else if cpu && simd::fits(caps) {
             FlashVariant::Simd
+        } else if !cpu && caps.subgroups && caps.subgroup_min_size > 0 {
+            FlashVariant::Lanes
         } else {
             FlashVariant::Tiled
         });
@@ -314,7 +320,7 @@ pub fn plan(
         FlashVariant::Tiled => tiled::plan(problem, caps, force)?,
         FlashVariant::Simd => simd::plan(problem, caps, force)?,
         FlashVariant::Decode => decode::plan(problem, caps, force)?,
-        FlashVariant::DecodeLanes => decode_lanes::plan(problem, caps, force)?,
+        FlashVariant::Lanes => lanes::plan(problem, caps, force)?,
     };
     let (splits, split_keys, chunk_keys) = split::choose(problem, caps, &tiles, force)?;
     tiles.plan.splits = splits;
@@ -346,6 +352,15 @@ pub fn plan(
         caps.max_workgroups_per_dim,
         variant.name(),
     )?;
+    // Which family of plans, first.
+    let family = if cpu {
+        "CPU adapter"
+    } else if caps.is_cpu() {
+        "GPU plan (XATTN_PLAN=gpu) on a CPU adapter"
+    } else {
+        "GPU adapter"
+    };
+    tiles.plan.why = format!("{family}: {}", tiles.plan.why);
     if splits > 1 {
         tiles.plan.why.push_str(&format!(
             "; {splits} key splits of {split_keys} keys ({} workgroups per split)",
@@ -360,7 +375,8 @@ pub fn plan(
     if !cpu && live > GPU_LIVE_FLOATS {
         tiles.plan.why.push_str(&format!(
             " (over the {GPU_LIVE_FLOATS} a GPU invocation should hold: it would spill; \
-             the split-head-dim kernel that keeps within it is not written yet)"
+             the lanes kernel, which splits the head dim across lanes to keep within it, \
+             needs subgroups for its rows shape)"
         ));
     }
     if (chunk_keys as usize) < problem.n_kv.min(split_keys as usize) {
@@ -562,25 +578,22 @@ mod tests {
             let want = if name == "lavapipe" {
                 FlashVariant::Decode
             } else {
-                FlashVariant::DecodeLanes
+                FlashVariant::Lanes
             };
             assert_eq!(whisper.variant, want, "{name}");
             let square = go(&AttentionProblem::new(1, 8, 2048, 2048, 64), &caps);
+            // GPUs: the lanes kernel where the adapter has subgroups, the
+            // tiled kernel where it has none (WebGPU defaults).
             let want = if name == "lavapipe" {
                 FlashVariant::Simd
+            } else if caps.subgroups {
+                FlashVariant::Lanes
             } else {
                 FlashVariant::Tiled
             };
             assert_eq!(square.variant, want, "{name}");
             // GQA 8:1 with 2 query rows: 16 rows share one kv head.
             let gqa = AttentionProblem::new(1, 8, 2, 999, 64).with_kv_heads(1);
-            let want = if name == "lavapipe" {
-                FlashVariant::Simd
-            } else if caps.is_cpu() {
-                FlashVariant::Decode
-            } else {
-                FlashVariant::Tiled
-            };
             assert_eq!(go(&gqa, &caps).variant, want, "{name}");
         }
     }
@@ -596,7 +609,7 @@ mod tests {
                 ] {
                     let plan = go(&p, &caps);
                     let what = format!("{name} d {d}: {}", plan.why);
-                    assert_eq!(plan.variant, FlashVariant::DecodeLanes, "{what}");
+                    assert_eq!(plan.variant, FlashVariant::Lanes, "{what}");
                     assert!(plan.live_floats <= GPU_LIVE_FLOATS, "{what}");
                     let kl = plan.wg / plan.bc;
                     assert!(
@@ -620,7 +633,7 @@ mod tests {
         assert_eq!((plan.wg, plan.bc, plan.br), (128, 16, 1));
         // A forced subgroup plan on an adapter without subgroups says why.
         let force = TileOverride {
-            variant: Some(FlashVariant::DecodeLanes),
+            variant: Some(FlashVariant::Lanes),
             subgroups: Some(true),
             ..Default::default()
         };
@@ -649,8 +662,20 @@ mod tests {
         let cpu_tiled = |p: &AttentionProblem| plan(p, &DeviceCaps::lavapipe(2), tiled).unwrap();
         let cpu = cpu_tiled(&square);
         assert_eq!((cpu.tr, cpu.wg, cpu.bc, cpu.br), (4, 32, 16, 128));
+        let gpu_tiled = plan(&square, &DeviceCaps::discrete_gpu(32), tiled).unwrap();
+        assert_eq!((gpu_tiled.tr, gpu_tiled.wg, gpu_tiled.bc), (1, 64, 32));
+        // The lanes kernel on a GPU: 16 row groups of 4 rows, 8 lanes per key
+        // at d 64, one key per step; at d 128, 16 lanes per key.
         let gpu = go(&square, &DeviceCaps::discrete_gpu(32));
-        assert_eq!((gpu.tr, gpu.wg, gpu.bc), (1, 64, 32));
+        assert_eq!(
+            (gpu.variant, gpu.tr, gpu.wg, gpu.bc, gpu.br),
+            (FlashVariant::Lanes, 4, 128, 1, 64)
+        );
+        let d128 = go(
+            &AttentionProblem::new(1, 8, 2048, 2048, 128),
+            &DeviceCaps::discrete_gpu(32),
+        );
+        assert_eq!((d128.tr, d128.br), (4, 32), "{}", d128.why);
         // WebGPU's 16 KiB: 32 rows of K and V at d 64 need 16 400 bytes.
         let web = go(&square, &webgpu());
         assert_eq!(web.bc, 16);

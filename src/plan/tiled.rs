@@ -67,17 +67,9 @@ pub(super) fn plan(
         u32::MAX
     };
     let why = format!(
-        "{}: tiled kernel, TR = {tr}, WG = {wg} for n_q = {}; Bc = {bc}, the largest \
+        "tiled kernel, TR = {tr}, WG = {wg} for n_q = {}; Bc = {bc}, the largest \
          K/V block in {} B of workgroup memory",
-        if cpu {
-            "CPU adapter"
-        } else if caps.is_cpu() {
-            "GPU plan (XATTN_PLAN=gpu) on a CPU adapter"
-        } else {
-            "GPU adapter"
-        },
-        problem.n_q,
-        caps.max_workgroup_storage,
+        problem.n_q, caps.max_workgroup_storage,
     );
     let plan = FlashPlan {
         // S (Bc per row) and the vec4 of partial sums per row.

@@ -38,7 +38,7 @@ pub struct BenchArgs {
     #[arg(long)]
     no_naive: bool,
     /// Force the fused kernel's variant: tiled, decode (CPU-shaped),
-    /// decode-lanes (GPU-shaped), or simd (adapters with fixed-size
+    /// lanes (GPU-shaped), or simd (adapters with fixed-size
     /// subgroups, e.g. lavapipe).
     #[arg(long, value_enum)]
     variant: Option<VariantArg>,
@@ -86,7 +86,7 @@ pub enum Suite {
 pub enum VariantArg {
     Tiled,
     Decode,
-    DecodeLanes,
+    Lanes,
     Simd,
 }
 
@@ -95,7 +95,7 @@ impl VariantArg {
         match self {
             VariantArg::Tiled => FlashVariant::Tiled,
             VariantArg::Decode => FlashVariant::Decode,
-            VariantArg::DecodeLanes => FlashVariant::DecodeLanes,
+            VariantArg::Lanes => FlashVariant::Lanes,
             VariantArg::Simd => FlashVariant::Simd,
         }
     }
