@@ -109,12 +109,14 @@ pub enum FlashVariant {
     /// workgroup memory. Every adapter; the default on CPU adapters when
     /// H/H_kv·n_q is small.
     Decode,
-    /// `flash_lanes.wgsl`: the decode kernel shaped for GPUs. Each
-    /// key's head dim is spread across a group of lanes (coalesced K/V
-    /// rows, a fraction of Q and O per lane), the groups' states merged by
-    /// subgroup operations, or workgroup memory where the adapter has none.
-    /// The default on GPUs when H/H_kv·n_q is small. `bc` is the keys one
-    /// workgroup takes per step, `wg / bc` the lanes per key.
+    /// `flash_lanes.wgsl`: the kernel shaped for GPUs. Each key's head dim
+    /// is spread across a group of lanes (coalesced K/V rows, a share of Q
+    /// and O per lane, scores summed by subgroup shuffles, or workgroup
+    /// memory where the adapter has none). Decode shape (one row group, key
+    /// groups merged) when H/H_kv·n_q is small, rows shape (row groups of
+    /// `tr` rows, one key per step) otherwise. The default on GPUs with
+    /// subgroups. `bc` is the keys one workgroup takes per step, `br / tr`
+    /// the row groups, `wg / (bc · br / tr)` the lanes per key.
     Lanes,
 }
 
@@ -276,8 +278,10 @@ pub fn fold_grid(total: usize, max_per_dim: u32, kernel: &'static str) -> Result
 ///   (coalesced rows across lanes, subgroup merges; `lanes.rs`);
 ///   otherwise [`FlashVariant::Simd`] on CPU adapters with one fixed
 ///   subgroup size (lavapipe; `simd.rs` has its rows per lane and the
-///   measurements), else [`FlashVariant::Tiled`].
-/// - Tiled (GPUs, GL, a forced tiled plan), TR (rows per invocation): on GPUs 1, to keep Q, O and the score
+///   measurements), [`FlashVariant::Lanes`] on GPUs with subgroups (its
+///   rows shape: 4 rows per lane, each K/V load feeding 16 FMAs, within the
+///   128-float register budget), else [`FlashVariant::Tiled`].
+/// - Tiled (GPUs without subgroups, GL, a forced tiled plan), TR (rows per invocation): on GPUs 1, to keep Q, O and the score
 ///   row in registers (4·(⌈d/4⌉+⌈d_v/4⌉)+Bc registers, 144 at d = 64). On CPU
 ///   adapters (lavapipe) 4 when n_q ≥ 256, else 2: every invocation is a
 ///   SIMD lane and each K/V load from workgroup memory then feeds TR FMAs.
@@ -288,7 +292,7 @@ pub fn fold_grid(total: usize, max_per_dim: u32, kernel: &'static str) -> Result
 ///   it would only idle rows, keep TR 2; TR = 1 ran 1.8× slower than 2.
 /// - Tiled, WG: 64 invocations on GPUs (two NVIDIA warps, one AMD wave), 32 on
 ///   CPU adapters; fewer when n_q is small so short query sets do not leave
-///   most rows idle; never under 16.
+///   most rows idle; never under 16 nor under the largest subgroup.
 /// - Tiled, Bc: the largest of 32, 16, 8, 4 (16 on CPU adapters) whose K and
 ///   V tiles fit the device's workgroup memory (WebGPU's default 16 KiB gives
 ///   Bc = 16 at d = 64: 32 rows of K and V would need 16 400 bytes).
@@ -713,6 +717,17 @@ mod tests {
             assert!(perceiver.splits >= 32, "{perceiver:?}");
             let full = go(&AttentionProblem::new(4, 16, 2048, 2048, 64), &gpu);
             assert_eq!(full.splits, 1);
+            // 320 workgroups (under four per SM of a 132-SM part): split.
+            let partial = go(&AttentionProblem::new(1, 10, 2048, 4096, 64), &gpu);
+            assert_eq!(partial.q_blocks as usize * 10, 320, "{}", partial.why);
+            assert!(partial.splits >= 2, "{}", partial.why);
+            // The tiled kernel never leaves a subgroup partly empty.
+            let tiled = TileOverride {
+                variant: Some(FlashVariant::Tiled),
+                ..Default::default()
+            };
+            let few = plan(&AttentionProblem::new(1, 2, 9, 300, 64), &gpu, tiled).unwrap();
+            assert!(few.wg >= subgroup.max(16), "{}", few.why);
             assert_eq!(full.chunk_keys, 2048, "GPUs have no loop budget");
             assert_eq!(full.grid_stride, 1, "GPUs keep the plain order");
         }

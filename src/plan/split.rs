@@ -24,8 +24,10 @@ pub(crate) fn state_row_bytes(p: &AttentionProblem) -> u64 {
 /// keys per launch).
 ///
 /// - Parallelism: a problem whose workgroups (B·H·⌈n_q/Br⌉, or B·H_kv·⌈G·n_q/Br⌉
-///   for the decode kernel) would leave the device idle is split until it has
-///   about 512 workgroups on a GPU or 4 per CPU thread on a CPU adapter, but
+///   for the decode and lanes kernels) would leave the device idle — fewer
+///   than about 512 on a GPU (four per SM of a 132-SM part), fewer than half
+///   of 4 per thread on a CPU adapter — is split until it has about that
+///   many, but
 ///   never into splits of fewer than 4 key blocks (4·Bc keys; 4 keys per lane
 ///   for the decode kernel; 128 keys for the GPU decode kernel), which would
 ///   spend more on the merge than they save.
@@ -61,7 +63,15 @@ pub(super) fn choose(
                 GPU_TARGET_WORKGROUPS
             };
             let min_keys = tiles.min_split_keys.max(1) as usize;
-            let by_parallelism = if 2 * tiles.base_workgroups >= target {
+            // GPUs: fewer workgroups than the target (about four per
+            // compute unit) leave units idle or in a half-filled last wave, so
+            // split; CPU adapters split only grids under half their target.
+            let enough = if caps.cpu_plans() {
+                2 * tiles.base_workgroups
+            } else {
+                tiles.base_workgroups
+            };
+            let by_parallelism = if enough >= target {
                 1
             } else {
                 target

@@ -21,9 +21,12 @@ pub(super) fn plan(
         2
     });
     let rows_per_tr = problem.n_q.div_ceil(tr.max(1) as usize).next_power_of_two() as u32;
+    // Never under 16, nor under the adapter's largest subgroup, so no
+    // subgroup is left partly empty.
+    let floor = 16.max(caps.subgroup_max_size);
     let wg = force
         .wg
-        .unwrap_or(rows_per_tr.clamp(16, if cpu { 32 } else { 64 }));
+        .unwrap_or(rows_per_tr.clamp(floor, floor.max(if cpu { 32 } else { 64 })));
     if tr == 0 || wg == 0 || wg > caps.max_invocations {
         return Err(unplannable(
             "flash_forward",
