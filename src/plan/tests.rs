@@ -1,0 +1,311 @@
+//! Planner unit tests: every adapter preset, no device needed.
+use super::*;
+use crate::dtype::Dtype;
+use crate::mask::{MaskShape, Window};
+
+fn webgpu() -> DeviceCaps {
+    DeviceCaps::webgpu_defaults(wgpu::AdapterInfo::new(
+        wgpu::DeviceType::DiscreteGpu,
+        wgpu::Backend::Vulkan,
+    ))
+}
+
+/// The four adapters the planner is reasoned for.
+fn adapters() -> [(&'static str, DeviceCaps); 4] {
+    [
+        ("lavapipe", DeviceCaps::lavapipe(2)),
+        ("gpu32", DeviceCaps::discrete_gpu(32)),
+        ("gpu64", DeviceCaps::discrete_gpu(64)),
+        ("webgpu", webgpu()),
+    ]
+}
+
+fn seeds() -> Vec<AttentionProblem> {
+    let p = AttentionProblem::new;
+    vec![
+        p(2, 8, 4096, 77, 40),
+        p(2, 8, 64, 77, 160),
+        p(1, 20, 1, 1500, 64),
+        p(1, 20, 448, 1500, 64),
+        p(4, 12, 32, 257, 64),
+        p(1, 1, 512, 50_176, 64),
+        p(1, 8, 2048, 2048, 64),
+        p(1, 4, 300, 300, 256).with_causal(),
+        p(2, 8, 129, 65, 59)
+            .with_kv_heads(2)
+            .with_bias(MaskShape::full())
+            .with_bool_mask(MaskShape::default()),
+    ]
+}
+
+fn go(p: &AttentionProblem, caps: &DeviceCaps) -> FlashPlan {
+    plan(p, caps, TileOverride::default()).unwrap_or_else(|e| panic!("{p:?}: {e}"))
+}
+
+#[test]
+fn every_plan_fits_its_adapter_and_covers_every_key() {
+    for (name, caps) in adapters() {
+        for p in seeds() {
+            let plan = go(&p, &caps);
+            let what = format!("{name} {p:?}: {plan:?}");
+            assert!(plan.workgroup_bytes <= caps.max_workgroup_storage, "{what}");
+            assert!(plan.wg <= caps.max_invocations, "{what}");
+            assert!(plan.grid.0 <= caps.max_workgroups_per_dim, "{what}");
+            assert!(plan.grid.1 <= caps.max_workgroups_per_dim, "{what}");
+            assert!(
+                plan.splits as usize * plan.split_keys as usize >= p.n_kv,
+                "{what}"
+            );
+            assert!(
+                plan.chunk_keys >= 1 && plan.chunk_keys <= plan.split_keys.max(1),
+                "{what}"
+            );
+            let slots = plan.grid.0 as usize * plan.grid.1 as usize;
+            assert!(slots >= plan.q_blocks as usize * p.batch, "{what}");
+            assert!(!plan.why.is_empty());
+        }
+    }
+}
+
+#[test]
+fn variants_follow_the_query_rows_per_kv_head() {
+    for (name, caps) in adapters() {
+        let whisper = go(&AttentionProblem::new(1, 20, 1, 1500, 64), &caps);
+        let want = if name == "lavapipe" {
+            FlashVariant::Decode
+        } else {
+            FlashVariant::Lanes
+        };
+        assert_eq!(whisper.variant, want, "{name}");
+        let square = go(&AttentionProblem::new(1, 8, 2048, 2048, 64), &caps);
+        // GPUs: the lanes kernel where the adapter has subgroups, the
+        // tiled kernel where it has none (WebGPU defaults).
+        let want = if name == "lavapipe" {
+            FlashVariant::Simd
+        } else if caps.subgroups {
+            FlashVariant::Lanes
+        } else {
+            FlashVariant::Tiled
+        };
+        assert_eq!(square.variant, want, "{name}");
+        // GQA 8:1 with 2 query rows: 16 rows share one kv head.
+        let gqa = AttentionProblem::new(1, 8, 2, 999, 64).with_kv_heads(1);
+        assert_eq!(go(&gqa, &caps).variant, want, "{name}");
+    }
+}
+
+#[test]
+fn gpu_decode_plans_fill_subgroups_and_keep_the_register_budget() {
+    for (name, caps) in adapters().into_iter().skip(1) {
+        for d in [40, 64, 80, 128, 160, 256] {
+            // Whisper's step and GQA 8:2 with 2 queries (8 rows per kv head).
+            for p in [
+                AttentionProblem::new(1, 20, 1, 1500, d),
+                AttentionProblem::new(2, 8, 2, 3000, d).with_kv_heads(2),
+            ] {
+                let plan = go(&p, &caps);
+                let what = format!("{name} d {d}: {}", plan.why);
+                assert_eq!(plan.variant, FlashVariant::Lanes, "{what}");
+                assert!(plan.live_floats <= GPU_LIVE_FLOATS, "{what}");
+                let kl = plan.wg / plan.bc;
+                assert!(
+                    plan.wg >= 128 && plan.wg >= caps.subgroup_max_size,
+                    "{what}"
+                );
+                assert_eq!(plan.subgroups, caps.subgroups, "{what}");
+                if caps.subgroups {
+                    assert!(kl <= caps.subgroup_min_size, "{what}");
+                } else {
+                    assert!(kl <= 4 || d == 256, "{what}");
+                }
+                // At least 128 keys per split.
+                assert!(plan.split_keys >= 128, "{what}");
+            }
+        }
+    }
+    // d 64: 8 lanes of two vec4 columns per key, 16 keys per step.
+    let p = AttentionProblem::new(1, 20, 1, 1500, 64);
+    let plan = go(&p, &DeviceCaps::discrete_gpu(32));
+    assert_eq!((plan.wg, plan.bc, plan.br), (128, 16, 1));
+    // A forced subgroup plan on an adapter without subgroups says why.
+    let force = TileOverride {
+        variant: Some(FlashVariant::Lanes),
+        subgroups: Some(true),
+        ..Default::default()
+    };
+    assert!(matches!(
+        plan_with(&p, &webgpu(), force),
+        Err(Error::Unplannable { .. })
+    ));
+}
+
+fn plan_with(p: &AttentionProblem, caps: &DeviceCaps, force: TileOverride) -> Result<FlashPlan> {
+    plan(p, caps, force)
+}
+
+#[test]
+fn tiles_per_adapter() {
+    let square = AttentionProblem::new(1, 8, 2048, 2048, 64);
+    // The tiled kernel on a CPU adapter (where it is not the default).
+    let tiled = TileOverride {
+        variant: Some(FlashVariant::Tiled),
+        ..Default::default()
+    };
+    let cpu_tiled = |p: &AttentionProblem| plan(p, &DeviceCaps::lavapipe(2), tiled).unwrap();
+    let cpu = cpu_tiled(&square);
+    assert_eq!((cpu.tr, cpu.wg, cpu.bc, cpu.br), (4, 32, 16, 128));
+    let gpu_tiled = plan(&square, &DeviceCaps::discrete_gpu(32), tiled).unwrap();
+    assert_eq!((gpu_tiled.tr, gpu_tiled.wg, gpu_tiled.bc), (1, 64, 32));
+    // The lanes kernel on a GPU: 16 row groups of 4 rows, 8 lanes per key
+    // at d 64, one key per step; at d 128, 16 lanes per key.
+    let gpu = go(&square, &DeviceCaps::discrete_gpu(32));
+    assert_eq!(
+        (gpu.variant, gpu.tr, gpu.wg, gpu.bc, gpu.br),
+        (FlashVariant::Lanes, 4, 128, 1, 64)
+    );
+    let d128 = go(
+        &AttentionProblem::new(1, 8, 2048, 2048, 128),
+        &DeviceCaps::discrete_gpu(32),
+    );
+    assert_eq!((d128.tr, d128.br), (4, 32), "{}", d128.why);
+    // WebGPU's 16 KiB: 32 rows of K and V at d 64 need 16 400 bytes.
+    let web = go(&square, &webgpu());
+    assert_eq!(web.bc, 16);
+    assert_eq!(tiled::workgroup_bytes(&square, 32), 16_400);
+    // Few query rows: a narrower workgroup, never under 16.
+    let blip = cpu_tiled(&AttentionProblem::new(4, 12, 32, 257, 64));
+    assert_eq!((blip.tr, blip.wg), (2, 16));
+    // d 256 at WebGPU's limit still plans, with small key blocks.
+    let wide = go(&AttentionProblem::new(1, 1, 300, 300, 256), &webgpu());
+    assert!(wide.bc >= 4 && wide.workgroup_bytes <= 16_384, "{wide:?}");
+}
+
+#[test]
+fn host_threads_enter_through_the_caps() {
+    // A grid of 3 workgroups: a CPU adapter splits keys to give each
+    // thread about 4 workgroups, so the split count follows the threads.
+    let p = AttentionProblem::new(1, 20, 1, 1500, 64);
+    let two = go(&p, &DeviceCaps::lavapipe(2));
+    let sixteen = go(&p, &DeviceCaps::lavapipe(16));
+    assert!(sixteen.splits > two.splits, "{two:?} vs {sixteen:?}");
+    // The same problem on the same caps plans the same: no hidden input.
+    assert_eq!(go(&p, &DeviceCaps::lavapipe(2)), two);
+    let mut packed = DeviceCaps::lavapipe(2);
+    packed.packed_f16 = true;
+    let half = p.with_dtype(Dtype::F16);
+    assert_eq!(go(&half, &DeviceCaps::lavapipe(2)).io, TensorIo::F16);
+    assert_eq!(go(&half, &packed).io, TensorIo::F16Packed);
+}
+
+#[test]
+fn gpus_split_idle_grids_and_keep_full_ones() {
+    for subgroup in [32, 64] {
+        let gpu = DeviceCaps::discrete_gpu(subgroup);
+        let perceiver = go(&AttentionProblem::new(1, 1, 512, 50_176, 64), &gpu);
+        assert!(perceiver.splits >= 32, "{perceiver:?}");
+        let full = go(&AttentionProblem::new(4, 16, 2048, 2048, 64), &gpu);
+        assert_eq!(full.splits, 1);
+        // 320 workgroups (under four per SM of a 132-SM part): split.
+        let partial = go(&AttentionProblem::new(1, 10, 2048, 4096, 64), &gpu);
+        assert_eq!(partial.q_blocks as usize * 10, 320, "{}", partial.why);
+        assert!(partial.splits >= 2, "{}", partial.why);
+        // The tiled kernel never leaves a subgroup partly empty.
+        let tiled = TileOverride {
+            variant: Some(FlashVariant::Tiled),
+            ..Default::default()
+        };
+        let few = plan(&AttentionProblem::new(1, 2, 9, 300, 64), &gpu, tiled).unwrap();
+        assert!(few.wg >= subgroup.max(16), "{}", few.why);
+        assert_eq!(full.chunk_keys, 2048, "GPUs have no loop budget");
+        assert_eq!(full.grid_stride, 1, "GPUs keep the plain order");
+    }
+}
+
+#[test]
+fn cpu_launches_stay_under_the_loop_budget() {
+    let caps = DeviceCaps::lavapipe(2);
+    for p in seeds() {
+        let plan = go(&p, &caps);
+        if plan.variant != FlashVariant::Tiled {
+            continue;
+        }
+        let budget = loop_safe_keys(&p, plan.bc, plan.tr, plan.wg);
+        assert!(plan.chunk_keys <= budget, "{p:?}: {plan:?}");
+        assert_eq!(budget % plan.bc, 0, "whole blocks");
+    }
+    // The budget shrinks as the head dim and the rows per lane grow, and
+    // masked builds (per-score checks) get less of it.
+    let p = AttentionProblem::new(1, 1, 64, 100_000, 64);
+    let wide = AttentionProblem::new(1, 1, 64, 100_000, 256);
+    assert!(loop_safe_keys(&wide, 16, 4, 32) < loop_safe_keys(&p, 16, 4, 32));
+    assert!(loop_safe_keys(&p, 16, 4, 32) < loop_safe_keys(&p, 16, 2, 32));
+    assert!(loop_safe_keys(&p.with_causal(), 16, 4, 32) < loop_safe_keys(&p, 16, 4, 32));
+    // Masked problems on CPU adapters get the strided workgroup order.
+    let causal = go(
+        &AttentionProblem::new(1, 8, 2048, 2048, 64).with_causal(),
+        &caps,
+    );
+    assert_eq!(causal.grid_stride, CPU_GRID_STRIDE as u32);
+}
+
+#[test]
+fn simd_is_the_cpu_default_and_needs_a_fixed_subgroup() {
+    let p = AttentionProblem::new(1, 8, 256, 256, 64);
+    let cpu = go(&p, &DeviceCaps::lavapipe(2));
+    assert_eq!(
+        (cpu.variant, cpu.wg, cpu.bc, cpu.tr),
+        (FlashVariant::Simd, 8, 8, 1)
+    );
+    // K/V through texture mirrors 16 384 texels wide where the head dims
+    // are multiples of 4; the storage buffers (and more rows per lane)
+    // for odd head dims, for a forced storage plan and for a tensor too
+    // large for the adapter's textures.
+    assert_eq!(cpu.kv, KvAccess::Texture { width_log2: 14 });
+    let odd = go(
+        &AttentionProblem::new(1, 8, 256, 256, 59),
+        &DeviceCaps::lavapipe(2),
+    );
+    assert_eq!((odd.kv, odd.tr), (KvAccess::Storage, 4));
+    let storage = TileOverride {
+        kv_texture: Some(false),
+        ..Default::default()
+    };
+    let forced = plan(&p, &DeviceCaps::lavapipe(2), storage).unwrap();
+    assert_eq!((forced.kv, forced.tr), (KvAccess::Storage, 4));
+    let mut small = DeviceCaps::lavapipe(2);
+    small.max_texture_dim = 64;
+    assert_eq!(go(&p, &small).kv, KvAccess::Storage);
+    // Masks, windows and lengths are the simd kernel's too.
+    let masked = p.with_window(Window::sliding(4, 4)).with_kv_lens(true);
+    assert_eq!(
+        go(&masked, &DeviceCaps::lavapipe(2)).variant,
+        FlashVariant::Simd
+    );
+    // With storage K/V, wide heads hold fewer rows per lane and few
+    // queries fill fewer.
+    let wide = plan(
+        &AttentionProblem::new(1, 1, 256, 256, 160),
+        &DeviceCaps::lavapipe(2),
+        storage,
+    )
+    .unwrap();
+    assert_eq!(wide.tr, 1);
+    let few = plan(
+        &AttentionProblem::new(1, 8, 20, 256, 64),
+        &DeviceCaps::lavapipe(2),
+        storage,
+    )
+    .unwrap();
+    assert_eq!((few.variant, few.tr), (FlashVariant::Simd, 3));
+    // No subgroups (GL, WebGPU): the tiled kernel, and a forced simd plan
+    // says why it cannot run.
+    assert_eq!(go(&p, &webgpu()).variant, FlashVariant::Tiled);
+    let simd = TileOverride {
+        variant: Some(FlashVariant::Simd),
+        ..Default::default()
+    };
+    assert!(matches!(
+        plan(&p, &webgpu(), simd),
+        Err(Error::Unplannable { .. })
+    ));
+}
