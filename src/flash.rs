@@ -97,6 +97,11 @@ impl<'c> FlashAttention<'c> {
         &self.plan
     }
 
+    /// The context it runs on.
+    pub fn context(&self) -> &'c Context {
+        self.ctx
+    }
+
     /// The problem planned for.
     pub fn problem(&self) -> &AttentionProblem {
         &self.problem
@@ -403,8 +408,12 @@ const FLASH_BINDINGS: [Binding; 9] = [
 
 impl Context {
     /// The fused-family pipeline for `spec`, compiled on first use.
-    fn flash_pipeline(&self, spec: FlashSpec) -> Result<Arc<Kernel>> {
+    pub(crate) fn flash_pipeline(&self, spec: FlashSpec) -> Result<Arc<Kernel>> {
         let mut bindings = FLASH_BINDINGS.to_vec();
+        if let KernelTiles::Probs { .. } = spec.tiles {
+            // Binding 9 the probabilities, 10 the heads written.
+            bindings.extend([Binding::ReadWrite, Binding::Read]);
+        }
         if let KvAccess::Texture { .. } = spec.kv {
             // Bindings 9 and 10 (KvAccess::TEXTURE_BINDINGS).
             // Sampled as the mirror's format reads: uint for bf16's words.

@@ -53,6 +53,7 @@ pub mod naive;
 pub mod params;
 pub mod plan;
 pub mod problem;
+pub mod probs;
 pub mod reference;
 pub mod source;
 pub mod tensor;
@@ -68,6 +69,7 @@ pub use naive::{NaiveAttention, NaiveParams};
 pub use params::FlashParams;
 pub use plan::{plan, FlashPlan, FlashVariant, TileOverride, GPU_LIVE_FLOATS, MAX_SPLITS};
 pub use problem::{AttentionProblem, MAX_HEAD_DIM};
+pub use probs::{AttentionProbs, ProbHeads};
 pub use source::{FlashSpec, KernelTiles, KvAccess, Shader, TensorIo};
 pub use tensor::{AttentionBuffers, AttentionOutput, AttentionTensors};
 /// The wgpu this crate is built against, for callers of the integration API.

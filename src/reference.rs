@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use crate::error::Result;
 use crate::mask::{mask_row_words, Masks};
 use crate::problem::AttentionProblem;
+use crate::probs::ProbHeads;
 
 /// O and LSE in the kernels' layouts: o `[B, n_q, H, d_v]`, lse `[B, H, n_q]`
 /// (natural log, −∞ for rows with no visible key).
@@ -143,14 +144,10 @@ pub fn attention_in<T: Real>(
 ) -> Result<ReferenceOutput<T>> {
     p.validate()?;
     p.validate_inputs(q, k, v, masks)?;
-    let (h_q, h_kv, d, dv) = (p.heads, p.kv_heads, p.head_dim, p.head_dim_v);
+    let (h_q, h_kv, dv) = (p.heads, p.kv_heads, p.head_dim_v);
     let group = h_q / h_kv;
-    let scale = T::of(p.scale());
     let packed = p.varlen.is_some();
-    let [qs, ks, vs, os] = p.tensor_strides();
-    let dims = p.mask_dims();
-    let bits_words = mask_row_words(p.n_kv);
-    let window = p.key_window();
+    let [_, _, vs, os] = p.tensor_strides();
     // Every (batch entry, local query row, head) with a row allocated.
     let rows: Vec<(usize, usize, usize)> = (0..p.batch)
         .flat_map(|b| {
@@ -164,40 +161,11 @@ pub fn attention_in<T: Real>(
             let e = entry(p, masks, b);
             let hk = h / group;
             let mut out = vec![T::ZERO; dv];
-            if i >= e.nq_used {
+            let Some((scores, max, sum)) = row_softmax::<T>(p, q, k, masks, b, i, h) else {
                 return (out, T::NEG_INF);
-            }
-            let (lo, hi) = window.map_or((0, e.nk), |w| w.keys(i, e.nq_used, e.nk));
-            let bias_row = p.bias.map(|s| s.row(dims, b, h, i) * p.n_kv);
-            let bits_row = p.bool_mask.map(|s| s.row(dims, b, h, i) * bits_words);
-            let qrow = &q[b * qs[0] + (e.q0 + i) * qs[1] + h * qs[2]..][..d];
-            // (key, score) of every visible key.
-            let scores: Vec<(usize, T)> = (lo..hi)
-                .filter_map(|j| {
-                    let hidden = bits_row
-                        .zip(masks.mask)
-                        .is_some_and(|(r, x)| x[r + j / 32] >> (j % 32) & 1 == 0);
-                    let bias = bias_row.zip(masks.bias).map_or(0.0, |(r, x)| x[r + j]);
-                    if hidden || bias == f32::NEG_INFINITY {
-                        return None;
-                    }
-                    let krow = &k[b * ks[0] + (e.k0 + j) * ks[1] + hk * ks[2]..][..d];
-                    let dot: T = qrow
-                        .iter()
-                        .zip(krow)
-                        .map(|(&a, &b)| T::of(a) * T::of(b))
-                        .sum();
-                    Some((j, dot * scale + T::of(bias)))
-                })
-                .collect();
-            if scores.is_empty() {
-                return (out, T::NEG_INF);
-            }
-            let max = scores.iter().map(|s| s.1).fold(T::NEG_INF, T::max);
-            let weights: Vec<(usize, T)> =
-                scores.iter().map(|&(j, s)| (j, (s - max).exp())).collect();
-            let sum: T = weights.iter().map(|w| w.1).sum();
-            for &(j, w) in &weights {
+            };
+            for &(j, s) in &scores {
+                let w = (s - max).exp();
                 let vrow = &v[b * vs[0] + (e.k0 + j) * vs[1] + hk * vs[2]..][..dv];
                 for (o, &x) in out.iter_mut().zip(vrow) {
                     *o += w * T::of(x);
@@ -216,4 +184,122 @@ pub fn attention_in<T: Real>(
         lse[p.lse_index(if packed { 0 } else { b }, h, t)] = l;
     }
     Ok(ReferenceOutput { o, lse })
+}
+
+/// The visible keys' scaled scores (with the bias) of query row i of head h
+/// in batch entry b, their max and Σ exp(s − max); `None` for a row with no
+/// visible key (padding, empty range, everything masked).
+#[allow(clippy::type_complexity)]
+fn row_softmax<T: Real>(
+    p: &AttentionProblem,
+    q: &[f32],
+    k: &[f32],
+    masks: &Masks<'_>,
+    b: usize,
+    i: usize,
+    h: usize,
+) -> Option<(Vec<(usize, T)>, T, T)> {
+    let e = entry(p, masks, b);
+    if i >= e.nq_used {
+        return None;
+    }
+    let d = p.head_dim;
+    let hk = h / (p.heads / p.kv_heads);
+    let scale = T::of(p.scale());
+    let [qs, ks, _, _] = p.tensor_strides();
+    let dims = p.mask_dims();
+    let bits_words = mask_row_words(p.n_kv);
+    let (lo, hi) = p
+        .key_window()
+        .map_or((0, e.nk), |w| w.keys(i, e.nq_used, e.nk));
+    let bias_row = p.bias.map(|s| s.row(dims, b, h, i) * p.n_kv);
+    let bits_row = p.bool_mask.map(|s| s.row(dims, b, h, i) * bits_words);
+    let qrow = &q[b * qs[0] + (e.q0 + i) * qs[1] + h * qs[2]..][..d];
+    // (key, score) of every visible key.
+    let scores: Vec<(usize, T)> = (lo..hi)
+        .filter_map(|j| {
+            let hidden = bits_row
+                .zip(masks.mask)
+                .is_some_and(|(r, x)| x[r + j / 32] >> (j % 32) & 1 == 0);
+            let bias = bias_row.zip(masks.bias).map_or(0.0, |(r, x)| x[r + j]);
+            if hidden || bias == f32::NEG_INFINITY {
+                return None;
+            }
+            let krow = &k[b * ks[0] + (e.k0 + j) * ks[1] + hk * ks[2]..][..d];
+            let dot: T = qrow
+                .iter()
+                .zip(krow)
+                .map(|(&a, &b)| T::of(a) * T::of(b))
+                .sum();
+            Some((j, dot * scale + T::of(bias)))
+        })
+        .collect();
+    if scores.is_empty() {
+        return None;
+    }
+    let max = scores.iter().map(|s| s.1).fold(T::NEG_INF, T::max);
+    let sum: T = scores.iter().map(|&(_, s)| (s - max).exp()).sum();
+    Some((scores, max, sum))
+}
+
+/// The attention probabilities P = softmax(Q·Kᵀ·scale + bias) with every
+/// mask, length and window applied, in f64: `[B, H', n_q, n_kv]` for the
+/// heads `which` selects (H' of them), or `[B, n_q, n_kv]` averaged over all
+/// H heads. Masked keys, padded query rows and rows with no visible key are
+/// 0. Padded batches only (no packed sequences).
+pub fn probabilities(
+    p: &AttentionProblem,
+    q: &[f32],
+    k: &[f32],
+    masks: &Masks<'_>,
+    which: &ProbHeads,
+) -> Result<Vec<f64>> {
+    probabilities_in::<f64>(p, q, k, masks, which)
+}
+
+/// [`probabilities`] in the arithmetic `T` (f32: the naive baseline of the
+/// tolerance rule).
+pub fn probabilities_in<T: Real>(
+    p: &AttentionProblem,
+    q: &[f32],
+    k: &[f32],
+    masks: &Masks<'_>,
+    which: &ProbHeads,
+) -> Result<Vec<T>> {
+    p.validate()?;
+    let v = vec![0.0f32; p.v_len()];
+    p.validate_inputs(q, k, &v, masks)?;
+    let heads = which.validate(p)?;
+    let (nq, nk) = (p.n_q, p.n_kv);
+    let row = |b: usize, i: usize, h: usize| -> Vec<T> {
+        let mut out = vec![T::ZERO; nk];
+        if let Some((scores, max, sum)) = row_softmax::<T>(p, q, k, masks, b, i, h) {
+            for (j, s) in scores {
+                out[j] = (s - max).exp() / sum;
+            }
+        }
+        out
+    };
+    let planes: Vec<(usize, Vec<usize>)> = (0..p.batch)
+        .flat_map(|b| match which {
+            ProbHeads::Mean => vec![(b, (0..p.heads).collect())],
+            _ => heads.iter().map(|&h| (b, vec![h as usize])).collect(),
+        })
+        .collect();
+    let out: Vec<Vec<T>> = planes
+        .par_iter()
+        .map(|(b, hs)| {
+            let mut plane = vec![T::ZERO; nq * nk];
+            let n = T::of(hs.len() as f32);
+            for i in 0..nq {
+                for &h in hs {
+                    for (o, x) in plane[i * nk..][..nk].iter_mut().zip(row(*b, i, h)) {
+                        *o += x / n;
+                    }
+                }
+            }
+            plane
+        })
+        .collect();
+    Ok(out.concat())
 }

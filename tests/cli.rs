@@ -467,3 +467,93 @@ fn run_packed_varlen_batch_matches_the_reference() {
     assert_eq!(code, 2);
     assert!(err.contains("cu_seqlens"), "{err}");
 }
+
+#[test]
+fn run_writes_attention_probabilities_for_heads_or_their_mean() {
+    // GQA 4:2 with key lengths: every head, two heads in a chosen order, the
+    // mean; the GPU against the f64 reference, and --reference.
+    let p = AttentionProblem::new(2, 4, 9, 30, 16)
+        .with_kv_heads(2)
+        .with_kv_lens(true);
+    let (q, k, v) = inputs(&p, 31);
+    let f = RunFiles::new("probs");
+    write(&f.q, &[2, 9, 4, 16], &q);
+    write(&f.k, &[2, 30, 2, 16], &k);
+    write(&f.v, &[2, 30, 2, 16], &v);
+    let lens = tmp("probs_lens.npy");
+    npyz::to_file_1d(&lens, [30i64, 7]).unwrap();
+    let pp = tmp("probs_p.npy");
+    let masks = xattn::Masks::kv_lens(Some(&[30, 7]));
+    for (which, args, shape) in [
+        (xattn::ProbHeads::All, vec![], vec![2, 4, 9, 30]),
+        (
+            xattn::ProbHeads::Heads(vec![3, 1]),
+            vec!["--probs-heads", "3,1"],
+            vec![2, 2, 9, 30],
+        ),
+        (xattn::ProbHeads::Mean, vec!["--probs-mean"], vec![2, 9, 30]),
+    ] {
+        let want = xattn::reference::probabilities(&p, &q, &k, &masks, &which).unwrap();
+        for reference in [false, true] {
+            let mut cmd = bin();
+            cmd.args(["run", "--q"])
+                .arg(&f.q)
+                .arg("--k")
+                .arg(&f.k)
+                .arg("--v")
+                .arg(&f.v)
+                .arg("--out")
+                .arg(&f.o)
+                .arg("--kv-lens")
+                .arg(&lens)
+                .arg("--probs")
+                .arg(&pp)
+                .args(&args);
+            if reference {
+                cmd.arg("--reference");
+            }
+            stdout_of_success(&cmd.output().unwrap());
+            let got = npy::read_f32(&pp).unwrap();
+            assert_eq!(got.shape, shape, "{which:?}");
+            assert!(
+                max_err(&got.data, &want) < 1e-5,
+                "{which:?} reference {reference}"
+            );
+        }
+    }
+    // Heat maps: a panel per head; the 9 queries folded into a 3 × 3 grid,
+    // a panel per head and key; a grid that does not hold n_q is exit 2.
+    let svg = tmp("probs_maps.svg");
+    let (s, g) = (Path::new("--svg"), Path::new("--grid"));
+    let (code, err) = f.run(&[Path::new("--probs"), &pp, s, &svg]);
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg") && text.contains("head 3: queries × keys"));
+    let keys = Path::new("--svg-keys");
+    let (code, err) = f.run(&[
+        Path::new("--probs"),
+        &pp,
+        Path::new("--probs-mean"),
+        s,
+        &svg,
+        g,
+        Path::new("3,3"),
+        keys,
+        Path::new("0,5"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("mean of heads, key 5"), "{text}");
+    let (code, err) = f.run(&[Path::new("--probs"), &pp, s, &svg, g, Path::new("4,4")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("there are 9 queries"), "{err}");
+    // A head past H is exit 2 with a message naming it.
+    let (code, err) = f.run(&[
+        Path::new("--probs"),
+        &pp,
+        Path::new("--probs-heads"),
+        Path::new("4"),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("head 4 does not exist"), "{err}");
+}

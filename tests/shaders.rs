@@ -222,6 +222,12 @@ fn flash_family_validates_for_every_planned_specialisation() {
                     if combines.insert(spec.combine()) {
                         work.push((spec.combine(), f16, false));
                     }
+                    // The probabilities pass, for chosen heads and the mean.
+                    for heads in [0, 3] {
+                        if combines.insert(spec.probs(heads)) {
+                            work.push((spec.probs(heads), f16, false));
+                        }
+                    }
                 }
             }
         }
@@ -269,6 +275,7 @@ fn flash_family_validates_for_every_planned_specialisation() {
             "K/V texture mirrors planned: {texture} never seen"
         );
     }
+    assert!(combines.iter().any(|s| s.shader() == Shader::Probs));
     // Both tensor access forms of flash_io.wgsl, for every tensor.
     for vec4 in [false, true] {
         assert!(combines.iter().any(|s| s.d.is_multiple_of(4) == vec4));

@@ -4,5 +4,6 @@
 //! dependencies (serde_json, plotters, npyz).
 
 pub mod bench;
+pub mod heatmap;
 pub mod npy;
 pub mod report;

@@ -30,6 +30,8 @@ pub enum Shader {
     FlashSimd,
     /// `split_combine.wgsl`: merges split-KV partial states.
     SplitCombine,
+    /// `probs.wgsl`: the attention probabilities, a second pass.
+    Probs,
     /// `naive.wgsl`: the unfused three-pass baseline.
     Naive,
     /// `probe.wgsl`: the FMA and copy probes of the bench harness.
@@ -55,6 +57,7 @@ impl Shader {
             Shader::FlashLanes => "flash_lanes",
             Shader::FlashSimd => "flash_simd",
             Shader::SplitCombine => "split_combine",
+            Shader::Probs => "probs",
             Shader::Naive => "naive",
             Shader::Probe => "probe",
         }
@@ -69,6 +72,7 @@ impl Shader {
             Shader::FlashLanes => include_str!("../../shaders/flash_lanes.wgsl"),
             Shader::FlashSimd => include_str!("../../shaders/flash_simd.wgsl"),
             Shader::SplitCombine => include_str!("../../shaders/split_combine.wgsl"),
+            Shader::Probs => include_str!("../../shaders/probs.wgsl"),
             Shader::Naive => include_str!("../../shaders/naive.wgsl"),
             Shader::Probe => include_str!("../../shaders/probe.wgsl"),
         }
@@ -218,6 +222,11 @@ pub enum KernelTiles {
         /// Lanes per row.
         lanes: u32,
     },
+    /// `probs.wgsl`: one invocation per written probability.
+    Probs {
+        /// Heads written (`PH`); 0 writes their mean over all heads.
+        heads: u32,
+    },
 }
 
 impl KernelTiles {
@@ -279,6 +288,7 @@ impl FlashSpec {
             KernelTiles::Decode { .. } => Shader::FlashDecode,
             KernelTiles::Lanes { .. } => Shader::FlashLanes,
             KernelTiles::Combine { .. } => Shader::SplitCombine,
+            KernelTiles::Probs { .. } => Shader::Probs,
         }
     }
 
@@ -292,6 +302,18 @@ impl FlashSpec {
             window: false,
             skip: true,
             tiles: KernelTiles::combine(self.dv),
+            ..*self
+        }
+    }
+
+    /// The probabilities pass for this spec's tensors and masks: the same
+    /// storage forms, bias, mask and window, K from the storage buffer;
+    /// `heads` written (0: their mean).
+    pub fn probs(&self, heads: u32) -> Self {
+        Self {
+            kv: KvAccess::Storage,
+            skip: true,
+            tiles: KernelTiles::Probs { heads },
             ..*self
         }
     }
@@ -316,7 +338,7 @@ impl FlashSpec {
             KernelTiles::Decode { br, .. } => br,
             KernelTiles::Lanes { tr, .. } => tr,
             // The state lives in named registers (simd.rs).
-            KernelTiles::Simd { .. } | KernelTiles::Combine { .. } => 1,
+            KernelTiles::Simd { .. } | KernelTiles::Combine { .. } | KernelTiles::Probs { .. } => 1,
         }
     }
 
@@ -377,6 +399,7 @@ impl FlashSpec {
                 ),
             ]),
             KernelTiles::Combine { lanes } => consts.push(("CL", lanes)),
+            KernelTiles::Probs { heads } => consts.push(("PH", heads)),
         }
         consts
             .iter()

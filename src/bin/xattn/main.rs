@@ -32,8 +32,9 @@ enum Command {
     ///
     /// Examples: xattn run --q q.npy --k k.npy --v v.npy --out o.npy --lse lse.npy ·
     /// xattn run … --causal --q-lens ql.npy --kv-lens kl.npy · xattn run … --mask m.npy ·
-    /// xattn run --q q.npy (packed [total_q, H, d]) … --cu-seqlens-q cq.npy --cu-seqlens-k ck.npy
-    Run(run::RunArgs),
+    /// xattn run --q q.npy (packed [total_q, H, d]) … --cu-seqlens-q cq.npy --cu-seqlens-k ck.npy ·
+    /// xattn run … --probs p.npy --probs-heads 3,5 --svg maps.svg
+    Run(Box<run::RunArgs>),
     /// Checks the fused kernel against the f64 reference on a shape grid.
     ///
     /// Prints one line per case and "N passed, N failed"; exit code 1 if any
