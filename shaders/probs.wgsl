@@ -10,57 +10,64 @@
 // Output `probs` (binding 9), f32, padded batches: [B, PH, n_q, n_kv] for
 // the PH heads listed in `heads` (binding 10), or, with PH = 0,
 // [B, n_q, n_kv] averaged over all H heads (torch MHA's
-// average_attn_weights). One invocation per element, 64 per workgroup, the
-// grid folded (x, y). Host-prepended: D, DV, D4, DV4, MASK, WIN, PH and the
+// average_attn_weights). One invocation per written row of n_kv values (its
+// query row in registers), 64 per workgroup, the grid folded (x, y). Host-prepended: D, DV, D4, DV4, MASK, WIN, PH and the
 // fused family's tensor access, params (the fused launch's: strides, scale,
 // masks), flash_common.wgsl and softmax_state.wgsl.
 
 @group(0) @binding(9) var<storage, read_write> probs: array<f32>;
 @group(0) @binding(10) var<storage, read> heads: array<u32>;
 
-// P of key j for query row i of head h in batch entry b.
-fn prob(b: u32, h: u32, i: u32, j: u32, sq: Seq) -> f32 {
+// Query row i of head h, scaled to log2 units, in registers for its row of
+// keys.
+var<private> qr: array<vec4<f32>, D4>;
+
+// Writes (`first`) or adds w·P of query row i of head h in batch entry b to
+// the n_kv values of `probs` from `at` (0 where the row does not see a key).
+fn add_row(b: u32, h: u32, i: u32, sq: Seq, at: u32, w: f32, first: bool) {
     let keys = row_keys(sq, i);
-    if (i >= sq.nq_used || j < keys.x || j >= keys.y) {
-        return 0.0;
-    }
     let lse_r = lse[row_index(b, h, sq.q0 + i)];
-    if (!(lse_r > -3.0e38)) {
-        return 0.0;
-    }
-    let qb = q_base(b, sq.q0 + i, h);
-    let kb = k_base(b, sq.k0 + j, h / params.group);
-    var acc = vec4<f32>(0.0);
+    // Padded rows, empty rows (LSE = −∞): zeros.
+    let live = i < sq.nq_used && lse_r > -3.0e38;
     for (var c = 0u; c < D4; c++) {
-        acc = fma(q_row4(qb, c, D) * params.scale_log2, k_row4(kb, c, D), acc);
+        qr[c] = q_scaled4(b, sq.q0 + i, h, c, live);
     }
-    let s = mask_score(hsum4(acc), mask_row(b, h, i), j);
-    if (s <= MASKED) {
-        return 0.0;
+    let at_mask = mask_row(b, h, i);
+    let m = lse_r * LOG2E;
+    for (var j = 0u; j < params.n_kv; j++) {
+        var p = 0.0;
+        if (live && j >= keys.x && j < keys.y) {
+            let kb = k_base(b, sq.k0 + j, h / params.group);
+            var acc = vec4<f32>(0.0);
+            for (var c = 0u; c < D4; c++) {
+                acc = fma(qr[c], k_row4(kb, c, D), acc);
+            }
+            let s = mask_score(hsum4(acc), at_mask, j);
+            p = select(exp2(s - m), 0.0, s <= MASKED);
+        }
+        probs[at + j] = select(probs[at + j], 0.0, first) + w * p;
     }
-    return exp2(s - lse_r * LOG2E);
 }
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let e = (wid.x + wid.y * nwg.x) * 64u + lid;
+    // One invocation per written row (b, plane, i).
+    let r = (wid.x + wid.y * nwg.x) * 64u + lid;
     let planes = max(PH, 1u);
-    let j = e % params.n_kv;
-    let i = (e / params.n_kv) % params.n_q;
-    let plane = e / (params.n_kv * params.n_q);
+    let i = r % params.n_q;
+    let plane = r / params.n_q;
     let b = plane / planes;
     if (b >= params.batch) {
         return;
     }
     let sq = seq_of(b);
-    var p = 0.0;
+    let at = r * params.n_kv;
     if (PH == 0u) {
+        // The mean: the first head writes, the others add.
         for (var h = 0u; h < params.heads; h++) {
-            p += prob(b, h, i, j, sq);
+            add_row(b, h, i, sq, at, 1.0 / f32(params.heads), h == 0u);
         }
-        p /= f32(params.heads);
     } else {
-        p = prob(b, heads[plane % planes], i, j, sq);
+        add_row(b, heads[plane % planes], i, sq, at, 1.0, true);
     }
-    probs[e] = p;
 }

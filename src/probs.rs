@@ -116,7 +116,13 @@ impl<'c> AttentionProbs<'c> {
         let params = ctx.upload_uniform("probs params", &FlashParams::new(&p, flash.plan()));
         // At least one word: a zero-sized binding is not allowed.
         let heads = ctx.upload("probs heads", &[heads, vec![0]].concat());
-        let grid = fold_grid(len.div_ceil(64), ctx.caps().max_workgroups_per_dim, "probs")?;
+        // One invocation per written row.
+        let rows = len / p.n_kv.max(1);
+        let grid = fold_grid(
+            rows.div_ceil(64),
+            ctx.caps().max_workgroups_per_dim,
+            "probs",
+        )?;
         Ok(Self {
             ctx,
             problem: p,
