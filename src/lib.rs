@@ -47,6 +47,7 @@ pub mod error;
 pub mod flash;
 #[cfg(feature = "cli")]
 pub mod harness;
+pub mod layer;
 pub mod layout;
 pub mod mask;
 pub mod naive;
@@ -63,6 +64,7 @@ pub use context::{Context, ContextOptions};
 pub use dtype::Dtype;
 pub use error::{Error, Result};
 pub use flash::{BoundAttention, FlashAttention};
+pub use layer::{CrossAttention, EncoderKv, LayerConfig, LayerWeights};
 pub use layout::Layout;
 pub use mask::{pack_mask, MaskShape, Masks, SeqLayout, VarLen, Window, MAX_SEQ};
 pub use naive::{NaiveAttention, NaiveParams};

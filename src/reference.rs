@@ -6,6 +6,7 @@
 use rayon::prelude::*;
 
 use crate::error::Result;
+use crate::layer::{LayerConfig, LayerWeights};
 use crate::mask::{mask_row_words, Masks};
 use crate::problem::AttentionProblem;
 use crate::probs::ProbHeads;
@@ -36,6 +37,8 @@ pub trait Real:
 {
     /// Conversion from storage.
     fn of(x: f32) -> Self;
+    /// Conversion to storage.
+    fn to_f32(self) -> f32;
     /// Zero.
     const ZERO: Self;
     /// −∞.
@@ -53,6 +56,9 @@ macro_rules! real {
         impl Real for $t {
             fn of(x: f32) -> Self {
                 x as $t
+            }
+            fn to_f32(self) -> f32 {
+                self as f32
             }
             const ZERO: Self = 0.0;
             const NEG_INF: Self = <$t>::NEG_INFINITY;
@@ -302,4 +308,78 @@ pub fn probabilities_in<T: Real>(
         })
         .collect();
     Ok(out.concat())
+}
+
+/// y = x·Wᵀ + b in `T`, W `[out, inp]`, over the rows of x.
+fn linear<T: Real>(x: &[T], w: &[f32], b: Option<&[f32]>, out: usize, inp: usize) -> Vec<T> {
+    x.par_chunks(inp.max(1))
+        .flat_map_iter(|row| {
+            (0..out).map(move |n| {
+                let dot: T = row
+                    .iter()
+                    .zip(&w[n * inp..][..inp])
+                    .map(|(&a, &b)| a * T::of(b))
+                    .sum();
+                dot + b.map_or(T::ZERO, |b| T::of(b[n]))
+            })
+        })
+        .collect()
+}
+
+/// The cross-attention layer (`xattn::CrossAttention`) in f64: projections,
+/// attention with optional key lengths, output projection, optional gate.
+/// x `[B, n_q, E]`, context `[B, n_kv, E_kv]`; y `[B, n_q, E]`.
+#[allow(clippy::too_many_arguments)]
+pub fn cross_attention_layer(
+    c: &LayerConfig,
+    w: &LayerWeights,
+    x: &[f32],
+    context: &[f32],
+    batch: usize,
+    n_q: usize,
+    n_kv: usize,
+    kv_lens: Option<&[u32]>,
+) -> Result<Vec<f64>> {
+    cross_attention_layer_in::<f64>(c, w, x, context, batch, n_q, n_kv, kv_lens)
+}
+
+/// [`cross_attention_layer`] in the arithmetic `T` (f32: the naive baseline
+/// of the tolerance rule). Q, K and V are rounded to f32 between the
+/// projections and the attention, as the device stores them.
+#[allow(clippy::too_many_arguments)]
+pub fn cross_attention_layer_in<T: Real>(
+    c: &LayerConfig,
+    w: &LayerWeights,
+    x: &[f32],
+    context: &[f32],
+    batch: usize,
+    n_q: usize,
+    n_kv: usize,
+    kv_lens: Option<&[u32]>,
+) -> Result<Vec<T>> {
+    w.validate(c)?;
+    let d = c.head_dim();
+    let (hd, kvd) = (c.heads * d, c.kv_heads * d);
+    let of = |v: &[f32]| v.iter().map(|&a| T::of(a)).collect::<Vec<T>>();
+    let to = |v: Vec<T>| v.into_iter().map(T::to_f32).collect::<Vec<f32>>();
+    let (xt, ct) = (of(x), of(context));
+    let q = linear(&xt, &w.w_q, w.b_q.as_deref(), hd, c.embed);
+    let k = linear(&ct, &w.w_k, w.b_k.as_deref(), kvd, c.kv_embed);
+    let v = linear(&ct, &w.w_v, w.b_v.as_deref(), kvd, c.kv_embed);
+    let mut p = AttentionProblem::new(batch, c.heads, n_q, n_kv, d)
+        .with_kv_heads(c.kv_heads)
+        .with_kv_lens(kv_lens.is_some());
+    if let Some(s) = c.scale {
+        p = p.with_scale(s);
+    }
+    let r = attention_in::<T>(&p, &to(q), &to(k), &to(v), &Masks::kv_lens(kv_lens))?;
+    let o = of(&to(r.o));
+    let y = linear(&o, &w.w_o, w.b_o.as_deref(), c.embed, hd);
+    Ok(match c.gate {
+        None => y,
+        Some(a) => {
+            let g = T::of(a.tanh());
+            y.into_iter().zip(xt).map(|(y, x)| x + g * y).collect()
+        }
+    })
 }

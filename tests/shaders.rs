@@ -287,6 +287,9 @@ fn flash_family_validates_for_every_planned_specialisation() {
 fn naive_and_probe_validate() {
     validate(Shader::Naive.wgsl(), "naive");
     validate(Shader::Probe.wgsl(), "probe");
+    // The layer's projections: no f16, no subgroups, so every backend.
+    validate_everywhere(Shader::Linear.wgsl(), "linear", false, false);
+    validate_everywhere(Shader::Linear4.wgsl(), "linear4", false, false);
 }
 
 /// (name, offset) of each member of the WGSL struct `Params`, and its size.

@@ -32,6 +32,10 @@ pub enum Shader {
     SplitCombine,
     /// `probs.wgsl`: the attention probabilities, a second pass.
     Probs,
+    /// `linear.wgsl`: the cross-attention layer's projections, any width.
+    Linear,
+    /// `linear4.wgsl`: the projections, register-blocked, widths ≡ 0 mod 4.
+    Linear4,
     /// `naive.wgsl`: the unfused three-pass baseline.
     Naive,
     /// `probe.wgsl`: the FMA and copy probes of the bench harness.
@@ -58,6 +62,8 @@ impl Shader {
             Shader::FlashSimd => "flash_simd",
             Shader::SplitCombine => "split_combine",
             Shader::Probs => "probs",
+            Shader::Linear => "linear",
+            Shader::Linear4 => "linear4",
             Shader::Naive => "naive",
             Shader::Probe => "probe",
         }
@@ -73,6 +79,8 @@ impl Shader {
             Shader::FlashSimd => include_str!("../../shaders/flash_simd.wgsl"),
             Shader::SplitCombine => include_str!("../../shaders/split_combine.wgsl"),
             Shader::Probs => include_str!("../../shaders/probs.wgsl"),
+            Shader::Linear => include_str!("../../shaders/linear.wgsl"),
+            Shader::Linear4 => include_str!("../../shaders/linear4.wgsl"),
             Shader::Naive => include_str!("../../shaders/naive.wgsl"),
             Shader::Probe => include_str!("../../shaders/probe.wgsl"),
         }

@@ -1,0 +1,155 @@
+//! The cross-attention layer (projections, attention, output projection,
+//! Flamingo's gate) against the f64 reference of the same layer with the
+//! tolerance rule (the naive baseline: the same layer in f32 on the CPU); a
+//! decode loop on a cached EncoderKv; typed errors for bad weights.
+
+mod common;
+
+use common::ctx;
+use xattn::check::{max_err, Rng};
+use xattn::reference::{cross_attention_layer, cross_attention_layer_in};
+use xattn::{CrossAttention, Error, LayerConfig, LayerWeights};
+
+fn normals(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.normal() as f32 * scale).collect()
+}
+
+/// Seeded weights for `c`: N(0, 1/in) entries (the usual init's spread),
+/// biases where `bias` says.
+fn weights(c: &LayerConfig, bias: [bool; 4], seed: u64) -> LayerWeights {
+    let mut rng = Rng::new(seed);
+    let d = c.head_dim();
+    let (hd, kvd) = (c.heads * d, c.kv_heads * d);
+    let mut w = |out: usize, inp: usize| normals(&mut rng, out * inp, 1.0 / (inp as f32).sqrt());
+    let (w_q, w_k, w_v, w_o) = (
+        w(hd, c.embed),
+        w(kvd, c.kv_embed),
+        w(kvd, c.kv_embed),
+        w(c.embed, hd),
+    );
+    let mut rng = Rng::new(seed + 1);
+    let mut b = |on: bool, n: usize| on.then(|| normals(&mut rng, n, 0.5));
+    LayerWeights {
+        w_q,
+        b_q: b(bias[0], hd),
+        w_k,
+        b_k: b(bias[1], kvd),
+        w_v,
+        b_v: b(bias[2], kvd),
+        w_o,
+        b_o: b(bias[3], c.embed),
+    }
+}
+
+fn config(embed: usize, kv_embed: usize, heads: usize, kv_heads: usize) -> LayerConfig {
+    LayerConfig {
+        embed,
+        kv_embed,
+        heads,
+        kv_heads,
+        scale: None,
+        gate: None,
+    }
+}
+
+#[test]
+fn layer_matches_the_reference_with_gqa_biases_scale_and_gate() {
+    // Whisper-like (biases but k_proj's, E_kv = E), Stable-Diffusion-like
+    // (no biases, E_kv ≠ E), GQA, T5's scale 1, Flamingo's gate, odd widths.
+    let cases = [
+        (config(64, 64, 4, 4), [true, false, true, true], None, None),
+        (config(80, 48, 8, 2), [false; 4], None, None),
+        (config(64, 40, 4, 1), [true; 4], Some(1.0), Some(0.7)),
+        // Widths that are not multiples of 4: the 16 × 16 tiled projection.
+        (
+            config(66, 37, 6, 3),
+            [true, true, false, true],
+            None,
+            Some(-0.3),
+        ),
+    ];
+    for (i, (mut c, bias, scale, gate)) in cases.into_iter().enumerate() {
+        c.scale = scale;
+        c.gate = gate;
+        let w = weights(&c, bias, 10 + i as u64);
+        let layer = CrossAttention::new(ctx(), c, &w).unwrap();
+        let (b, n_q, n_kv) = (2, 7, 33);
+        let mut rng = Rng::new(20 + i as u64);
+        let x = normals(&mut rng, b * n_q * c.embed, 3.0);
+        let context = normals(&mut rng, b * n_kv * c.kv_embed, 3.0);
+        let lens = [33u32, 20];
+        let kv = layer.project_context(&context, b, n_kv).unwrap();
+        let y = layer.forward(&x, n_q, &kv, Some(&lens)).unwrap();
+        let want = cross_attention_layer(&c, &w, &x, &context, b, n_q, n_kv, Some(&lens)).unwrap();
+        let naive =
+            cross_attention_layer_in::<f32>(&c, &w, &x, &context, b, n_q, n_kv, Some(&lens))
+                .unwrap();
+        let err = max_err(&y, &want);
+        let bound = 2.0 * max_err(&naive, &want) + 1e-5;
+        println!("case {i}: layer error {err:.3e} (bound {bound:.3e})");
+        assert!(err <= bound, "case {i}: {err:.3e} > {bound:.3e}");
+    }
+}
+
+#[test]
+fn decode_steps_on_a_cached_encoder_kv_equal_the_uncached_layer() {
+    let c = config(64, 48, 4, 2);
+    let w = weights(&c, [true; 4], 3);
+    let layer = CrossAttention::new(ctx(), c, &w).unwrap();
+    let mut rng = Rng::new(4);
+    let context = normals(&mut rng, 99 * c.kv_embed, 3.0);
+    let cached = layer.project_context(&context, 1, 99).unwrap();
+    for step in 0..5 {
+        let x = normals(&mut rng, c.embed, 3.0);
+        let y = layer.forward(&x, 1, &cached, None).unwrap();
+        let fresh = layer.project_context(&context, 1, 99).unwrap();
+        assert_eq!(
+            y,
+            layer.forward(&x, 1, &fresh, None).unwrap(),
+            "step {step}"
+        );
+        let want = cross_attention_layer(&c, &w, &x, &context, 1, 1, 99, None).unwrap();
+        assert!(max_err(&y, &want) < 1e-4, "step {step}");
+    }
+}
+
+#[test]
+fn bad_weights_and_inputs_are_typed_errors() {
+    let c = config(64, 48, 4, 2);
+    let good = weights(&c, [true; 4], 5);
+    let mut short = good.clone();
+    short.w_k.pop();
+    match CrossAttention::new(ctx(), c, &short) {
+        Err(Error::SizeMismatch { name, shape, .. }) => {
+            assert_eq!((name, shape.as_str()), ("w_k", "[32, 48]"))
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut bias = good.clone();
+    bias.b_o = Some(vec![0.0; 3]);
+    assert!(matches!(
+        CrossAttention::new(ctx(), c, &bias),
+        Err(Error::SizeMismatch { name: "w_o", .. })
+    ));
+    assert!(matches!(
+        CrossAttention::new(ctx(), config(64, 48, 4, 3), &good),
+        Err(Error::HeadsMismatch { .. })
+    ));
+    assert!(matches!(
+        CrossAttention::new(ctx(), config(66, 48, 4, 2), &good),
+        Err(Error::BadArgument { .. })
+    ));
+    let layer = CrossAttention::new(ctx(), c, &good).unwrap();
+    assert!(matches!(
+        layer.project_context(&[0.0; 47], 1, 1),
+        Err(Error::SizeMismatch {
+            name: "context",
+            ..
+        })
+    ));
+    let kv = layer.project_context(&[0.0; 48], 1, 1).unwrap();
+    assert!(matches!(
+        layer.forward(&[0.0; 63], 1, &kv, None),
+        Err(Error::SizeMismatch { name: "x", .. })
+    ));
+}
