@@ -6,6 +6,9 @@
 // workgroup memory and no barrier, so a CPU driver runs a workgroup as
 // straight SIMD code (the 16 × 16 tiled kernel's barriers cost lavapipe a
 // coroutine switch per 8 lanes: 0.17 GFLOP/s on Whisper's projections).
+// X and W come through x4 / w4 (vec4 i of the flat tensor), from the
+// storage buffers or, on CPU adapters, from texture mirrors of them (one of
+// the two sections at the end, appended by the host).
 
 struct Params {
     m: u32,
@@ -19,8 +22,6 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> residual: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
@@ -42,8 +43,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         var xv: array<vec4<f32>, 4>;
         var wv: array<vec4<f32>, 4>;
         for (var i = 0u; i < 4u; i++) {
-            xv[i] = x[xr[i] + kk];
-            wv[i] = w[wr[i] + kk];
+            xv[i] = x4(xr[i] + kk);
+            wv[i] = w4(wr[i] + kk);
         }
         for (var i = 0u; i < 4u; i++) {
             for (var j = 0u; j < 4u; j++) {
@@ -68,4 +69,30 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             }
         }
     }
+}
+
+//@ storage
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
+
+fn x4(i: u32) -> vec4<f32> {
+    return x[i];
+}
+
+fn w4(i: u32) -> vec4<f32> {
+    return w[i];
+}
+
+//@ texture
+// Texture mirrors, TEXW texels per row: a texel fetch is a straight-line
+// gather on a CPU driver, a storage load a per-lane loop.
+@group(0) @binding(1) var x_tex: texture_2d<f32>;
+@group(0) @binding(2) var w_tex: texture_2d<f32>;
+
+fn x4(i: u32) -> vec4<f32> {
+    return textureLoad(x_tex, vec2<u32>(i & (TEXW - 1u), i >> TEXW_LOG2), 0);
+}
+
+fn w4(i: u32) -> vec4<f32> {
+    return textureLoad(w_tex, vec2<u32>(i & (TEXW - 1u), i >> TEXW_LOG2), 0);
 }

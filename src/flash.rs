@@ -307,10 +307,10 @@ impl BoundAttention {
 /// ([`KvAccess::Texture`]): `2^width_log2` texels per row, one texel per 4
 /// elements, as many rows as the tensor fills.
 #[derive(Debug)]
-struct KvMirror {
+pub(crate) struct KvMirror {
     src: wgpu::Buffer,
     texture: wgpu::Texture,
-    view: wgpu::TextureView,
+    pub(crate) view: wgpu::TextureView,
     /// Texels of the tensor.
     texels: u32,
     width: u32,
@@ -318,7 +318,7 @@ struct KvMirror {
 }
 
 impl KvMirror {
-    fn new(
+    pub(crate) fn new(
         device: &wgpu::Device,
         src: &wgpu::Buffer,
         elements: usize,
@@ -356,7 +356,7 @@ impl KvMirror {
     }
 
     /// The buffer-to-texture copies: the full rows, then the last part row.
-    fn record_copy(&self, encoder: &mut wgpu::CommandEncoder) {
+    pub(crate) fn record_copy(&self, encoder: &mut wgpu::CommandEncoder) {
         let rows = self.texels / self.width;
         let rest = self.texels % self.width;
         let row_bytes = self.width * self.texel_bytes;

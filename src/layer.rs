@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use crate::context::{Binding, Context, Kernel, PipelineKey};
 use crate::error::{Error, Result};
-use crate::flash::FlashAttention;
+use crate::flash::{FlashAttention, KvMirror};
 use crate::problem::AttentionProblem;
-use crate::source::Shader;
+use crate::source::{linear4_source, Shader, TensorIo};
 use crate::tensor::AttentionBuffers;
 
 /// The layer's dimensions and options.
@@ -150,11 +150,13 @@ impl EncoderKv {
     }
 }
 
-/// One projection's device weights.
+/// One projection's device weights, and their texture mirror on CPU
+/// adapters (filled once).
 #[derive(Debug)]
 struct Linear {
     w: wgpu::Buffer,
     b: Option<wgpu::Buffer>,
+    mirror: Option<KvMirror>,
     out: usize,
     inp: usize,
 }
@@ -170,6 +172,16 @@ struct LinearParams {
     gate: f32,
     _pad: [u32; 3],
 }
+
+/// `linear4.wgsl` with X and W from texture mirrors.
+const LINEAR_TEX_BINDINGS: [Binding; 6] = [
+    Binding::Uniform,
+    Binding::Texture { uint: false },
+    Binding::Texture { uint: false },
+    Binding::Read,
+    Binding::Read,
+    Binding::ReadWrite,
+];
 
 const LINEAR_BINDINGS: [Binding; 6] = [
     Binding::Uniform,
@@ -188,6 +200,9 @@ pub struct CrossAttention<'c> {
     /// `linear.wgsl` (any width) and `linear4.wgsl` (K ≡ 0 mod 4).
     linear: Arc<Kernel>,
     linear4: Arc<Kernel>,
+    /// `linear4.wgsl` through texture mirrors and their width (log₂
+    /// texels), on CPU adapters.
+    linear4_tex: Option<(Arc<Kernel>, u32)>,
     proj: [Linear; 4],
 }
 
@@ -195,31 +210,64 @@ impl<'c> CrossAttention<'c> {
     /// Validates the weights against `config` and uploads them.
     pub fn new(ctx: &'c Context, config: LayerConfig, weights: &LayerWeights) -> Result<Self> {
         weights.validate(&config)?;
-        let compile = |shader: Shader| {
+        let compile = |shader: Shader, bindings: &[Binding], tex: Option<u32>| {
             ctx.pipeline(
                 PipelineKey {
                     shader,
                     entry: "main",
                     spec: None,
                 },
-                &LINEAR_BINDINGS,
-                || shader.wgsl().to_string(),
+                bindings,
+                || match shader {
+                    Shader::Linear => shader.wgsl().to_string(),
+                    _ => linear4_source(tex),
+                },
             )
         };
-        let (linear, linear4) = (compile(Shader::Linear)?, compile(Shader::Linear4)?);
-        let proj = weights
-            .projections(&config)
-            .map(|(name, w, b, out, inp)| Linear {
-                w: ctx.upload(name, w),
+        let linear = compile(Shader::Linear, &LINEAR_BINDINGS, None)?;
+        let linear4 = compile(Shader::Linear4, &LINEAR_BINDINGS, None)?;
+        // CPU adapters read X and W through texture mirrors (straight-line
+        // gathers instead of per-lane loads): 16 384 texels wide.
+        let max = ctx.caps().max_texture_dim.min(1 << 14);
+        let linear4_tex = if ctx.caps().cpu_plans() && max >= 64 {
+            let log2 = max.ilog2();
+            Some((
+                compile(Shader::Linear4Tex, &LINEAR_TEX_BINDINGS, Some(log2))?,
+                log2,
+            ))
+        } else {
+            None
+        };
+        let fits = |elements: usize| {
+            elements.is_multiple_of(4)
+                && (elements / 4).div_ceil(max as usize) <= ctx.caps().max_texture_dim as usize
+        };
+        let proj = weights.projections(&config).map(|(name, w, b, out, inp)| {
+            let w = ctx.upload(name, w);
+            let mirror = linear4_tex
+                .as_ref()
+                .filter(|_| inp.is_multiple_of(4) && fits(out * inp))
+                .map(|&(_, log2)| KvMirror::new(ctx.device(), &w, out * inp, TensorIo::F32, log2));
+            Linear {
+                w,
                 b: b.map(|b| ctx.upload(name, b)),
+                mirror,
                 out,
                 inp,
-            });
+            }
+        });
+        ctx.submit(|enc| {
+            for m in proj.iter().filter_map(|l| l.mirror.as_ref()) {
+                m.record_copy(enc);
+            }
+            Ok(())
+        })?;
         Ok(Self {
             ctx,
             config,
             linear,
             linear4,
+            linear4_tex,
             proj,
         })
     }
@@ -265,17 +313,35 @@ impl<'c> CrossAttention<'c> {
         };
         let params = self.ctx.upload_uniform("linear params", &params);
         let dummy = self.ctx.dummy_buffer();
-        let bind = kernel.bind(
-            self.ctx.device(),
-            &[
-                &params,
-                x,
-                &l.w,
-                l.b.as_ref().unwrap_or(dummy),
-                gate.map_or(dummy, |g| g.1),
-                y,
-            ],
-        );
+        let (b, r) = (l.b.as_ref().unwrap_or(dummy), gate.map_or(dummy, |g| g.1));
+        // Texture mirrors where the weights have one and X fits one.
+        let x_texels = m * l.inp / 4;
+        let tex = self
+            .linear4_tex
+            .as_ref()
+            .zip(l.mirror.as_ref())
+            .filter(|((_, log2), _)| {
+                x_texels.div_ceil(1 << log2) <= self.ctx.caps().max_texture_dim as usize
+            });
+        let (kernel, bind) = match tex {
+            Some(((kernel, log2), w_mirror)) => {
+                let x_mirror = KvMirror::new(self.ctx.device(), x, m * l.inp, TensorIo::F32, *log2);
+                x_mirror.record_copy(enc);
+                let resources = vec![
+                    params.as_entire_binding(),
+                    wgpu::BindingResource::TextureView(&x_mirror.view),
+                    wgpu::BindingResource::TextureView(&w_mirror.view),
+                    b.as_entire_binding(),
+                    r.as_entire_binding(),
+                    y.as_entire_binding(),
+                ];
+                (kernel, kernel.bind_resources(self.ctx.device(), resources))
+            }
+            None => (
+                kernel,
+                kernel.bind(self.ctx.device(), &[&params, x, &l.w, b, r, y]),
+            ),
+        };
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("linear"),
             timestamp_writes: None,

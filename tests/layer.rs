@@ -5,10 +5,10 @@
 
 mod common;
 
-use common::ctx;
+use common::{ctx, gpu_plan_ctx};
 use xattn::check::{max_err, Rng};
 use xattn::reference::{cross_attention_layer, cross_attention_layer_in};
-use xattn::{CrossAttention, Error, LayerConfig, LayerWeights};
+use xattn::{Context, CrossAttention, Error, LayerConfig, LayerWeights};
 
 fn normals(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| rng.normal() as f32 * scale).collect()
@@ -54,6 +54,14 @@ fn config(embed: usize, kv_embed: usize, heads: usize, kv_heads: usize) -> Layer
 
 #[test]
 fn layer_matches_the_reference_with_gqa_biases_scale_and_gate() {
+    // CPU plans read X and W through texture mirrors; GPU plans
+    // (XATTN_PLAN=gpu) the storage buffers.
+    for c in [ctx(), gpu_plan_ctx()] {
+        layer_cases(c);
+    }
+}
+
+fn layer_cases(ctx: &Context) {
     // Whisper-like (biases but k_proj's, E_kv = E), Stable-Diffusion-like
     // (no biases, E_kv ≠ E), GQA, T5's scale 1, Flamingo's gate, odd widths.
     let cases = [
@@ -72,7 +80,7 @@ fn layer_matches_the_reference_with_gqa_biases_scale_and_gate() {
         c.scale = scale;
         c.gate = gate;
         let w = weights(&c, bias, 10 + i as u64);
-        let layer = CrossAttention::new(ctx(), c, &w).unwrap();
+        let layer = CrossAttention::new(ctx, c, &w).unwrap();
         let (b, n_q, n_kv) = (2, 7, 33);
         let mut rng = Rng::new(20 + i as u64);
         let x = normals(&mut rng, b * n_q * c.embed, 3.0);

@@ -289,7 +289,18 @@ fn naive_and_probe_validate() {
     validate(Shader::Probe.wgsl(), "probe");
     // The layer's projections: no f16, no subgroups, so every backend.
     validate_everywhere(Shader::Linear.wgsl(), "linear", false, false);
-    validate_everywhere(Shader::Linear4.wgsl(), "linear4", false, false);
+    validate_everywhere(
+        &xattn::source::linear4_source(None),
+        "linear4",
+        false,
+        false,
+    );
+    validate_everywhere(
+        &xattn::source::linear4_source(Some(14)),
+        "linear4 (texture mirrors)",
+        false,
+        false,
+    );
 }
 
 /// (name, offset) of each member of the WGSL struct `Params`, and its size.

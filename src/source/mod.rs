@@ -36,6 +36,8 @@ pub enum Shader {
     Linear,
     /// `linear4.wgsl`: the projections, register-blocked, widths ≡ 0 mod 4.
     Linear4,
+    /// `linear4.wgsl` reading X and W from texture mirrors (CPU adapters).
+    Linear4Tex,
     /// `naive.wgsl`: the unfused three-pass baseline.
     Naive,
     /// `probe.wgsl`: the FMA and copy probes of the bench harness.
@@ -64,6 +66,7 @@ impl Shader {
             Shader::Probs => "probs",
             Shader::Linear => "linear",
             Shader::Linear4 => "linear4",
+            Shader::Linear4Tex => "linear4_tex",
             Shader::Naive => "naive",
             Shader::Probe => "probe",
         }
@@ -80,7 +83,7 @@ impl Shader {
             Shader::SplitCombine => include_str!("../../shaders/split_combine.wgsl"),
             Shader::Probs => include_str!("../../shaders/probs.wgsl"),
             Shader::Linear => include_str!("../../shaders/linear.wgsl"),
-            Shader::Linear4 => include_str!("../../shaders/linear4.wgsl"),
+            Shader::Linear4 | Shader::Linear4Tex => include_str!("../../shaders/linear4.wgsl"),
             Shader::Naive => include_str!("../../shaders/naive.wgsl"),
             Shader::Probe => include_str!("../../shaders/probe.wgsl"),
         }
@@ -483,6 +486,21 @@ impl FlashSpec {
             _ => src.push_str(self.shader().wgsl()),
         }
         src
+    }
+}
+
+/// The source of `linear4.wgsl`: its body, then its X/W access from storage
+/// buffers, or from texture mirrors `2^width_log2` texels wide.
+pub fn linear4_source(texture: Option<u32>) -> String {
+    let wgsl = Shader::Linear4.wgsl();
+    let body = &wgsl[..wgsl.find("//@ ").unwrap_or(wgsl.len())];
+    match texture {
+        None => format!("{body}{}", section(wgsl, "storage")),
+        Some(log2) => format!(
+            "const TEXW: u32 = {}u;\nconst TEXW_LOG2: u32 = {log2}u;\n{body}{}",
+            1u32 << log2,
+            section(wgsl, "texture")
+        ),
     }
 }
 
