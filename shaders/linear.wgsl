@@ -1,30 +1,12 @@
-// The projections of the cross-attention layer: Y = X·Wᵀ + b, X [M, K],
-// W [N, K] (PyTorch's nn.Linear layout), Y [M, N], f32, row-major. With
-// GATE, Y = R + tanh(α)·(X·Wᵀ + b) (Flamingo's gated residual, R [M, N]).
+// The projections of the cross-attention layer for any width (params,
+// bindings and epilogue: linear_common.wgsl, prepended by the host).
 // 16 × 16 tiles of X and W through workgroup memory, one output per
 // invocation. Heads need no transposes: Q = X·W_Qᵀ is [B·n_q, H·d], which is
 // BSHD [B, n_q, H, d] as the attention kernels read it, and O [B, n_q, H,
 // d_v] is the [B·n_q, H·d_v] input of the output projection.
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    // Bit 0: add the bias; bit 1: gated residual.
-    flags: u32,
-    // tanh(α) for the gated residual.
-    gate: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-@group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read> residual: array<f32>;
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;
 
 const T: u32 = 16u;
 var<workgroup> xs: array<f32, 256>;
@@ -47,14 +29,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
         workgroupBarrier();
     }
-    if (row < params.m && col < params.n) {
-        var v = acc;
-        if ((params.flags & 1u) != 0u) {
-            v += bias[col];
-        }
-        if ((params.flags & 2u) != 0u) {
-            v = fma(params.gate, v, residual[row * params.n + col]);
-        }
-        y[row * params.n + col] = v;
-    }
+    finish(row, col, acc);
 }

@@ -1,6 +1,6 @@
 // The layer's projections where the inner dimension K is a multiple of 4
-// (every model width in practice): Y = X·Wᵀ + b, optionally
-// Y = R + tanh(α)·(X·Wᵀ + b), as linear.wgsl. Register blocking instead of
+// (every model width in practice), as linear.wgsl (params, bindings and
+// epilogue: linear_common.wgsl, prepended by the host). Register blocking instead of
 // workgroup tiles: each invocation computes a 4 × 4 block of Y from vec4s
 // of four X rows and four W rows (8 vec4 loads feed 16 vec4 FMAs), with no
 // workgroup memory and no barrier, so a CPU driver runs a workgroup as
@@ -9,22 +9,6 @@
 // X and W come through x4 / w4 (vec4 i of the flat tensor), from the
 // storage buffers or, on CPU adapters, from texture mirrors of them (one of
 // the two sections at the end, appended by the host).
-
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    flags: u32,
-    gate: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read> residual: array<f32>;
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;
 
 @compute @workgroup_size(8, 8)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -54,19 +38,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
     for (var i = 0u; i < 4u; i++) {
         for (var j = 0u; j < 4u; j++) {
-            let row = r0 + i;
-            let col = c0 + j;
-            if (row < params.m && col < params.n) {
-                let a = acc[i * 4u + j];
-                var v = (a.x + a.y) + (a.z + a.w);
-                if ((params.flags & 1u) != 0u) {
-                    v += bias[col];
-                }
-                if ((params.flags & 2u) != 0u) {
-                    v = fma(params.gate, v, residual[row * params.n + col]);
-                }
-                y[row * params.n + col] = v;
-            }
+            let a = acc[i * 4u + j];
+            finish(r0 + i, c0 + j, (a.x + a.y) + (a.z + a.w));
         }
     }
 }

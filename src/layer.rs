@@ -16,7 +16,7 @@ use crate::context::{Binding, Context, Kernel, PipelineKey};
 use crate::error::{Error, Result};
 use crate::flash::{FlashAttention, KvMirror};
 use crate::problem::AttentionProblem;
-use crate::source::{linear4_source, Shader, TensorIo};
+use crate::source::{linear4_source, linear_source, Shader, TensorIo};
 use crate::tensor::AttentionBuffers;
 
 /// The layer's dimensions and options.
@@ -219,7 +219,7 @@ impl<'c> CrossAttention<'c> {
                 },
                 bindings,
                 || match shader {
-                    Shader::Linear => shader.wgsl().to_string(),
+                    Shader::Linear => linear_source(),
                     _ => linear4_source(tex),
                 },
             )

@@ -288,7 +288,7 @@ fn naive_and_probe_validate() {
     validate(Shader::Naive.wgsl(), "naive");
     validate(Shader::Probe.wgsl(), "probe");
     // The layer's projections: no f16, no subgroups, so every backend.
-    validate_everywhere(Shader::Linear.wgsl(), "linear", false, false);
+    validate_everywhere(&xattn::source::linear_source(), "linear", false, false);
     validate_everywhere(
         &xattn::source::linear4_source(None),
         "linear4",

@@ -495,14 +495,22 @@ pub fn linear4_source(texture: Option<u32>) -> String {
     let wgsl = Shader::Linear4.wgsl();
     let body = &wgsl[..wgsl.find("//@ ").unwrap_or(wgsl.len())];
     match texture {
-        None => format!("{body}{}", section(wgsl, "storage")),
+        None => format!("{LINEAR_COMMON_WGSL}{body}{}", section(wgsl, "storage")),
         Some(log2) => format!(
-            "const TEXW: u32 = {}u;\nconst TEXW_LOG2: u32 = {log2}u;\n{body}{}",
+            "const TEXW: u32 = {}u;\nconst TEXW_LOG2: u32 = {log2}u;\n{LINEAR_COMMON_WGSL}{body}{}",
             1u32 << log2,
             section(wgsl, "texture")
         ),
     }
 }
+
+/// The source of `linear.wgsl` (the workgroup-tiled projection).
+pub fn linear_source() -> String {
+    format!("{LINEAR_COMMON_WGSL}{}", Shader::Linear.wgsl())
+}
+
+/// `linear_common.wgsl`: the projections' params, bindings and epilogue.
+pub const LINEAR_COMMON_WGSL: &str = include_str!("../../shaders/linear_common.wgsl");
 
 /// The `//@ name` section of [`FLASH_IO_WGSL`]. The names are the fixed set
 /// [`TensorIo::template`] and [`FlashSpec::source`] ask for; a missing one is
