@@ -165,6 +165,16 @@ pub enum Error {
         elements: u64,
     },
 
+    /// A layer weight file lacks a tensor or holds one of the wrong shape or
+    /// type.
+    #[error("weights: {name} {reason}")]
+    Weights {
+        /// The tensor (with its prefix), or the file.
+        name: String,
+        /// What is wrong and what was expected.
+        reason: String,
+    },
+
     /// No kernel configuration fits the adapter.
     #[error("cannot plan {kernel} for this problem on this adapter: {reason}")]
     Unplannable {

@@ -58,6 +58,7 @@ pub mod probs;
 pub mod reference;
 pub mod source;
 pub mod tensor;
+pub mod weights;
 
 pub use caps::DeviceCaps;
 pub use context::{Context, ContextOptions};
@@ -74,5 +75,6 @@ pub use problem::{AttentionProblem, MAX_HEAD_DIM};
 pub use probs::{AttentionProbs, ProbHeads};
 pub use source::{FlashSpec, KernelTiles, KvAccess, Shader, TensorIo};
 pub use tensor::{AttentionBuffers, AttentionOutput, AttentionTensors};
+pub use weights::WeightNames;
 /// The wgpu this crate is built against, for callers of the integration API.
 pub use wgpu;

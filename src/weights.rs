@@ -1,0 +1,176 @@
+//! A cross-attention layer's weights from a safetensors file, under an
+//! optional prefix (e.g. `model.decoder.layers.0.encoder_attn.`), in the
+//! naming schemes models are saved with:
+//!
+//! - PyTorch `nn.MultiheadAttention`: `in_proj_weight` `[3E, E]` and
+//!   `in_proj_bias` `[3E]`, or `q_proj_weight`, `k_proj_weight`,
+//!   `v_proj_weight` when kdim/vdim ≠ E; then `out_proj.weight`,
+//!   `out_proj.bias`.
+//! - Hugging Face: `q_proj.weight`, `k_proj.weight`, `v_proj.weight`,
+//!   `out_proj.weight`, each `.bias` optional (Whisper's k_proj has none).
+//! - T5: `q.weight`, `k.weight`, `v.weight`, `o.weight`, no biases, and a
+//!   softmax scale of 1.
+//!
+//! Tensors may be f32, f16 or bf16 (converted to f32). A missing or
+//! mis-shaped tensor is a typed error naming it and the shape expected.
+
+use safetensors::{Dtype as StDtype, SafeTensors};
+
+use crate::error::{Error, Result};
+use crate::layer::{LayerConfig, LayerWeights};
+
+/// The naming scheme a file was found in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightNames {
+    /// `nn.MultiheadAttention`'s state_dict.
+    TorchMha,
+    /// Hugging Face's `q_proj` / `k_proj` / `v_proj` / `out_proj`.
+    HuggingFace,
+    /// T5's `q` / `k` / `v` / `o` (no biases, scale 1).
+    T5,
+}
+
+impl WeightNames {
+    /// The softmax scale the scheme's models use, where it is not 1/√d.
+    pub fn scale(self) -> Option<f32> {
+        (self == WeightNames::T5).then_some(1.0)
+    }
+}
+
+fn bad(name: &str, reason: String) -> Error {
+    Error::Weights {
+        name: name.to_string(),
+        reason,
+    }
+}
+
+struct File<'a> {
+    st: SafeTensors<'a>,
+    prefix: &'a str,
+}
+
+impl File<'_> {
+    fn has(&self, name: &str) -> bool {
+        self.st.tensor(&format!("{}{name}", self.prefix)).is_ok()
+    }
+
+    /// Tensor `name` as f32, checked against `shape`; `None` if absent.
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Option<Vec<f32>>> {
+        let full = format!("{}{name}", self.prefix);
+        let Ok(t) = self.st.tensor(&full) else {
+            return Ok(None);
+        };
+        if t.shape() != shape {
+            return Err(bad(
+                &full,
+                format!("has shape {:?}, expected {shape:?}", t.shape()),
+            ));
+        }
+        let data = t.data();
+        let words = |n: usize| data.chunks_exact(n);
+        let v: Vec<f32> = match t.dtype() {
+            StDtype::F32 => words(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            StDtype::F16 => words(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            StDtype::BF16 => words(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(bad(
+                    &full,
+                    format!("is {other:?}; expected F32, F16 or BF16"),
+                ))
+            }
+        };
+        Ok(Some(v))
+    }
+
+    fn need(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.get(name, shape)?.ok_or_else(|| {
+            bad(
+                &format!("{}{name}", self.prefix),
+                format!("is missing; expected a tensor of shape {shape:?}"),
+            )
+        })
+    }
+}
+
+impl LayerWeights {
+    /// Reads the layer's weights for `config` from safetensors `bytes`
+    /// under `prefix`, in whichever naming scheme the file uses (see the
+    /// module docs); returns the scheme too (T5's means scale 1).
+    pub fn from_safetensors(
+        bytes: &[u8],
+        prefix: &str,
+        config: &LayerConfig,
+    ) -> Result<(Self, WeightNames)> {
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| bad("safetensors", format!("cannot be read: {e}")))?;
+        let f = File { st, prefix };
+        let c = config;
+        let d = c.head_dim();
+        let (hd, kvd, e, ekv) = (c.heads * d, c.kv_heads * d, c.embed, c.kv_embed);
+        if f.has("in_proj_weight") {
+            let w = f.need("in_proj_weight", &[3 * hd, e])?;
+            let b = f.get("in_proj_bias", &[3 * hd])?;
+            if hd != kvd || e != ekv {
+                return Err(bad(
+                    &format!("{prefix}in_proj_weight"),
+                    "packs q, k and v of one width; this layer's k/v differ (GQA or \
+                     kdim ≠ E): expected q_proj_weight, k_proj_weight, v_proj_weight"
+                        .into(),
+                ));
+            }
+            let third = |v: &Vec<f32>, i: usize| v[i * v.len() / 3..(i + 1) * v.len() / 3].to_vec();
+            let weights = LayerWeights {
+                w_q: third(&w, 0),
+                b_q: b.as_ref().map(|b| third(b, 0)),
+                w_k: third(&w, 1),
+                b_k: b.as_ref().map(|b| third(b, 1)),
+                w_v: third(&w, 2),
+                b_v: b.as_ref().map(|b| third(b, 2)),
+                w_o: f.need("out_proj.weight", &[e, hd])?,
+                b_o: f.get("out_proj.bias", &[e])?,
+            };
+            return Ok((weights, WeightNames::TorchMha));
+        }
+        if f.has("q_proj_weight") {
+            let b = f.get("in_proj_bias", &[hd + 2 * kvd])?;
+            let weights = LayerWeights {
+                w_q: f.need("q_proj_weight", &[hd, e])?,
+                b_q: b.as_ref().map(|b| b[..hd].to_vec()),
+                w_k: f.need("k_proj_weight", &[kvd, ekv])?,
+                b_k: b.as_ref().map(|b| b[hd..hd + kvd].to_vec()),
+                w_v: f.need("v_proj_weight", &[kvd, ekv])?,
+                b_v: b.as_ref().map(|b| b[hd + kvd..].to_vec()),
+                w_o: f.need("out_proj.weight", &[e, hd])?,
+                b_o: f.get("out_proj.bias", &[e])?,
+            };
+            return Ok((weights, WeightNames::TorchMha));
+        }
+        if f.has("q.weight") {
+            let weights = LayerWeights {
+                w_q: f.need("q.weight", &[hd, e])?,
+                w_k: f.need("k.weight", &[kvd, ekv])?,
+                w_v: f.need("v.weight", &[kvd, ekv])?,
+                w_o: f.need("o.weight", &[e, hd])?,
+                ..Default::default()
+            };
+            return Ok((weights, WeightNames::T5));
+        }
+        let weights = LayerWeights {
+            w_q: f.need("q_proj.weight", &[hd, e])?,
+            b_q: f.get("q_proj.bias", &[hd])?,
+            w_k: f.need("k_proj.weight", &[kvd, ekv])?,
+            b_k: f.get("k_proj.bias", &[kvd])?,
+            w_v: f.need("v_proj.weight", &[kvd, ekv])?,
+            b_v: f.get("v_proj.bias", &[kvd])?,
+            w_o: f.need("out_proj.weight", &[e, hd])?,
+            b_o: f.get("out_proj.bias", &[e])?,
+        };
+        Ok((weights, WeightNames::HuggingFace))
+    }
+}

@@ -1,0 +1,221 @@
+//! Layer weights from safetensors: the three naming schemes, a prefix, f32 /
+//! f16 / bf16 storage, and typed errors naming the tensor; a layer loaded
+//! this way against the f64 reference.
+
+mod common;
+
+use common::ctx;
+use safetensors::tensor::TensorView;
+use safetensors::Dtype as StDtype;
+use xattn::check::{max_err, Rng};
+use xattn::{CrossAttention, Error, LayerConfig, LayerWeights, WeightNames};
+
+const PREFIX: &str = "model.decoder.layers.0.encoder_attn.";
+
+fn normals(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.normal() as f32 * 0.2).collect()
+}
+
+/// A safetensors file of (name, shape, values) in `dtype`.
+fn file(tensors: &[(String, Vec<usize>, Vec<f32>)], dtype: StDtype) -> Vec<u8> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| match dtype {
+            StDtype::F16 => v
+                .iter()
+                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                .collect(),
+            StDtype::BF16 => v
+                .iter()
+                .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                .collect(),
+            _ => v.iter().flat_map(|&x| x.to_le_bytes()).collect(),
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, s, _), b)| (n.clone(), TensorView::new(dtype, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize(views, &None).unwrap()
+}
+
+fn config(embed: usize, kv_embed: usize, heads: usize, kv_heads: usize) -> LayerConfig {
+    LayerConfig {
+        embed,
+        kv_embed,
+        heads,
+        kv_heads,
+        scale: None,
+        gate: None,
+    }
+}
+
+fn t(name: &str, shape: &[usize], v: &[f32]) -> (String, Vec<usize>, Vec<f32>) {
+    (format!("{PREFIX}{name}"), shape.to_vec(), v.to_vec())
+}
+
+/// Random weights for `c` (all biases but k's, as Whisper).
+fn random(c: &LayerConfig) -> LayerWeights {
+    let mut rng = Rng::new(1);
+    let d = c.head_dim();
+    let (hd, kvd) = (c.heads * d, c.kv_heads * d);
+    LayerWeights {
+        w_q: normals(&mut rng, hd * c.embed),
+        b_q: Some(normals(&mut rng, hd)),
+        w_k: normals(&mut rng, kvd * c.kv_embed),
+        b_k: None,
+        w_v: normals(&mut rng, kvd * c.kv_embed),
+        b_v: Some(normals(&mut rng, kvd)),
+        w_o: normals(&mut rng, c.embed * hd),
+        b_o: Some(normals(&mut rng, c.embed)),
+    }
+}
+
+#[test]
+fn hugging_face_names_under_a_prefix_in_every_float_type() {
+    let c = config(64, 48, 4, 2);
+    let w = random(&c);
+    let tensors = vec![
+        t("q_proj.weight", &[64, 64], &w.w_q),
+        t("q_proj.bias", &[64], w.b_q.as_ref().unwrap()),
+        t("k_proj.weight", &[32, 48], &w.w_k),
+        t("v_proj.weight", &[32, 48], &w.w_v),
+        t("v_proj.bias", &[32], w.b_v.as_ref().unwrap()),
+        t("out_proj.weight", &[64, 64], &w.w_o),
+        t("out_proj.bias", &[64], w.b_o.as_ref().unwrap()),
+    ];
+    for (dtype, ulp) in [
+        (StDtype::F32, 0.0),
+        (StDtype::F16, 1e-3),
+        (StDtype::BF16, 8e-3),
+    ] {
+        let (got, names) =
+            LayerWeights::from_safetensors(&file(&tensors, dtype), PREFIX, &c).unwrap();
+        assert_eq!(names, WeightNames::HuggingFace);
+        assert!(got.b_k.is_none(), "k_proj has no bias");
+        assert!(
+            max_err(
+                &got.w_q,
+                &w.w_q.iter().map(|&x| x as f64).collect::<Vec<_>>()
+            ) <= ulp
+        );
+        assert!(
+            max_err(
+                &got.w_o,
+                &w.w_o.iter().map(|&x| x as f64).collect::<Vec<_>>()
+            ) <= ulp
+        );
+    }
+    // The loaded layer against the f64 reference of the layer.
+    let (got, _) =
+        LayerWeights::from_safetensors(&file(&tensors, StDtype::F32), PREFIX, &c).unwrap();
+    assert_eq!(got, w);
+    let layer = CrossAttention::new(ctx(), c, &got).unwrap();
+    let mut rng = Rng::new(2);
+    let (x, context) = (normals(&mut rng, 3 * 64), normals(&mut rng, 50 * 48));
+    let kv = layer.project_context(&context, 1, 50).unwrap();
+    let y = layer.forward(&x, 3, &kv, None).unwrap();
+    let want =
+        xattn::reference::cross_attention_layer(&c, &w, &x, &context, 1, 3, 50, None).unwrap();
+    assert!(max_err(&y, &want) < 1e-5);
+}
+
+#[test]
+fn torch_multihead_attention_and_t5_names() {
+    // nn.MultiheadAttention with kdim = vdim = E: q, k, v packed in
+    // in_proj_weight / in_proj_bias.
+    let c = config(32, 32, 4, 4);
+    let w = random(&c);
+    let b_k = vec![0.25f32; 32];
+    let packed_w = [w.w_q.clone(), w.w_k.clone(), w.w_v.clone()].concat();
+    let packed_b = [w.b_q.clone().unwrap(), b_k.clone(), w.b_v.clone().unwrap()].concat();
+    let mha = vec![
+        t("in_proj_weight", &[96, 32], &packed_w),
+        t("in_proj_bias", &[96], &packed_b),
+        t("out_proj.weight", &[32, 32], &w.w_o),
+        t("out_proj.bias", &[32], w.b_o.as_ref().unwrap()),
+    ];
+    let (got, names) =
+        LayerWeights::from_safetensors(&file(&mha, StDtype::F32), PREFIX, &c).unwrap();
+    assert_eq!(names, WeightNames::TorchMha);
+    assert_eq!((&got.w_k, got.b_k.as_ref()), (&w.w_k, Some(&b_k)));
+    assert_eq!(got.w_v, w.w_v);
+    // kdim ≠ E: separate q/k/v_proj_weight, one in_proj_bias.
+    let c2 = config(32, 24, 4, 4);
+    let w2 = random(&c2);
+    let sep = vec![
+        t("q_proj_weight", &[32, 32], &w2.w_q),
+        t("k_proj_weight", &[32, 24], &w2.w_k),
+        t("v_proj_weight", &[32, 24], &w2.w_v),
+        t("in_proj_bias", &[96], &packed_b),
+        t("out_proj.weight", &[32, 32], &w2.w_o),
+    ];
+    let (got, names) =
+        LayerWeights::from_safetensors(&file(&sep, StDtype::F32), PREFIX, &c2).unwrap();
+    assert_eq!(names, WeightNames::TorchMha);
+    assert_eq!((got.w_k, got.b_k), (w2.w_k, Some(b_k)));
+    assert!(got.b_o.is_none());
+    // T5: q, k, v, o, no biases, scale 1.
+    let t5 = vec![
+        t("q.weight", &[32, 32], &w.w_q),
+        t("k.weight", &[32, 32], &w.w_k),
+        t("v.weight", &[32, 32], &w.w_v),
+        t("o.weight", &[32, 32], &w.w_o),
+    ];
+    let (got, names) =
+        LayerWeights::from_safetensors(&file(&t5, StDtype::F32), PREFIX, &c).unwrap();
+    assert_eq!((names, names.scale()), (WeightNames::T5, Some(1.0)));
+    assert!(got.b_q.is_none() && got.b_o.is_none());
+}
+
+#[test]
+fn missing_misshaped_and_unreadable_tensors_are_typed_errors() {
+    let c = config(64, 48, 4, 2);
+    let w = random(&c);
+    let expect = |bytes: &[u8], name: &str, what: &str| match LayerWeights::from_safetensors(
+        bytes, PREFIX, &c,
+    ) {
+        Err(Error::Weights { name: n, reason }) => {
+            assert_eq!(n, name);
+            assert!(reason.contains(what), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    };
+    let missing = file(&[t("q_proj.weight", &[64, 64], &w.w_q)], StDtype::F32);
+    expect(
+        &missing,
+        &format!("{PREFIX}k_proj.weight"),
+        "missing; expected a tensor of shape [32, 48]",
+    );
+    let misshaped = file(
+        &[
+            t("q_proj.weight", &[64, 32], &w.w_q[..2048]),
+            t("k_proj.weight", &[32, 48], &w.w_k),
+        ],
+        StDtype::F32,
+    );
+    expect(
+        &misshaped,
+        &format!("{PREFIX}q_proj.weight"),
+        "shape [64, 32], expected [64, 64]",
+    );
+    expect(b"not a safetensors file", "safetensors", "cannot be read");
+    // Integers are not weights.
+    let ints = file(&[t("q_proj.weight", &[64, 64], &w.w_q)], StDtype::I32);
+    expect(
+        &ints,
+        &format!("{PREFIX}q_proj.weight"),
+        "expected F32, F16 or BF16",
+    );
+    // A packed in_proj for a GQA layer cannot be split.
+    let packed = file(
+        &[t("in_proj_weight", &[128, 64], &[0.0; 8192])],
+        StDtype::F32,
+    );
+    expect(
+        &packed,
+        &format!("{PREFIX}in_proj_weight"),
+        "shape [128, 64], expected [192, 64]",
+    );
+}
