@@ -15,6 +15,7 @@ use std::sync::Arc;
 use crate::context::{Binding, Context, Kernel, PipelineKey};
 use crate::error::{Error, Result};
 use crate::flash::{FlashAttention, KvMirror};
+use crate::plan::{mirror_fits, mirror_width_log2};
 use crate::problem::AttentionProblem;
 use crate::source::{linear4_source, linear_source, Shader, TensorIo};
 use crate::tensor::AttentionBuffers;
@@ -228,25 +229,20 @@ impl<'c> CrossAttention<'c> {
         let linear4 = compile(Shader::Linear4, &LINEAR_BINDINGS, None)?;
         // CPU adapters read X and W through texture mirrors (straight-line
         // gathers instead of per-lane loads): 16 384 texels wide.
-        let max = ctx.caps().max_texture_dim.min(1 << 14);
-        let linear4_tex = if ctx.caps().cpu_plans() && max >= 64 {
-            let log2 = max.ilog2();
-            Some((
+        let linear4_tex = match mirror_width_log2(ctx.caps()).filter(|_| ctx.caps().cpu_plans()) {
+            Some(log2) => Some((
                 compile(Shader::Linear4Tex, &LINEAR_TEX_BINDINGS, Some(log2))?,
                 log2,
-            ))
-        } else {
-            None
-        };
-        let fits = |elements: usize| {
-            elements.is_multiple_of(4)
-                && (elements / 4).div_ceil(max as usize) <= ctx.caps().max_texture_dim as usize
+            )),
+            None => None,
         };
         let proj = weights.projections(&config).map(|(name, w, b, out, inp)| {
             let w = ctx.upload(name, w);
             let mirror = linear4_tex
                 .as_ref()
-                .filter(|_| inp.is_multiple_of(4) && fits(out * inp))
+                .filter(|&&(_, log2)| {
+                    inp.is_multiple_of(4) && mirror_fits(ctx.caps(), log2, out * inp)
+                })
                 .map(|&(_, log2)| KvMirror::new(ctx.device(), &w, out * inp, TensorIo::F32, log2));
             Linear {
                 w,
@@ -315,14 +311,11 @@ impl<'c> CrossAttention<'c> {
         let dummy = self.ctx.dummy_buffer();
         let (b, r) = (l.b.as_ref().unwrap_or(dummy), gate.map_or(dummy, |g| g.1));
         // Texture mirrors where the weights have one and X fits one.
-        let x_texels = m * l.inp / 4;
         let tex = self
             .linear4_tex
             .as_ref()
             .zip(l.mirror.as_ref())
-            .filter(|((_, log2), _)| {
-                x_texels.div_ceil(1 << log2) <= self.ctx.caps().max_texture_dim as usize
-            });
+            .filter(|((_, log2), _)| mirror_fits(self.ctx.caps(), *log2, m * l.inp));
         let (kernel, bind) = match tex {
             Some(((kernel, log2), w_mirror)) => {
                 let x_mirror = KvMirror::new(self.ctx.device(), x, m * l.inp, TensorIo::F32, *log2);

@@ -410,14 +410,22 @@ pub fn kv_texture(
     {
         return None;
     }
+    let width_log2 = mirror_width_log2(caps)?;
+    mirror_fits(caps, width_log2, problem.k_len().max(problem.v_len())).then_some(width_log2)
+}
+
+/// The width (log₂ texels) of a texture mirror of a buffer on `caps`: the
+/// adapter's largest texture dimension up to 16 384, or `None` below 64.
+/// Shared by the K/V mirrors and the layer's projection mirrors.
+pub(crate) fn mirror_width_log2(caps: &DeviceCaps) -> Option<u32> {
     let max = caps.max_texture_dim.min(1 << 14);
-    if max < 64 {
-        return None;
-    }
-    let width_log2 = max.ilog2();
-    let texels = problem.k_len().max(problem.v_len()) / 4;
-    let rows = texels.div_ceil(1 << width_log2);
-    (rows <= caps.max_texture_dim as usize).then_some(width_log2)
+    (max >= 64).then(|| max.ilog2())
+}
+
+/// Whether `elements` f32-sized values (4 per texel) fill few enough rows of
+/// a mirror `2^width_log2` texels wide for the adapter's textures.
+pub(crate) fn mirror_fits(caps: &DeviceCaps, width_log2: u32, elements: usize) -> bool {
+    (elements / 4).div_ceil(1 << width_log2) <= caps.max_texture_dim as usize
 }
 
 /// The register budget of a GPU plan, in f32 values per invocation: NVIDIA
