@@ -137,17 +137,7 @@ impl<'c> FlashAttention<'c> {
     fn bind_with(&self, bufs: &AttentionBuffers<'_>, refresh: bool) -> Result<BoundAttention> {
         bufs.validate(&self.problem)?;
         let device = self.ctx.device();
-        let lens = bufs.lens.unwrap_or(self.ctx.dummy_buffer());
-        let mask = bufs.mask.unwrap_or(self.ctx.dummy_buffer());
-        let state = self.state.as_ref().unwrap_or(self.ctx.dummy_rw_buffer());
-        let rest = [bufs.q, bufs.k, bufs.v, lens, bufs.o, bufs.lse, state, mask];
-        fn buffers_of<'a>(
-            params: &'a wgpu::Buffer,
-            rest: [&'a wgpu::Buffer; 8],
-        ) -> [&'a wgpu::Buffer; 9] {
-            let [q, k, v, lens, o, lse, state, mask] = rest;
-            [params, q, k, v, lens, o, lse, state, mask]
-        }
+        let buffers_of = |params| flash_buffers(self.ctx, params, bufs, self.state.as_ref());
         let mirrors = match self.plan.kv {
             KvAccess::Storage => Vec::new(),
             KvAccess::Texture { width_log2 } => {
@@ -163,7 +153,7 @@ impl<'c> FlashAttention<'c> {
             .iter()
             .map(|params| {
                 // The nine buffers, then the mirrors' views where the plan has them.
-                let mut resources: Vec<_> = buffers_of(params, rest)
+                let mut resources: Vec<_> = buffers_of(params)
                     .iter()
                     .map(|b| b.as_entire_binding())
                     .collect();
@@ -177,7 +167,7 @@ impl<'c> FlashAttention<'c> {
             .collect();
         let combine = self.combine.as_ref().map(|(kernel, grid)| {
             let params = self.params.last().expect("at least one launch");
-            let bind = kernel.bind(device, &buffers_of(params, rest));
+            let bind = kernel.bind(device, &buffers_of(params));
             (kernel.clone(), bind, *grid)
         });
         Ok(BoundAttention {
@@ -235,6 +225,28 @@ impl<'c> FlashAttention<'c> {
         self.ctx.submit(|enc| self.record(enc, &t.buffers()))?;
         t.download(self.ctx)
     }
+}
+
+/// Bindings 0–8 of the fused family (`FLASH_BINDINGS`): the launch's
+/// params, the caller's tensors, and the split / carried `state` (dummies
+/// where there are no lengths, no mask or no state).
+pub(crate) fn flash_buffers<'a>(
+    ctx: &'a Context,
+    params: &'a wgpu::Buffer,
+    bufs: &AttentionBuffers<'a>,
+    state: Option<&'a wgpu::Buffer>,
+) -> [&'a wgpu::Buffer; 9] {
+    [
+        params,
+        bufs.q,
+        bufs.k,
+        bufs.v,
+        bufs.lens.unwrap_or(ctx.dummy_buffer()),
+        bufs.o,
+        bufs.lse,
+        state.unwrap_or(ctx.dummy_rw_buffer()),
+        bufs.mask.unwrap_or(ctx.dummy_buffer()),
+    ]
 }
 
 /// A [`FlashAttention`] launch with its buffers bound: validated once,

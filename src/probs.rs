@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::context::{Context, Kernel};
 use crate::error::{Error, Result};
-use crate::flash::FlashAttention;
+use crate::flash::{flash_buffers, FlashAttention};
 use crate::mask::Masks;
 use crate::params::FlashParams;
 use crate::plan::fold_grid;
@@ -173,24 +173,10 @@ impl<'c> AttentionProbs<'c> {
             return Ok(());
         }
         let ctx = self.ctx;
-        let lens = bufs.lens.unwrap_or(ctx.dummy_buffer());
-        let mask = bufs.mask.unwrap_or(ctx.dummy_buffer());
-        let resources = [
-            &self.params,
-            bufs.q,
-            bufs.k,
-            bufs.v,
-            lens,
-            bufs.o,
-            bufs.lse,
-            ctx.dummy_rw_buffer(),
-            mask,
-            probs,
-            &self.heads,
-        ]
-        .iter()
-        .map(|b| b.as_entire_binding())
-        .collect();
+        // The fused family's nine bindings (no state), then 9 and 10.
+        let mut buffers = flash_buffers(ctx, &self.params, bufs, None).to_vec();
+        buffers.extend([probs, &self.heads]);
+        let resources = buffers.iter().map(|b| b.as_entire_binding()).collect();
         let bind = self.kernel.bind_resources(ctx.device(), resources);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("probs"),
