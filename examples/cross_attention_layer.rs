@@ -12,10 +12,6 @@ use std::time::Instant;
 use xattn::check::{max_err, Rng};
 use xattn::{Context, CrossAttention, FlashAttention, LayerConfig, LayerWeights};
 
-fn normals(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.normal() as f32 * scale).collect()
-}
-
 fn ms(f: impl Fn() -> xattn::Result<()>, runs: usize) -> xattn::Result<f64> {
     f()?; // warm: pipelines compiled, caches filled
     let t = Instant::now();
@@ -35,17 +31,9 @@ fn main() -> xattn::Result<()> {
         ("Whisper-large step", 1280, 1280, 20, 1, 1500),
         ("SD1.5 64²", 320, 768, 8, 4096, 77),
     ] {
-        let c = LayerConfig {
-            embed: e,
-            kv_embed: e_kv,
-            heads: h,
-            kv_heads: h,
-            scale: None,
-            gate: None,
-        };
+        let c = LayerConfig::new(e, e_kv, h, h);
         let mut rng = Rng::new(1);
-        let mut w =
-            |out: usize, inp: usize| normals(&mut rng, out * inp, 1.0 / (inp as f32).sqrt());
+        let mut w = |out: usize, inp: usize| rng.normals(out * inp, 1.0 / (inp as f64).sqrt());
         let weights = LayerWeights {
             w_q: w(e, e),
             b_q: Some(vec![0.1; e]),
@@ -58,8 +46,8 @@ fn main() -> xattn::Result<()> {
         };
         let layer = CrossAttention::new(&ctx, c, &weights)?;
         let mut rng = Rng::new(2);
-        let x = normals(&mut rng, n_q * e, 1.0);
-        let context = normals(&mut rng, n_kv * e_kv, 1.0);
+        let x = rng.normals(n_q * e, 1.0);
+        let context = rng.normals(n_kv * e_kv, 1.0);
         let kv = layer.project_context(&context, 1, n_kv)?;
         let project = ms(|| layer.project_context(&context, 1, n_kv).map(|_| ()), 3)?;
         let forward = ms(|| layer.forward(&x, n_q, &kv, None).map(|_| ()), 5)?;

@@ -38,6 +38,18 @@ pub struct LayerConfig {
 }
 
 impl LayerConfig {
+    /// E, E_kv, H and H_kv, with the default scale (1/√d) and no gate.
+    pub fn new(embed: usize, kv_embed: usize, heads: usize, kv_heads: usize) -> Self {
+        Self {
+            embed,
+            kv_embed,
+            heads,
+            kv_heads,
+            scale: None,
+            gate: None,
+        }
+    }
+
     /// Head dim d = E / H.
     pub fn head_dim(&self) -> usize {
         self.embed / self.heads.max(1)

@@ -495,24 +495,13 @@ fn run_writes_attention_probabilities_for_heads_or_their_mean() {
     ] {
         let want = xattn::reference::probabilities(&p, &q, &k, &masks, &which).unwrap();
         for reference in [false, true] {
-            let mut cmd = bin();
-            cmd.args(["run", "--q"])
-                .arg(&f.q)
-                .arg("--k")
-                .arg(&f.k)
-                .arg("--v")
-                .arg(&f.v)
-                .arg("--out")
-                .arg(&f.o)
-                .arg("--kv-lens")
-                .arg(&lens)
-                .arg("--probs")
-                .arg(&pp)
-                .args(&args);
+            let mut extra = vec![Path::new("--kv-lens"), &lens, Path::new("--probs"), &pp];
+            extra.extend(args.iter().map(Path::new));
             if reference {
-                cmd.arg("--reference");
+                extra.push(Path::new("--reference"));
             }
-            stdout_of_success(&cmd.output().unwrap());
+            let (code, err) = f.run(&extra);
+            assert_eq!(code, 0, "{err}");
             let got = npy::read_f32(&pp).unwrap();
             assert_eq!(got.shape, shape, "{which:?}");
             assert!(

@@ -10,17 +10,13 @@ use xattn::check::{max_err, Rng};
 use xattn::reference::{cross_attention_layer, cross_attention_layer_in};
 use xattn::{Context, CrossAttention, Error, LayerConfig, LayerWeights};
 
-fn normals(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.normal() as f32 * scale).collect()
-}
-
 /// Seeded weights for `c`: N(0, 1/in) entries (the usual init's spread),
 /// biases where `bias` says.
 fn weights(c: &LayerConfig, bias: [bool; 4], seed: u64) -> LayerWeights {
     let mut rng = Rng::new(seed);
     let d = c.head_dim();
     let (hd, kvd) = (c.heads * d, c.kv_heads * d);
-    let mut w = |out: usize, inp: usize| normals(&mut rng, out * inp, 1.0 / (inp as f32).sqrt());
+    let mut w = |out: usize, inp: usize| rng.normals(out * inp, 1.0 / (inp as f64).sqrt());
     let (w_q, w_k, w_v, w_o) = (
         w(hd, c.embed),
         w(kvd, c.kv_embed),
@@ -28,7 +24,7 @@ fn weights(c: &LayerConfig, bias: [bool; 4], seed: u64) -> LayerWeights {
         w(c.embed, hd),
     );
     let mut rng = Rng::new(seed + 1);
-    let mut b = |on: bool, n: usize| on.then(|| normals(&mut rng, n, 0.5));
+    let mut b = |on: bool, n: usize| on.then(|| rng.normals(n, 0.5));
     LayerWeights {
         w_q,
         b_q: b(bias[0], hd),
@@ -38,17 +34,6 @@ fn weights(c: &LayerConfig, bias: [bool; 4], seed: u64) -> LayerWeights {
         b_v: b(bias[2], kvd),
         w_o,
         b_o: b(bias[3], c.embed),
-    }
-}
-
-fn config(embed: usize, kv_embed: usize, heads: usize, kv_heads: usize) -> LayerConfig {
-    LayerConfig {
-        embed,
-        kv_embed,
-        heads,
-        kv_heads,
-        scale: None,
-        gate: None,
     }
 }
 
@@ -65,12 +50,22 @@ fn layer_cases(ctx: &Context) {
     // Whisper-like (biases but k_proj's, E_kv = E), Stable-Diffusion-like
     // (no biases, E_kv ≠ E), GQA, T5's scale 1, Flamingo's gate, odd widths.
     let cases = [
-        (config(64, 64, 4, 4), [true, false, true, true], None, None),
-        (config(80, 48, 8, 2), [false; 4], None, None),
-        (config(64, 40, 4, 1), [true; 4], Some(1.0), Some(0.7)),
+        (
+            LayerConfig::new(64, 64, 4, 4),
+            [true, false, true, true],
+            None,
+            None,
+        ),
+        (LayerConfig::new(80, 48, 8, 2), [false; 4], None, None),
+        (
+            LayerConfig::new(64, 40, 4, 1),
+            [true; 4],
+            Some(1.0),
+            Some(0.7),
+        ),
         // Widths that are not multiples of 4: the 16 × 16 tiled projection.
         (
-            config(66, 37, 6, 3),
+            LayerConfig::new(66, 37, 6, 3),
             [true, true, false, true],
             None,
             Some(-0.3),
@@ -83,8 +78,8 @@ fn layer_cases(ctx: &Context) {
         let layer = CrossAttention::new(ctx, c, &w).unwrap();
         let (b, n_q, n_kv) = (2, 7, 33);
         let mut rng = Rng::new(20 + i as u64);
-        let x = normals(&mut rng, b * n_q * c.embed, 3.0);
-        let context = normals(&mut rng, b * n_kv * c.kv_embed, 3.0);
+        let x = rng.normals(b * n_q * c.embed, 3.0);
+        let context = rng.normals(b * n_kv * c.kv_embed, 3.0);
         let lens = [33u32, 20];
         let kv = layer.project_context(&context, b, n_kv).unwrap();
         let y = layer.forward(&x, n_q, &kv, Some(&lens)).unwrap();
@@ -101,14 +96,14 @@ fn layer_cases(ctx: &Context) {
 
 #[test]
 fn decode_steps_on_a_cached_encoder_kv_equal_the_uncached_layer() {
-    let c = config(64, 48, 4, 2);
+    let c = LayerConfig::new(64, 48, 4, 2);
     let w = weights(&c, [true; 4], 3);
     let layer = CrossAttention::new(ctx(), c, &w).unwrap();
     let mut rng = Rng::new(4);
-    let context = normals(&mut rng, 99 * c.kv_embed, 3.0);
+    let context = rng.normals(99 * c.kv_embed, 3.0);
     let cached = layer.project_context(&context, 1, 99).unwrap();
     for step in 0..5 {
-        let x = normals(&mut rng, c.embed, 3.0);
+        let x = rng.normals(c.embed, 3.0);
         let y = layer.forward(&x, 1, &cached, None).unwrap();
         let fresh = layer.project_context(&context, 1, 99).unwrap();
         assert_eq!(
@@ -123,7 +118,7 @@ fn decode_steps_on_a_cached_encoder_kv_equal_the_uncached_layer() {
 
 #[test]
 fn bad_weights_and_inputs_are_typed_errors() {
-    let c = config(64, 48, 4, 2);
+    let c = LayerConfig::new(64, 48, 4, 2);
     let good = weights(&c, [true; 4], 5);
     let mut short = good.clone();
     short.w_k.pop();
@@ -140,11 +135,11 @@ fn bad_weights_and_inputs_are_typed_errors() {
         Err(Error::SizeMismatch { name: "w_o", .. })
     ));
     assert!(matches!(
-        CrossAttention::new(ctx(), config(64, 48, 4, 3), &good),
+        CrossAttention::new(ctx(), LayerConfig::new(64, 48, 4, 3), &good),
         Err(Error::HeadsMismatch { .. })
     ));
     assert!(matches!(
-        CrossAttention::new(ctx(), config(66, 48, 4, 2), &good),
+        CrossAttention::new(ctx(), LayerConfig::new(66, 48, 4, 2), &good),
         Err(Error::BadArgument { .. })
     ));
     let layer = CrossAttention::new(ctx(), c, &good).unwrap();

@@ -12,10 +12,6 @@ use xattn::{CrossAttention, Error, LayerConfig, LayerWeights, WeightNames};
 
 const PREFIX: &str = "model.decoder.layers.0.encoder_attn.";
 
-fn normals(rng: &mut Rng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.normal() as f32 * 0.2).collect()
-}
-
 /// A safetensors file of (name, shape, values) in `dtype`.
 fn file(tensors: &[(String, Vec<usize>, Vec<f32>)], dtype: StDtype) -> Vec<u8> {
     let bytes: Vec<Vec<u8>> = tensors
@@ -40,17 +36,6 @@ fn file(tensors: &[(String, Vec<usize>, Vec<f32>)], dtype: StDtype) -> Vec<u8> {
     safetensors::serialize(views, &None).unwrap()
 }
 
-fn config(embed: usize, kv_embed: usize, heads: usize, kv_heads: usize) -> LayerConfig {
-    LayerConfig {
-        embed,
-        kv_embed,
-        heads,
-        kv_heads,
-        scale: None,
-        gate: None,
-    }
-}
-
 fn t(name: &str, shape: &[usize], v: &[f32]) -> (String, Vec<usize>, Vec<f32>) {
     (format!("{PREFIX}{name}"), shape.to_vec(), v.to_vec())
 }
@@ -61,20 +46,20 @@ fn random(c: &LayerConfig) -> LayerWeights {
     let d = c.head_dim();
     let (hd, kvd) = (c.heads * d, c.kv_heads * d);
     LayerWeights {
-        w_q: normals(&mut rng, hd * c.embed),
-        b_q: Some(normals(&mut rng, hd)),
-        w_k: normals(&mut rng, kvd * c.kv_embed),
+        w_q: rng.normals(hd * c.embed, 0.2),
+        b_q: Some(rng.normals(hd, 0.2)),
+        w_k: rng.normals(kvd * c.kv_embed, 0.2),
         b_k: None,
-        w_v: normals(&mut rng, kvd * c.kv_embed),
-        b_v: Some(normals(&mut rng, kvd)),
-        w_o: normals(&mut rng, c.embed * hd),
-        b_o: Some(normals(&mut rng, c.embed)),
+        w_v: rng.normals(kvd * c.kv_embed, 0.2),
+        b_v: Some(rng.normals(kvd, 0.2)),
+        w_o: rng.normals(c.embed * hd, 0.2),
+        b_o: Some(rng.normals(c.embed, 0.2)),
     }
 }
 
 #[test]
 fn hugging_face_names_under_a_prefix_in_every_float_type() {
-    let c = config(64, 48, 4, 2);
+    let c = LayerConfig::new(64, 48, 4, 2);
     let w = random(&c);
     let tensors = vec![
         t("q_proj.weight", &[64, 64], &w.w_q),
@@ -113,7 +98,7 @@ fn hugging_face_names_under_a_prefix_in_every_float_type() {
     assert_eq!(got, w);
     let layer = CrossAttention::new(ctx(), c, &got).unwrap();
     let mut rng = Rng::new(2);
-    let (x, context) = (normals(&mut rng, 3 * 64), normals(&mut rng, 50 * 48));
+    let (x, context) = (rng.normals(3 * 64, 0.2), rng.normals(50 * 48, 0.2));
     let kv = layer.project_context(&context, 1, 50).unwrap();
     let y = layer.forward(&x, 3, &kv, None).unwrap();
     let want =
@@ -125,7 +110,7 @@ fn hugging_face_names_under_a_prefix_in_every_float_type() {
 fn torch_multihead_attention_and_t5_names() {
     // nn.MultiheadAttention with kdim = vdim = E: q, k, v packed in
     // in_proj_weight / in_proj_bias.
-    let c = config(32, 32, 4, 4);
+    let c = LayerConfig::new(32, 32, 4, 4);
     let w = random(&c);
     let b_k = vec![0.25f32; 32];
     let packed_w = [w.w_q.clone(), w.w_k.clone(), w.w_v.clone()].concat();
@@ -142,7 +127,7 @@ fn torch_multihead_attention_and_t5_names() {
     assert_eq!((&got.w_k, got.b_k.as_ref()), (&w.w_k, Some(&b_k)));
     assert_eq!(got.w_v, w.w_v);
     // kdim ≠ E: separate q/k/v_proj_weight, one in_proj_bias.
-    let c2 = config(32, 24, 4, 4);
+    let c2 = LayerConfig::new(32, 24, 4, 4);
     let w2 = random(&c2);
     let sep = vec![
         t("q_proj_weight", &[32, 32], &w2.w_q),
@@ -171,7 +156,7 @@ fn torch_multihead_attention_and_t5_names() {
 
 #[test]
 fn missing_misshaped_and_unreadable_tensors_are_typed_errors() {
-    let c = config(64, 48, 4, 2);
+    let c = LayerConfig::new(64, 48, 4, 2);
     let w = random(&c);
     let expect = |bytes: &[u8], name: &str, what: &str| match LayerWeights::from_safetensors(
         bytes, PREFIX, &c,
