@@ -244,24 +244,25 @@ impl KernelTiles {
     /// Invocations per workgroup of `split_combine.wgsl`.
     pub const COMBINE_WORKGROUP: u32 = 64;
 
-    /// The combine's tiles for rows of `dv` values: a power of two ≥ ⌈dv/4⌉
-    /// lanes per row, up to a whole workgroup.
+    /// Lanes per row of `split_combine.wgsl` for rows of `dv` values: a
+    /// power of two ≥ ⌈dv/4⌉, up to a whole workgroup.
+    fn combine_lanes(dv: u32) -> u32 {
+        dv.div_ceil(4)
+            .next_power_of_two()
+            .min(Self::COMBINE_WORKGROUP)
+    }
+
+    /// The combine's tiles for rows of `dv` values.
     pub fn combine(dv: u32) -> Self {
         KernelTiles::Combine {
-            lanes: dv
-                .div_ceil(4)
-                .next_power_of_two()
-                .min(Self::COMBINE_WORKGROUP),
+            lanes: Self::combine_lanes(dv),
         }
     }
 
     /// Rows one workgroup of `split_combine.wgsl` merges for rows of `dv`
     /// values.
     pub fn combine_rows(dv: u32) -> u32 {
-        match Self::combine(dv) {
-            KernelTiles::Combine { lanes } => Self::COMBINE_WORKGROUP / lanes,
-            _ => 1,
-        }
+        Self::COMBINE_WORKGROUP / Self::combine_lanes(dv)
     }
 }
 
