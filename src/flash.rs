@@ -97,6 +97,12 @@ impl<'c> FlashAttention<'c> {
         &self.plan
     }
 
+    /// The uniform params of the last key-range launch (the split combine
+    /// and the probabilities pass read them too).
+    pub(crate) fn last_params(&self) -> &wgpu::Buffer {
+        self.params.last().expect("at least one launch")
+    }
+
     /// The context it runs on.
     pub fn context(&self) -> &'c Context {
         self.ctx
@@ -166,8 +172,7 @@ impl<'c> FlashAttention<'c> {
             })
             .collect();
         let combine = self.combine.as_ref().map(|(kernel, grid)| {
-            let params = self.params.last().expect("at least one launch");
-            let bind = kernel.bind(device, &buffers_of(params));
+            let bind = kernel.bind(device, &buffers_of(self.last_params()));
             (kernel.clone(), bind, *grid)
         });
         Ok(BoundAttention {

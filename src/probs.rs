@@ -10,7 +10,6 @@ use crate::context::{Context, Kernel};
 use crate::error::{Error, Result};
 use crate::flash::{flash_buffers, FlashAttention};
 use crate::mask::Masks;
-use crate::params::FlashParams;
 use crate::plan::fold_grid;
 use crate::problem::AttentionProblem;
 use crate::tensor::{AttentionBuffers, AttentionOutput, AttentionTensors};
@@ -113,7 +112,8 @@ impl<'c> AttentionProbs<'c> {
         }
         let spec = flash.plan().spec(&p).probs(heads.len() as u32);
         let kernel = ctx.flash_pipeline(spec)?;
-        let params = ctx.upload_uniform("probs params", &FlashParams::new(&p, flash.plan()));
+        // The fused launch's params: the same strides, scale and masks.
+        let params = flash.last_params().clone();
         // At least one word: a zero-sized binding is not allowed.
         let heads = ctx.upload("probs heads", &[heads, vec![0]].concat());
         // One invocation per written row.
