@@ -1,5 +1,5 @@
-// The projections of the cross-attention layer for any width (params,
-// bindings and epilogue: linear_common.wgsl, prepended by the host).
+// The projections of the cross-attention layer for any width, f32 storage
+// (params and bias: linear_common.wgsl, prepended by the host).
 // 16 × 16 tiles of X and W through workgroup memory, one output per
 // invocation. Heads need no transposes: Q = X·W_Qᵀ is [B·n_q, H·d], which is
 // BSHD [B, n_q, H, d] as the attention kernels read it, and O [B, n_q, H,
@@ -7,6 +7,8 @@
 
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(4) var<storage, read> residual: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
 
 const T: u32 = 16u;
 var<workgroup> xs: array<f32, 256>;
@@ -30,4 +32,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         workgroupBarrier();
     }
     finish(row, col, acc);
+}
+
+// Y[row, col] from its dot product: the bias, the gate, the store (rows and
+// columns past the end are not written).
+fn finish(row: u32, col: u32, dot: f32) {
+    if (row >= params.m || col >= params.n) {
+        return;
+    }
+    var v = dot;
+    if ((params.flags & 1u) != 0u) {
+        v += bias[col];
+    }
+    if ((params.flags & 2u) != 0u) {
+        v = fma(params.gate, v, residual[row * params.n + col]);
+    }
+    y[row * params.n + col] = v;
 }

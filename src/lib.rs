@@ -65,7 +65,7 @@ pub use context::{Context, ContextOptions};
 pub use dtype::Dtype;
 pub use error::{Error, Result};
 pub use flash::{BoundAttention, FlashAttention};
-pub use layer::{CrossAttention, EncoderKv, LayerConfig, LayerWeights};
+pub use layer::{CrossAttention, EncoderKv, LayerConfig, LayerStep, LayerTimes, LayerWeights};
 pub use layout::Layout;
 pub use mask::{pack_mask, MaskShape, Masks, SeqLayout, VarLen, Window, MAX_SEQ};
 pub use naive::{NaiveAttention, NaiveParams};

@@ -344,8 +344,10 @@ pub fn cross_attention_layer(
 }
 
 /// [`cross_attention_layer`] in the arithmetic `T` (f32: the naive baseline
-/// of the tolerance rule). Q, K and V are rounded to f32 between the
-/// projections and the attention, as the device stores them.
+/// of the tolerance rule). Everything the device stores is rounded to the
+/// config's storage type where the device stores it: x, the context and
+/// the weights on upload (biases stay f32), Q, K and V between the
+/// projections and the attention, O before the output projection, y.
 #[allow(clippy::too_many_arguments)]
 pub fn cross_attention_layer_in<T: Real>(
     c: &LayerConfig,
@@ -357,29 +359,115 @@ pub fn cross_attention_layer_in<T: Real>(
     n_kv: usize,
     kv_lens: Option<&[u32]>,
 ) -> Result<Vec<T>> {
-    w.validate(c)?;
-    let d = c.head_dim();
-    let (hd, kvd) = (c.heads * d, c.kv_heads * d);
-    let of = |v: &[f32]| v.iter().map(|&a| T::of(a)).collect::<Vec<T>>();
-    let to = |v: Vec<T>| v.into_iter().map(T::to_f32).collect::<Vec<f32>>();
-    let (xt, ct) = (of(x), of(context));
-    let q = linear(&xt, &w.w_q, w.b_q.as_deref(), hd, c.embed);
-    let k = linear(&ct, &w.w_k, w.b_k.as_deref(), kvd, c.kv_embed);
-    let v = linear(&ct, &w.w_v, w.b_v.as_deref(), kvd, c.kv_embed);
-    let mut p = AttentionProblem::new(batch, c.heads, n_q, n_kv, d)
-        .with_kv_heads(c.kv_heads)
-        .with_kv_lens(kv_lens.is_some());
-    if let Some(s) = c.scale {
-        p = p.with_scale(s);
-    }
-    let r = attention_in::<T>(&p, &to(q), &to(k), &to(v), &Masks::kv_lens(kv_lens))?;
-    let o = of(&to(r.o));
-    let y = linear(&o, &w.w_o, w.b_o.as_deref(), c.embed, hd);
-    Ok(match c.gate {
+    let l = LayerRef::<T>::project(c, w, x, context, batch, n_q, n_kv, kv_lens)?;
+    let r = attention_in::<T>(&l.problem, &l.q, &l.k, &l.v, &Masks::kv_lens(kv_lens))?;
+    let dt = c.dtype;
+    let o = l.stored(&l.to(r.o));
+    let wo = dt.round_all(w.w_o.clone());
+    let y = linear(&o, &wo, w.b_o.as_deref(), c.embed, c.heads * c.head_dim());
+    let y = match c.gate {
         None => y,
         Some(a) => {
             let g = T::of(a.tanh());
-            y.into_iter().zip(xt).map(|(y, x)| x + g * y).collect()
+            y.into_iter().zip(&l.x).map(|(y, &x)| x + g * y).collect()
         }
+    };
+    Ok(if dt == crate::Dtype::F32 {
+        y
+    } else {
+        l.stored(&l.to(y))
     })
+}
+
+/// The attention probabilities inside the cross-attention layer
+/// (`CrossAttention::forward_probs`), in the arithmetic `T`: Q and K
+/// projected and stored as [`cross_attention_layer_in`] does, then
+/// [`probabilities_in`].
+#[allow(clippy::too_many_arguments)]
+pub fn cross_attention_layer_probs_in<T: Real>(
+    c: &LayerConfig,
+    w: &LayerWeights,
+    x: &[f32],
+    context: &[f32],
+    batch: usize,
+    n_q: usize,
+    n_kv: usize,
+    kv_lens: Option<&[u32]>,
+    which: &ProbHeads,
+) -> Result<Vec<T>> {
+    let l = LayerRef::<T>::project(c, w, x, context, batch, n_q, n_kv, kv_lens)?;
+    probabilities_in::<T>(&l.problem, &l.q, &l.k, &Masks::kv_lens(kv_lens), which)
+}
+
+/// The layer's stored x and its Q, K, V (rounded to the storage type), and
+/// the attention problem.
+struct LayerRef<T> {
+    x: Vec<T>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    problem: AttentionProblem,
+    dtype: crate::Dtype,
+}
+
+impl<T: Real> LayerRef<T> {
+    #[allow(clippy::too_many_arguments)]
+    fn project(
+        c: &LayerConfig,
+        w: &LayerWeights,
+        x: &[f32],
+        context: &[f32],
+        batch: usize,
+        n_q: usize,
+        n_kv: usize,
+        kv_lens: Option<&[u32]>,
+    ) -> Result<Self> {
+        w.validate(c)?;
+        let d = c.head_dim();
+        let (hd, kvd, dt) = (c.heads * d, c.kv_heads * d, c.dtype);
+        let half = |v: &[f32]| dt.round_all(v.to_vec());
+        let mut l = Self {
+            x: Vec::new(),
+            q: Vec::new(),
+            k: Vec::new(),
+            v: Vec::new(),
+            problem: AttentionProblem::new(batch, c.heads, n_q, n_kv, d)
+                .with_kv_heads(c.kv_heads)
+                .with_kv_lens(kv_lens.is_some()),
+            dtype: dt,
+        };
+        if let Some(s) = c.scale {
+            l.problem = l.problem.with_scale(s);
+        }
+        let (xt, ct) = (l.stored(x), l.stored(context));
+        l.q = l.to(linear(&xt, &half(&w.w_q), w.b_q.as_deref(), hd, c.embed));
+        l.k = l.to(linear(
+            &ct,
+            &half(&w.w_k),
+            w.b_k.as_deref(),
+            kvd,
+            c.kv_embed,
+        ));
+        l.v = l.to(linear(
+            &ct,
+            &half(&w.w_v),
+            w.b_v.as_deref(),
+            kvd,
+            c.kv_embed,
+        ));
+        l.x = xt;
+        Ok(l)
+    }
+
+    /// f32 values as the device stores them, computed on in T.
+    fn stored(&self, v: &[f32]) -> Vec<T> {
+        v.iter().map(|&a| T::of(self.dtype.round(a))).collect()
+    }
+
+    /// T values stored in the storage type.
+    fn to(&self, v: Vec<T>) -> Vec<f32> {
+        v.into_iter()
+            .map(|a| self.dtype.round(a.to_f32()))
+            .collect()
+    }
 }

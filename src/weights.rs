@@ -107,6 +107,7 @@ impl LayerWeights {
         prefix: &str,
         config: &LayerConfig,
     ) -> Result<(Self, WeightNames)> {
+        config.validate()?;
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| bad("safetensors", format!("cannot be read: {e}")))?;
         let f = File { st, prefix };
@@ -172,5 +173,109 @@ impl LayerWeights {
             b_o: f.get("out_proj.bias", &[e])?,
         };
         Ok((weights, WeightNames::HuggingFace))
+    }
+}
+
+impl LayerWeights {
+    /// Writes the weights as a safetensors file under `prefix` in the
+    /// naming scheme `names`, stored as `dtype` (biases too): the inverse
+    /// of [`LayerWeights::from_safetensors`], for exporting a layer or
+    /// building test files. `nn.MultiheadAttention` names pack q, k and v
+    /// into `in_proj_weight` where they have one width (else
+    /// `q_proj_weight` …) and need all three input biases or none; T5's
+    /// names take no biases.
+    pub fn to_safetensors(
+        &self,
+        config: &LayerConfig,
+        prefix: &str,
+        names: WeightNames,
+        dtype: crate::Dtype,
+    ) -> Result<Vec<u8>> {
+        self.validate(config)?;
+        let c = config;
+        let d = c.head_dim();
+        let (hd, kvd, e, ekv) = (c.heads * d, c.kv_heads * d, c.embed, c.kv_embed);
+        let mut out: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+        let mut put = |name: &str, shape: Vec<usize>, v: &[f32]| {
+            out.push((format!("{prefix}{name}"), shape, v.to_vec()))
+        };
+        let in_biases = [&self.b_q, &self.b_k, &self.b_v];
+        match names {
+            WeightNames::HuggingFace => {
+                let projections = [
+                    ("q_proj", &self.w_q, &self.b_q, hd, e),
+                    ("k_proj", &self.w_k, &self.b_k, kvd, ekv),
+                    ("v_proj", &self.w_v, &self.b_v, kvd, ekv),
+                    ("out_proj", &self.w_o, &self.b_o, e, hd),
+                ];
+                for (n, w, b, rows, cols) in projections {
+                    put(&format!("{n}.weight"), vec![rows, cols], w);
+                    if let Some(b) = b {
+                        put(&format!("{n}.bias"), vec![rows], b);
+                    }
+                }
+            }
+            WeightNames::T5 => {
+                if self.b_q.is_some()
+                    || self.b_k.is_some()
+                    || self.b_v.is_some()
+                    || self.b_o.is_some()
+                {
+                    return Err(bad(prefix, "has biases; T5's names take none".into()));
+                }
+                put("q.weight", vec![hd, e], &self.w_q);
+                put("k.weight", vec![kvd, ekv], &self.w_k);
+                put("v.weight", vec![kvd, ekv], &self.w_v);
+                put("o.weight", vec![e, hd], &self.w_o);
+            }
+            WeightNames::TorchMha => {
+                let some = in_biases.iter().filter(|b| b.is_some()).count();
+                if some != 0 && some != 3 {
+                    return Err(bad(
+                        &format!("{prefix}in_proj_bias"),
+                        "needs the q, k and v biases all present or all absent".into(),
+                    ));
+                }
+                let bias: Option<Vec<f32>> = (some == 3).then(|| {
+                    in_biases
+                        .iter()
+                        .flat_map(|b| b.iter().flatten())
+                        .copied()
+                        .collect()
+                });
+                if hd == kvd && e == ekv {
+                    let w = [&self.w_q[..], &self.w_k, &self.w_v].concat();
+                    put("in_proj_weight", vec![3 * hd, e], &w);
+                } else {
+                    put("q_proj_weight", vec![hd, e], &self.w_q);
+                    put("k_proj_weight", vec![kvd, ekv], &self.w_k);
+                    put("v_proj_weight", vec![kvd, ekv], &self.w_v);
+                }
+                if let Some(b) = &bias {
+                    put("in_proj_bias", vec![b.len()], b);
+                }
+                put("out_proj.weight", vec![e, hd], &self.w_o);
+                if let Some(b) = &self.b_o {
+                    put("out_proj.bias", vec![e], b);
+                }
+            }
+        }
+        let st_dtype = match dtype {
+            crate::Dtype::F32 => StDtype::F32,
+            crate::Dtype::F16 => StDtype::F16,
+            crate::Dtype::Bf16 => StDtype::BF16,
+        };
+        let bytes: Vec<Vec<u8>> = out.iter().map(|(_, _, v)| dtype.encode(v)).collect();
+        let views = out
+            .iter()
+            .zip(&bytes)
+            .map(|((n, s, _), b)| {
+                safetensors::tensor::TensorView::new(st_dtype, s.clone(), b)
+                    .map(|v| (n.clone(), v))
+                    .map_err(|e| bad(n, format!("cannot be written: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        safetensors::serialize(views, &None)
+            .map_err(|e| bad(prefix, format!("cannot be written: {e}")))
     }
 }

@@ -11,7 +11,7 @@ use xattn::wgpu;
 
 use xattn::check::grid;
 use xattn::{
-    plan, AttentionProblem, DeviceCaps, FlashParams, FlashSpec, FlashVariant, KernelTiles,
+    plan, AttentionProblem, DeviceCaps, Dtype, FlashParams, FlashSpec, FlashVariant, KernelTiles,
     KvAccess, MaskShape, NaiveParams, Shader, TensorIo, TileOverride, Window,
 };
 
@@ -289,18 +289,18 @@ fn naive_and_probe_validate() {
     validate(Shader::Probe.wgsl(), "probe");
     // The layer's projections: no f16, no subgroups, so every backend.
     validate_everywhere(&xattn::source::linear_source(), "linear", false, false);
-    validate_everywhere(
-        &xattn::source::linear4_source(None),
-        "linear4",
-        false,
-        false,
-    );
-    validate_everywhere(
-        &xattn::source::linear4_source(Some(14)),
-        "linear4 (texture mirrors)",
-        false,
-        false,
-    );
+    // Every storage type through storage buffers and texture mirrors
+    // (f16 and bf16 as u32 words: no f16 capability either).
+    for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
+        for tex in [None, Some(14)] {
+            validate_everywhere(
+                &xattn::source::linear4_source(dtype, tex),
+                &format!("linear4 {dtype} (texture mirrors: {})", tex.is_some()),
+                false,
+                false,
+            );
+        }
+    }
 }
 
 /// (name, offset) of each member of the WGSL struct `Params`, and its size.

@@ -8,7 +8,7 @@ use common::ctx;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype as StDtype;
 use xattn::check::{max_err, Rng};
-use xattn::{CrossAttention, Error, LayerConfig, LayerWeights, WeightNames};
+use xattn::{CrossAttention, Dtype, Error, LayerConfig, LayerWeights, WeightNames};
 
 const PREFIX: &str = "model.decoder.layers.0.encoder_attn.";
 
@@ -203,4 +203,61 @@ fn missing_misshaped_and_unreadable_tensors_are_typed_errors() {
         &format!("{PREFIX}in_proj_weight"),
         "shape [128, 64], expected [192, 64]",
     );
+}
+
+#[test]
+fn written_files_read_back_in_every_scheme_and_float_type() {
+    // GQA and kdim ≠ E (separate q/k/v_proj_weight), and one width (packed
+    // in_proj_weight).
+    for c in [
+        LayerConfig::new(64, 48, 4, 2),
+        LayerConfig::new(32, 32, 4, 4),
+    ] {
+        let mut w = random(&c);
+        w.b_k = Some(vec![0.5; c.kv_heads * c.head_dim()]);
+        let bare = LayerWeights {
+            b_q: None,
+            b_k: None,
+            b_v: None,
+            b_o: None,
+            ..w.clone()
+        };
+        for (names, w) in [
+            (WeightNames::HuggingFace, &w),
+            (WeightNames::TorchMha, &w),
+            (WeightNames::T5, &bare),
+        ] {
+            for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
+                let bytes = w.to_safetensors(&c, PREFIX, names, dtype).unwrap();
+                let (got, found) = LayerWeights::from_safetensors(&bytes, PREFIX, &c).unwrap();
+                assert_eq!(found, names);
+                let stored = |v: &Vec<f32>| dtype.round_all(v.clone());
+                let opt = |v: &Option<Vec<f32>>| v.as_ref().map(stored);
+                let want = LayerWeights {
+                    w_q: stored(&w.w_q),
+                    b_q: opt(&w.b_q),
+                    w_k: stored(&w.w_k),
+                    b_k: opt(&w.b_k),
+                    w_v: stored(&w.w_v),
+                    b_v: opt(&w.b_v),
+                    w_o: stored(&w.w_o),
+                    b_o: opt(&w.b_o),
+                };
+                assert_eq!(got, want, "{names:?} {dtype} {c:?}");
+            }
+        }
+        // T5's names take no biases; torch's need all three or none.
+        assert!(matches!(
+            w.to_safetensors(&c, PREFIX, WeightNames::T5, Dtype::F32),
+            Err(Error::Weights { .. })
+        ));
+        let partial = LayerWeights {
+            b_k: None,
+            ..w.clone()
+        };
+        assert!(matches!(
+            partial.to_safetensors(&c, PREFIX, WeightNames::TorchMha, Dtype::F32),
+            Err(Error::Weights { .. })
+        ));
+    }
 }

@@ -34,10 +34,11 @@ pub enum Shader {
     Probs,
     /// `linear.wgsl`: the cross-attention layer's projections, any width.
     Linear,
-    /// `linear4.wgsl`: the projections, register-blocked, widths ≡ 0 mod 4.
-    Linear4,
+    /// `linear4.wgsl`: the projections, register-blocked, widths ≡ 0 mod 4,
+    /// in a storage type.
+    Linear4(Dtype),
     /// `linear4.wgsl` reading X and W from texture mirrors (CPU adapters).
-    Linear4Tex,
+    Linear4Tex(Dtype),
     /// `naive.wgsl`: the unfused three-pass baseline.
     Naive,
     /// `probe.wgsl`: the FMA and copy probes of the bench harness.
@@ -65,8 +66,8 @@ impl Shader {
             Shader::SplitCombine => "split_combine",
             Shader::Probs => "probs",
             Shader::Linear => "linear",
-            Shader::Linear4 => "linear4",
-            Shader::Linear4Tex => "linear4_tex",
+            Shader::Linear4(_) => "linear4",
+            Shader::Linear4Tex(_) => "linear4_tex",
             Shader::Naive => "naive",
             Shader::Probe => "probe",
         }
@@ -83,7 +84,9 @@ impl Shader {
             Shader::SplitCombine => include_str!("../../shaders/split_combine.wgsl"),
             Shader::Probs => include_str!("../../shaders/probs.wgsl"),
             Shader::Linear => include_str!("../../shaders/linear.wgsl"),
-            Shader::Linear4 | Shader::Linear4Tex => include_str!("../../shaders/linear4.wgsl"),
+            Shader::Linear4(_) | Shader::Linear4Tex(_) => {
+                include_str!("../../shaders/linear4.wgsl")
+            }
             Shader::Naive => include_str!("../../shaders/naive.wgsl"),
             Shader::Probe => include_str!("../../shaders/probe.wgsl"),
         }
@@ -490,19 +493,37 @@ impl FlashSpec {
     }
 }
 
-/// The source of `linear4.wgsl`: its body, then its X/W access from storage
-/// buffers, or from texture mirrors `2^width_log2` texels wide.
-pub fn linear4_source(texture: Option<u32>) -> String {
-    let wgsl = Shader::Linear4.wgsl();
+/// The source of `linear4.wgsl` for `dtype` storage of X, W, R and Y: its
+/// body, then their storage form, then X/W access from storage buffers or,
+/// with `texture`, from texture mirrors `2^width_log2` texels wide.
+pub fn linear4_source(dtype: Dtype, texture: Option<u32>) -> String {
+    let wgsl = Shader::Linear4(dtype).wgsl();
     let body = &wgsl[..wgsl.find("//@ ").unwrap_or(wgsl.len())];
-    match texture {
-        None => format!("{LINEAR_COMMON_WGSL}{body}{}", section(wgsl, "storage")),
-        Some(log2) => format!(
-            "const TEXW: u32 = {}u;\nconst TEXW_LOG2: u32 = {log2}u;\n{LINEAR_COMMON_WGSL}{body}{}",
-            1u32 << log2,
-            section(wgsl, "texture")
+    let (form, unpack) = match dtype {
+        Dtype::F32 => ("f32", ""),
+        Dtype::F16 => ("half", io_template("unpack_f16")),
+        Dtype::Bf16 => ("half", io_template("unpack_bf16")),
+    };
+    let (head, access) = match texture {
+        None if dtype == Dtype::F32 => (String::new(), "storage_f32"),
+        None => (String::new(), "storage_half"),
+        Some(log2) => (
+            format!(
+                "const TEXW: u32 = {}u;\nconst TEXW_LOG2: u32 = {log2}u;\n",
+                1u32 << log2
+            ),
+            if dtype == Dtype::Bf16 {
+                "texture_bf16"
+            } else {
+                "texture"
+            },
         ),
-    }
+    };
+    format!(
+        "{head}{LINEAR_COMMON_WGSL}{body}{unpack}{}{}",
+        section(wgsl, form),
+        section(wgsl, access)
+    )
 }
 
 /// The source of `linear.wgsl` (the workgroup-tiled projection).
@@ -510,7 +531,7 @@ pub fn linear_source() -> String {
     format!("{LINEAR_COMMON_WGSL}{}", Shader::Linear.wgsl())
 }
 
-/// `linear_common.wgsl`: the projections' params, bindings and epilogue.
+/// `linear_common.wgsl`: the projections' params and bias binding.
 pub const LINEAR_COMMON_WGSL: &str = include_str!("../../shaders/linear_common.wgsl");
 
 /// The `//@ name` section of [`FLASH_IO_WGSL`]. The names are the fixed set

@@ -4,6 +4,8 @@
 mod bench;
 mod check;
 mod info;
+mod layer;
+mod maps;
 mod run;
 
 use std::process::ExitCode;
@@ -15,7 +17,7 @@ use xattn::{Dtype, Error};
 #[command(
     name = "xattn",
     version,
-    about = "Fused cross-attention kernels on wgpu: info, run, check, bench"
+    about = "Fused cross-attention kernels on wgpu: info, run, layer, check, bench"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -35,6 +37,12 @@ enum Command {
     /// xattn run --q q.npy (packed [total_q, H, d]) … --cu-seqlens-q cq.npy --cu-seqlens-k ck.npy ·
     /// xattn run … --probs p.npy --probs-heads 3,5 --svg maps.svg
     Run(Box<run::RunArgs>),
+    /// A cross-attention layer from .safetensors weights on .npy inputs.
+    ///
+    /// Examples: xattn layer --weights w.safetensors --prefix
+    /// model.decoder.layers.0.encoder_attn. --heads 20 --x x.npy --context c.npy
+    /// --out y.npy · … --probs p.npy --probs-heads 3 --svg map.svg · … --dtype f16
+    Layer(Box<layer::LayerArgs>),
     /// Checks the fused kernel against the f64 reference on a shape grid.
     ///
     /// Prints one line per case and "N passed, N failed"; exit code 1 if any
@@ -98,6 +106,7 @@ fn main() -> ExitCode {
     let r = match Cli::parse().command {
         Command::Info(a) => info::info(&a),
         Command::Run(a) => run::run(&a),
+        Command::Layer(a) => layer::layer(&a),
         Command::Check(a) => check::check(&a),
         Command::Bench(a) => bench::bench(&a),
     };

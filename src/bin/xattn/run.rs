@@ -4,12 +4,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use xattn::harness::{heatmap, npy};
+use xattn::harness::npy;
 use xattn::{
     pack_mask, AttentionProblem, AttentionProbs, Context, Dtype, Error, FlashAttention, MaskShape,
-    Masks, ProbHeads, VarLen, Window,
+    Masks, VarLen, Window,
 };
 
+use crate::maps::ProbsArgs;
 use crate::DtypeArg;
 
 #[derive(Args)]
@@ -64,33 +65,8 @@ pub struct RunArgs {
     /// Compute with the f64 CPU reference instead of the GPU.
     #[arg(long)]
     reference: bool,
-    /// Also write the attention probabilities P = softmax(QKᵀ·scale + bias),
-    /// masks applied, float32: [B, H, n_q, n_kv] (padded batches only).
-    #[arg(long)]
-    probs: Option<PathBuf>,
-    /// With --probs: only these heads, in this order (e.g. 3,5):
-    /// [B, heads, n_q, n_kv].
-    #[arg(
-        long,
-        requires = "probs",
-        conflicts_with = "probs_mean",
-        value_delimiter = ','
-    )]
-    probs_heads: Option<Vec<usize>>,
-    /// With --probs: the mean over heads, [B, n_q, n_kv].
-    #[arg(long, requires = "probs")]
-    probs_mean: bool,
-    /// With --probs: draw the first batch entry's maps as an SVG heat map,
-    /// one panel per head written (queries × keys).
-    #[arg(long, requires = "probs")]
-    svg: Option<PathBuf>,
-    /// With --svg: fold the queries into a W×H image (W·H = n_q; e.g. 64,64
-    /// for Stable Diffusion's 4 096 latents), one panel per head and key.
-    #[arg(long, requires = "svg")]
-    grid: Option<String>,
-    /// With --grid: the keys (tokens) drawn (default 0,1,2,3).
-    #[arg(long, requires = "grid", value_delimiter = ',')]
-    svg_keys: Option<Vec<usize>>,
+    #[command(flatten)]
+    maps: ProbsArgs,
     /// Storage type on the device: float16 .npy inputs mean f16 (and O
     /// is written as float16); with float32 files, f16 or bf16 converts
     /// on the way in and O back to float32 on the way out.
@@ -98,7 +74,7 @@ pub struct RunArgs {
     dtype: Option<DtypeArg>,
 }
 
-fn shape_err(name: &str, got: &[usize], want: &str) -> Error {
+pub fn shape_err(name: &str, got: &[usize], want: &str) -> Error {
     Error::Npy {
         path: name.to_string(),
         reason: format!("shape {got:?} does not fit: expected {want}"),
@@ -106,7 +82,7 @@ fn shape_err(name: &str, got: &[usize], want: &str) -> Error {
 }
 
 /// A 1-D int array of `n` non-negative entries as u32.
-fn read_u32s(path: &std::path::Path, name: &str, n: usize) -> Result<Vec<u32>, Error> {
+pub fn read_u32s(path: &std::path::Path, name: &str, n: usize) -> Result<Vec<u32>, Error> {
     let l = npy::read_int(path)?;
     if l.shape != [n] {
         return Err(shape_err(name, &l.shape, &format!("[{n}]")));
@@ -158,22 +134,6 @@ fn parse_window(s: &str) -> Result<Window, Error> {
         left: side(l)?,
         right: side(r)?,
     })
-}
-
-/// `W,H` with W·H = n_q.
-fn parse_grid(s: &str, n_q: usize) -> Result<(usize, usize), Error> {
-    let bad = |why: String| Error::BadArgument {
-        name: "--grid".into(),
-        reason: format!("{s:?}: {why}"),
-    };
-    let (w, h) = s
-        .split_once(',')
-        .and_then(|(w, h)| Some((w.trim().parse().ok()?, h.trim().parse().ok()?)))
-        .ok_or_else(|| bad("expected W,H".into()))?;
-    if w * h != n_q {
-        return Err(bad(format!("W·H = {} but there are {n_q} queries", w * h)));
-    }
-    Ok((w, h))
 }
 
 pub fn run(a: &RunArgs) -> Result<ExitCode, Error> {
@@ -311,32 +271,23 @@ pub fn run(a: &RunArgs) -> Result<ExitCode, Error> {
     let round = |x| dtype.round_all(x);
     let (q, k, v) = (round(q.data), round(k.data), round(v.data));
     p.validate_inputs(&q, &k, &v, &masks)?;
-    let grid = a
-        .grid
-        .as_deref()
-        .map(|g| parse_grid(g, p.n_q))
-        .transpose()?;
-    let which = match (&a.probs_heads, a.probs_mean) {
-        (Some(h), _) => ProbHeads::Heads(h.clone()),
-        (None, true) => ProbHeads::Mean,
-        (None, false) => ProbHeads::All,
-    };
-    if a.probs.is_some() {
+    a.maps.grid(p.n_q)?;
+    let which = a.maps.which();
+    let with_probs = a.maps.probs.is_some();
+    if with_probs {
         which.validate(&p)?;
     }
     let f32s = |x: Vec<f64>| x.iter().map(|&x| x as f32).collect::<Vec<f32>>();
     let (o, lse, probs) = if a.reference {
         let r = xattn::reference::attention_masked(&p, &q, &k, &v, &masks)?;
-        let probs = a
-            .probs
-            .as_ref()
-            .map(|_| xattn::reference::probabilities(&p, &q, &k, &masks, &which).map(f32s))
+        let probs = with_probs
+            .then(|| xattn::reference::probabilities(&p, &q, &k, &masks, &which).map(f32s))
             .transpose()?;
         (f32s(r.o), f32s(r.lse), probs)
     } else {
         let ctx = Context::new()?;
         let flash = FlashAttention::new(&ctx, &p)?;
-        if a.probs.is_some() {
+        if with_probs {
             let (r, probs) =
                 AttentionProbs::new(&flash, which.clone())?.run_with(&flash, &q, &k, &v, &masks)?;
             (r.o, r.lse, Some(probs))
@@ -358,21 +309,8 @@ pub fn run(a: &RunArgs) -> Result<ExitCode, Error> {
     if let Some(path) = &a.lse {
         npy::write_f32(path, &lse_shape, &lse)?;
     }
-    if let Some((path, probs)) = a.probs.as_ref().zip(probs) {
-        npy::write_f32(path, &which.shape(&p), &probs)?;
-        if let Some(svg) = &a.svg {
-            let planes: Vec<String> = match &which {
-                ProbHeads::All => (0..p.heads).map(|h| format!("head {h}")).collect(),
-                ProbHeads::Heads(hs) => hs.iter().map(|h| format!("head {h}")).collect(),
-                ProbHeads::Mean => vec!["mean of heads".into()],
-            };
-            let keys = a.svg_keys.clone().unwrap_or_else(|| vec![0, 1, 2, 3]);
-            let panels = heatmap::panels(&probs, &planes, p.n_q, p.n_kv, grid, &keys);
-            std::fs::write(svg, heatmap::svg(&panels)).map_err(|e| Error::Io {
-                path: svg.display().to_string(),
-                reason: e.to_string(),
-            })?;
-        }
+    if let Some(probs) = probs {
+        a.maps.write(&which.shape(&p), p.heads, &probs)?;
     }
     Ok(ExitCode::SUCCESS)
 }
