@@ -1,7 +1,9 @@
 //! The cross-attention layer on Whisper-large and Stable Diffusion 1.5
-//! shapes with seeded weights: the time of the context projection (once per
-//! context), of a forward call, and of the attention alone inside it, and
-//! the error of the output against the f64 reference of the layer.
+//! shapes with seeded weights, in f32 and f16 storage: the context
+//! projection (once per context), a bound step (one submission), each
+//! stage of the step on its own (query projection, attention, output
+//! projection), and the error of the output against the f64 reference of
+//! the layer.
 //!
 //! ```text
 //! cargo run --release --example cross_attention_layer
@@ -10,15 +12,19 @@
 use std::time::Instant;
 
 use xattn::check::{max_err, Rng};
-use xattn::{Context, CrossAttention, FlashAttention, LayerConfig, LayerWeights};
+use xattn::{Context, CrossAttention, Dtype, LayerConfig, LayerWeights};
 
+/// Median wall-clock milliseconds of `f` over `runs`, after a warm-up.
 fn ms(f: impl Fn() -> xattn::Result<()>, runs: usize) -> xattn::Result<f64> {
-    f()?; // warm: pipelines compiled, caches filled
-    let t = Instant::now();
-    for _ in 0..runs {
-        f()?;
-    }
-    Ok(t.elapsed().as_secs_f64() * 1e3 / runs as f64)
+    f()?;
+    let mut t: Vec<f64> = (0..runs)
+        .map(|_| {
+            let s = Instant::now();
+            f().map(|_| s.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect::<xattn::Result<_>>()?;
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
 }
 
 fn main() -> xattn::Result<()> {
@@ -31,7 +37,6 @@ fn main() -> xattn::Result<()> {
         ("Whisper-large step", 1280, 1280, 20, 1, 1500),
         ("SD1.5 64²", 320, 768, 8, 4096, 77),
     ] {
-        let c = LayerConfig::new(e, e_kv, h, h);
         let mut rng = Rng::new(1);
         let mut w = |out: usize, inp: usize| rng.normals(out * inp, 1.0 / (inp as f64).sqrt());
         let weights = LayerWeights {
@@ -44,26 +49,32 @@ fn main() -> xattn::Result<()> {
             w_o: w(e, e),
             b_o: Some(vec![0.1; e]),
         };
-        let layer = CrossAttention::new(&ctx, c, &weights)?;
         let mut rng = Rng::new(2);
         let x = rng.normals(n_q * e, 1.0);
         let context = rng.normals(n_kv * e_kv, 1.0);
-        let kv = layer.project_context(&context, 1, n_kv)?;
-        let project = ms(|| layer.project_context(&context, 1, n_kv).map(|_| ()), 3)?;
-        let forward = ms(|| layer.forward(&x, n_q, &kv, None).map(|_| ()), 5)?;
-        let p = layer.problem(&kv, n_q, false);
-        let flash = FlashAttention::new(&ctx, &p)?;
-        let (q, k, v) = xattn::check::inputs(&p, 3);
-        let attention = ms(|| flash.run(&q, &k, &v, None).map(|_| ()), 5)?;
-        let y = layer.forward(&x, n_q, &kv, None)?;
-        let want = xattn::reference::cross_attention_layer(
-            &c, &weights, &x, &context, 1, n_q, n_kv, None,
-        )?;
-        println!(
-            "{name}: project_context {project:.1} ms; forward {forward:.1} ms, of which attention \
-             (run alone, uploads included) {attention:.1} ms; max error {:.2e}",
-            max_err(&y, &want)
-        );
+        for dtype in [Dtype::F32, Dtype::F16] {
+            let mut c = LayerConfig::new(e, e_kv, h, h);
+            c.dtype = dtype;
+            let layer = CrossAttention::new(&ctx, c, &weights)?;
+            let kv = layer.project_context(&context, 1, n_kv)?;
+            let project = ms(|| layer.project_context(&context, 1, n_kv).map(|_| ()), 3)?;
+            let step = layer.bind(n_q, &kv, None)?;
+            let run = ms(|| step.run(&x).map(|_| ()), 7)?;
+            let t = step.times(&x, 7)?;
+            let y = step.run(&x)?;
+            let want = xattn::reference::cross_attention_layer(
+                &c, &weights, &x, &context, 1, n_q, n_kv, None,
+            )?;
+            println!(
+                "{name} {dtype}: project_context {project:.1} ms; step {run:.1} ms (upload, \
+                 one submission, download); stages alone: q projection {:.2} ms, attention \
+                 {:.2} ms, output projection {:.2} ms; max error {:.2e}",
+                t.q_proj_ms,
+                t.attention_ms,
+                t.o_proj_ms,
+                max_err(&y, &want)
+            );
+        }
     }
     Ok(())
 }

@@ -7,15 +7,17 @@
 // runs a workgroup as straight SIMD code (the 16 × 16 tiled kernel's
 // barriers cost lavapipe a coroutine switch per 8 lanes: 0.17 GFLOP/s on
 // Whisper's projections).
-// The host appends two sections: the storage form of R and Y (`f32`, or
-// `half` with flash_io.wgsl's unpack2 / pack2 for f16 or bf16), and where
-// X and W come from: x4 / w4 (vec4 i of the flat tensor) from the storage
-// buffers, or on CPU adapters from texture mirrors of them.
+// The workgroup is WG_X × WG_Y invocations (8 × 8; 64 × 1 for a few rows,
+// a decode step's). The host appends the sections below, shared with
+// linear_simd.wgsl: the epilogue (`finish4`), the storage form of R and Y
+// (`f32`, or `half` with flash_io.wgsl's unpack2 / pack2 for f16 or bf16),
+// and where X and W come from: x4 / w4 (vec4 i of the flat tensor) from the
+// storage buffers, or on CPU adapters from texture mirrors of them.
 
-@compute @workgroup_size(8, 8)
+@compute @workgroup_size(WG_X, WG_Y)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let r0 = (wid.y * 8u + lid.y) * 4u;
-    let c0 = (wid.x * 8u + lid.x) * 4u;
+    let r0 = (wid.y * WG_Y + lid.y) * 4u;
+    let c0 = (wid.x * WG_X + lid.x) * 4u;
     let k4 = params.k / 4u;
     // Rows past the end read the last row (a real one); not written.
     var xr: array<u32, 4>;
@@ -48,6 +50,7 @@ fn hsum(a: vec4<f32>) -> f32 {
     return (a.x + a.y) + (a.z + a.w);
 }
 
+//@ finish4
 // Y[row, c0 .. c0 + 3] from their dot products: the bias, the gate, the
 // store (rows and column blocks past the end are not written).
 fn finish4(row: u32, c0: u32, dots: vec4<f32>) {

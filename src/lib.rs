@@ -73,7 +73,7 @@ pub use params::FlashParams;
 pub use plan::{plan, FlashPlan, FlashVariant, TileOverride, GPU_LIVE_FLOATS, MAX_SPLITS};
 pub use problem::{AttentionProblem, MAX_HEAD_DIM};
 pub use probs::{AttentionProbs, ProbHeads};
-pub use source::{FlashSpec, KernelTiles, KvAccess, Shader, TensorIo};
+pub use source::{FlashSpec, KernelTiles, KvAccess, LinearKernel, LinearSpec, Shader, TensorIo};
 pub use tensor::{AttentionBuffers, AttentionOutput, AttentionTensors};
 pub use weights::WeightNames;
 /// The wgpu this crate is built against, for callers of the integration API.

@@ -12,7 +12,8 @@ use xattn::wgpu;
 use xattn::check::grid;
 use xattn::{
     plan, AttentionProblem, DeviceCaps, Dtype, FlashParams, FlashSpec, FlashVariant, KernelTiles,
-    KvAccess, MaskShape, NaiveParams, Shader, TensorIo, TileOverride, Window,
+    KvAccess, LinearKernel, LinearSpec, MaskShape, NaiveParams, Shader, TensorIo, TileOverride,
+    Window,
 };
 
 fn validate(src: &str, what: &str) -> naga::Module {
@@ -288,17 +289,30 @@ fn naive_and_probe_validate() {
     validate(Shader::Naive.wgsl(), "naive");
     validate(Shader::Probe.wgsl(), "probe");
     // The layer's projections: no f16, no subgroups, so every backend.
-    validate_everywhere(&xattn::source::linear_source(), "linear", false, false);
-    // Every storage type through storage buffers and texture mirrors
-    // (f16 and bf16 as u32 words: no f16 capability either).
-    for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
-        for tex in [None, Some(14)] {
-            validate_everywhere(
-                &xattn::source::linear4_source(dtype, tex),
-                &format!("linear4 {dtype} (texture mirrors: {})", tex.is_some()),
-                false,
-                false,
-            );
+    // The projections: every kernel in every storage type, through storage
+    // buffers and texture mirrors (f16 and bf16 as u32 words: no f16
+    // capability; the simd kernel needs subgroups).
+    let tiled = LinearSpec {
+        kernel: LinearKernel::Tiled,
+        dtype: Dtype::F32,
+        texture: None,
+    };
+    validate_everywhere(&tiled.source(), "linear", false, false);
+    for kernel in [
+        LinearKernel::Blocked { wg_x: 8, wg_y: 8 },
+        LinearKernel::Blocked { wg_x: 16, wg_y: 1 },
+        LinearKernel::Simd { sg: 8, tr: 2 },
+    ] {
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
+            for texture in [None, Some(14)] {
+                let spec = LinearSpec {
+                    kernel,
+                    dtype,
+                    texture,
+                };
+                let simd = matches!(kernel, LinearKernel::Simd { .. });
+                validate_everywhere(&spec.source(), &format!("{spec:?}"), false, simd);
+            }
         }
     }
 }

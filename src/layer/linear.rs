@@ -9,8 +9,8 @@ use crate::context::{Binding, Context, Kernel, PipelineKey};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::flash::KvMirror;
-use crate::plan::{mirror_fits, mirror_width_log2};
-use crate::source::{linear4_source, linear_source, Shader, TensorIo};
+use crate::plan::{mirror_fits, mirror_width_log2, simd_fits};
+use crate::source::{LinearKernel, LinearSpec, Shader, TensorIo};
 
 /// Uniform parameters of `linear_common.wgsl`.
 #[repr(C)]
@@ -35,12 +35,13 @@ fn mirror_io(dtype: Dtype) -> TensorIo {
 }
 
 /// The bindings of a projection kernel: params, X, W, bias, residual, Y,
-/// with X and W as textures (float, or uint for bf16) where `texture`.
-fn bindings(texture: Option<Dtype>) -> [Binding; 6] {
-    let xw = match texture {
+/// with X and W as textures (float, or uint for bf16) where the spec reads
+/// mirrors.
+fn bindings(spec: &LinearSpec) -> [Binding; 6] {
+    let xw = match spec.texture {
         None => Binding::Read,
-        Some(d) => Binding::Texture {
-            uint: d == Dtype::Bf16,
+        Some(_) => Binding::Texture {
+            uint: spec.dtype == Dtype::Bf16,
         },
     };
     [
@@ -53,53 +54,62 @@ fn bindings(texture: Option<Dtype>) -> [Binding; 6] {
     ]
 }
 
-/// The projection kernels of one storage type.
+/// Most rows a projection runs as a thin product (a decode step's few
+/// rows): one row of invocations per workgroup, each over a 4 × 4 block.
+/// On lavapipe a Whisper-large step's query projection (1 × 1 280 × 1 280)
+/// took 10.8 ms with 8 × 8 workgroups (15 of every 16 rows computed are
+/// padding) and 1.5 ms with 16 × 1 (8 × 1 and 64 × 1 the same).
+const THIN_ROWS: usize = 4;
+
+/// Rows per lane of `linear_simd.wgsl`. On lavapipe, Stable Diffusion's
+/// query projection (4 096 × 320 × 320) took 54, 43, 34 and 32 ms at TR 1,
+/// 2, 4 and 8, Whisper-large's context projection 608, 434, 369 and 380 ms
+/// (8 × 8 blocks: 85 ms and 966 ms): 4, with half TR 8's generated code.
+const SIMD_ROWS: u32 = 4;
+
+/// How one storage type's projections are planned on an adapter.
 #[derive(Debug)]
 pub(super) struct LinearKernels {
     dtype: Dtype,
-    /// `linear.wgsl` (any width; f32 only).
-    tiled: Option<Arc<Kernel>>,
-    /// `linear4.wgsl` (K and N ≡ 0 mod 4).
-    blocked: Arc<Kernel>,
-    /// `linear4.wgsl` through texture mirrors and their width (log₂
-    /// texels), on CPU adapters.
-    texture: Option<(Arc<Kernel>, u32)>,
+    /// CPU adapters: X and W through texture mirrors this wide (log₂
+    /// texels).
+    texture: Option<u32>,
+    /// CPU adapters with subgroups of one fixed size: `linear_simd.wgsl`
+    /// with subgroups of this size.
+    simd: Option<u32>,
+    /// Invocations per workgroup of a thin product: at least the largest
+    /// subgroup, so that no GPU subgroup runs half empty.
+    thin: u32,
 }
 
 impl LinearKernels {
-    pub(super) fn new(ctx: &Context, dtype: Dtype) -> Result<Self> {
-        let compile = |shader: Shader, tex: Option<u32>| {
-            let texture = tex.map(|_| dtype);
-            ctx.pipeline(
-                PipelineKey {
-                    shader,
-                    entry: "main",
-                    spec: None,
-                },
-                &bindings(texture),
-                || match shader {
-                    Shader::Linear => linear_source(),
-                    _ => linear4_source(dtype, tex),
-                },
-            )
-        };
-        let tiled = match dtype {
-            Dtype::F32 => Some(compile(Shader::Linear, None)?),
-            _ => None,
-        };
-        let blocked = compile(Shader::Linear4(dtype), None)?;
-        // CPU adapters read X and W through texture mirrors (straight-line
-        // gathers instead of per-lane loads).
-        let texture = match mirror_width_log2(ctx.caps()).filter(|_| ctx.caps().cpu_plans()) {
-            Some(log2) => Some((compile(Shader::Linear4Tex(dtype), Some(log2))?, log2)),
-            None => None,
-        };
-        Ok(Self {
+    pub(super) fn new(ctx: &Context, dtype: Dtype) -> Self {
+        let caps = ctx.caps();
+        let cpu = caps.cpu_plans();
+        Self {
             dtype,
-            tiled,
-            blocked,
-            texture,
-        })
+            texture: mirror_width_log2(caps).filter(|_| cpu),
+            simd: (cpu && simd_fits(caps)).then_some(caps.subgroup_max_size),
+            thin: caps.subgroup_max_size.clamp(16, 64),
+        }
+    }
+
+    /// The kernel for `m` rows through `l`, reading mirrors where `texture`.
+    fn spec(&self, l: &Linear, m: usize, texture: Option<u32>) -> LinearSpec {
+        let kernel = match self.simd {
+            _ if !blocked(l.out, l.inp) => LinearKernel::Tiled,
+            _ if m <= THIN_ROWS => LinearKernel::Blocked {
+                wg_x: self.thin,
+                wg_y: 1,
+            },
+            Some(sg) => LinearKernel::Simd { sg, tr: SIMD_ROWS },
+            None => LinearKernel::Blocked { wg_x: 8, wg_y: 8 },
+        };
+        LinearSpec {
+            kernel,
+            dtype: self.dtype,
+            texture: texture.filter(|_| kernel != LinearKernel::Tiled),
+        }
     }
 }
 
@@ -109,7 +119,8 @@ impl LinearKernels {
 pub(super) struct Linear {
     w: wgpu::Buffer,
     b: Option<wgpu::Buffer>,
-    mirror: Option<KvMirror>,
+    /// The mirror and its width (log₂ texels).
+    mirror: Option<(KvMirror, u32)>,
     pub(super) out: usize,
     pub(super) inp: usize,
 }
@@ -130,9 +141,13 @@ impl Linear {
         let w = ctx.upload(name, &dtype.encode(w));
         let mirror = kernels
             .texture
-            .as_ref()
-            .filter(|&&(_, log2)| blocked(out, inp) && mirror_fits(ctx.caps(), log2, out * inp))
-            .map(|&(_, log2)| KvMirror::new(ctx.device(), &w, out * inp, mirror_io(dtype), log2));
+            .filter(|&log2| blocked(out, inp) && mirror_fits(ctx.caps(), log2, out * inp))
+            .map(|log2| {
+                (
+                    KvMirror::new(ctx.device(), &w, out * inp, mirror_io(dtype), log2),
+                    log2,
+                )
+            });
         Self {
             w,
             b: b.map(|b| ctx.upload(name, b)),
@@ -146,7 +161,7 @@ impl Linear {
 impl Linear {
     /// Records the copy of W into its texture mirror, if it has one.
     pub(super) fn record_fill(&self, enc: &mut wgpu::CommandEncoder) {
-        if let Some(m) = &self.mirror {
+        if let Some((m, _)) = &self.mirror {
             m.record_copy(enc);
         }
     }
@@ -181,14 +196,24 @@ impl LinearLaunch {
         gate: Option<(f32, &wgpu::Buffer)>,
     ) -> Result<Self> {
         let max = ctx.caps().max_workgroups_per_dim as usize;
-        // Register-blocked where the widths allow vec4 rows: 32 × 32
-        // outputs per workgroup; else 16 × 16 tiles (f32 only: the layer
-        // refuses other storage types at such widths).
-        let (kernel, side) = match &kernels.tiled {
-            Some(tiled) if !blocked(l.out, l.inp) => (tiled, 16),
-            _ => (&kernels.blocked, 32),
-        };
-        let grid = (l.out.div_ceil(side), m.div_ceil(side));
+        // Texture mirrors where the weights have one and X fits one.
+        let texture = l
+            .mirror
+            .as_ref()
+            .map(|&(_, log2)| log2)
+            .filter(|&log2| mirror_fits(ctx.caps(), log2, m * l.inp));
+        let spec = kernels.spec(l, m, texture);
+        let kernel = ctx.pipeline(
+            PipelineKey {
+                shader: Shader::Linear(spec),
+                entry: "main",
+                spec: None,
+            },
+            &bindings(&spec),
+            || spec.source(),
+        )?;
+        let (cols, rows) = spec.tile();
+        let grid = (l.out.div_ceil(cols as usize), m.div_ceil(rows as usize));
         if grid.0 > max || grid.1 > max {
             return Err(Error::Unplannable {
                 kernel: "linear",
@@ -210,16 +235,11 @@ impl LinearLaunch {
         let params = ctx.upload_uniform("linear params", &params);
         let dummy = ctx.dummy_buffer();
         let (b, r) = (l.b.as_ref().unwrap_or(dummy), gate.map_or(dummy, |g| g.1));
-        // Texture mirrors where the weights have one and X fits one.
-        let tex = kernels
-            .texture
-            .as_ref()
-            .zip(l.mirror.as_ref())
-            .filter(|((_, log2), _)| mirror_fits(ctx.caps(), *log2, m * l.inp));
-        Ok(match tex {
-            Some(((kernel, log2), w_mirror)) => {
+        let grid = (grid.0 as u32, grid.1 as u32);
+        Ok(match (texture, &l.mirror) {
+            (Some(log2), Some((w_mirror, _))) => {
                 let x_mirror =
-                    KvMirror::new(ctx.device(), x, m * l.inp, mirror_io(kernels.dtype), *log2);
+                    KvMirror::new(ctx.device(), x, m * l.inp, mirror_io(kernels.dtype), log2);
                 let resources = vec![
                     params.as_entire_binding(),
                     wgpu::BindingResource::TextureView(&x_mirror.view),
@@ -229,16 +249,16 @@ impl LinearLaunch {
                     y.as_entire_binding(),
                 ];
                 Self {
-                    kernel: kernel.clone(),
                     bind: kernel.bind_resources(ctx.device(), resources),
-                    grid: (grid.0 as u32, grid.1 as u32),
+                    kernel,
+                    grid,
                     x_mirror: Some(x_mirror),
                 }
             }
-            None => Self {
-                kernel: kernel.clone(),
+            _ => Self {
                 bind: kernel.bind(ctx.device(), &[&params, x, &l.w, b, r, y]),
-                grid: (grid.0 as u32, grid.1 as u32),
+                kernel,
+                grid,
                 x_mirror: None,
             },
         })

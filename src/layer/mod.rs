@@ -206,7 +206,7 @@ impl<'c> CrossAttention<'c> {
     /// `config.dtype`).
     pub fn new(ctx: &'c Context, config: LayerConfig, weights: &LayerWeights) -> Result<Self> {
         weights.validate(&config)?;
-        let kernels = LinearKernels::new(ctx, config.dtype)?;
+        let kernels = LinearKernels::new(ctx, config.dtype);
         let proj = weights
             .projections(&config)
             .map(|(name, w, b, out, inp)| Linear::new(ctx, &kernels, name, w, b, out, inp));

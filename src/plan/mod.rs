@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::problem::AttentionProblem;
 use crate::source::{FlashSpec, KernelTiles, KvAccess, Shader, TensorIo};
 
+pub(crate) use simd::fits as simd_fits;
 pub(crate) use split::state_row_bytes as split_state_row_bytes;
 pub use split::MAX_SPLITS;
 pub use tiled::loop_safe_keys;

@@ -13,7 +13,7 @@ use crate::source::KvAccess;
 /// Whether the adapter runs the simd kernel: subgroups of one fixed size (the
 /// kernel's workgroup is exactly one subgroup, and it broadcasts from literal
 /// lane indices), at most the workgroup size limit.
-pub(super) fn fits(caps: &DeviceCaps) -> bool {
+pub(crate) fn fits(caps: &DeviceCaps) -> bool {
     caps.subgroups
         && caps.subgroup_min_size == caps.subgroup_max_size
         && (4..=caps.max_invocations.min(64)).contains(&caps.subgroup_min_size)

@@ -10,6 +10,10 @@
 //! arrays, hence generated source; the spec is also the pipeline cache key,
 //! so everything that changes the code is in it and nothing else is.
 
+mod linear;
+
+pub use linear::{LinearKernel, LinearSpec, LINEAR_COMMON_WGSL};
+
 use crate::caps::DeviceCaps;
 use crate::dtype::Dtype;
 
@@ -32,13 +36,9 @@ pub enum Shader {
     SplitCombine,
     /// `probs.wgsl`: the attention probabilities, a second pass.
     Probs,
-    /// `linear.wgsl`: the cross-attention layer's projections, any width.
-    Linear,
-    /// `linear4.wgsl`: the projections, register-blocked, widths ≡ 0 mod 4,
-    /// in a storage type.
-    Linear4(Dtype),
-    /// `linear4.wgsl` reading X and W from texture mirrors (CPU adapters).
-    Linear4Tex(Dtype),
+    /// The cross-attention layer's projections: `linear.wgsl`,
+    /// `linear4.wgsl` or `linear_simd.wgsl` as the spec's kernel says.
+    Linear(LinearSpec),
     /// `naive.wgsl`: the unfused three-pass baseline.
     Naive,
     /// `probe.wgsl`: the FMA and copy probes of the bench harness.
@@ -65,9 +65,11 @@ impl Shader {
             Shader::FlashSimd => "flash_simd",
             Shader::SplitCombine => "split_combine",
             Shader::Probs => "probs",
-            Shader::Linear => "linear",
-            Shader::Linear4(_) => "linear4",
-            Shader::Linear4Tex(_) => "linear4_tex",
+            Shader::Linear(s) => match s.kernel {
+                LinearKernel::Tiled => "linear",
+                LinearKernel::Blocked { .. } => "linear4",
+                LinearKernel::Simd { .. } => "linear_simd",
+            },
             Shader::Naive => "naive",
             Shader::Probe => "probe",
         }
@@ -83,10 +85,11 @@ impl Shader {
             Shader::FlashSimd => include_str!("../../shaders/flash_simd.wgsl"),
             Shader::SplitCombine => include_str!("../../shaders/split_combine.wgsl"),
             Shader::Probs => include_str!("../../shaders/probs.wgsl"),
-            Shader::Linear => include_str!("../../shaders/linear.wgsl"),
-            Shader::Linear4(_) | Shader::Linear4Tex(_) => {
-                include_str!("../../shaders/linear4.wgsl")
-            }
+            Shader::Linear(s) => match s.kernel {
+                LinearKernel::Tiled => include_str!("../../shaders/linear.wgsl"),
+                LinearKernel::Blocked { .. } => include_str!("../../shaders/linear4.wgsl"),
+                LinearKernel::Simd { .. } => include_str!("../../shaders/linear_simd.wgsl"),
+            },
             Shader::Naive => include_str!("../../shaders/naive.wgsl"),
             Shader::Probe => include_str!("../../shaders/probe.wgsl"),
         }
@@ -492,47 +495,6 @@ impl FlashSpec {
         src
     }
 }
-
-/// The source of `linear4.wgsl` for `dtype` storage of X, W, R and Y: its
-/// body, then their storage form, then X/W access from storage buffers or,
-/// with `texture`, from texture mirrors `2^width_log2` texels wide.
-pub fn linear4_source(dtype: Dtype, texture: Option<u32>) -> String {
-    let wgsl = Shader::Linear4(dtype).wgsl();
-    let body = &wgsl[..wgsl.find("//@ ").unwrap_or(wgsl.len())];
-    let (form, unpack) = match dtype {
-        Dtype::F32 => ("f32", ""),
-        Dtype::F16 => ("half", io_template("unpack_f16")),
-        Dtype::Bf16 => ("half", io_template("unpack_bf16")),
-    };
-    let (head, access) = match texture {
-        None if dtype == Dtype::F32 => (String::new(), "storage_f32"),
-        None => (String::new(), "storage_half"),
-        Some(log2) => (
-            format!(
-                "const TEXW: u32 = {}u;\nconst TEXW_LOG2: u32 = {log2}u;\n",
-                1u32 << log2
-            ),
-            if dtype == Dtype::Bf16 {
-                "texture_bf16"
-            } else {
-                "texture"
-            },
-        ),
-    };
-    format!(
-        "{head}{LINEAR_COMMON_WGSL}{body}{unpack}{}{}",
-        section(wgsl, form),
-        section(wgsl, access)
-    )
-}
-
-/// The source of `linear.wgsl` (the workgroup-tiled projection).
-pub fn linear_source() -> String {
-    format!("{LINEAR_COMMON_WGSL}{}", Shader::Linear.wgsl())
-}
-
-/// `linear_common.wgsl`: the projections' params and bias binding.
-pub const LINEAR_COMMON_WGSL: &str = include_str!("../../shaders/linear_common.wgsl");
 
 /// The `//@ name` section of [`FLASH_IO_WGSL`]. The names are the fixed set
 /// [`TensorIo::template`] and [`FlashSpec::source`] ask for; a missing one is
