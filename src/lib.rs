@@ -75,6 +75,6 @@ pub use problem::{AttentionProblem, MAX_HEAD_DIM};
 pub use probs::{AttentionProbs, ProbHeads};
 pub use source::{FlashSpec, KernelTiles, KvAccess, LinearKernel, LinearSpec, Shader, TensorIo};
 pub use tensor::{AttentionBuffers, AttentionOutput, AttentionTensors};
-pub use weights::WeightNames;
+pub use weights::{gate_from_safetensors, WeightNames};
 /// The wgpu this crate is built against, for callers of the integration API.
 pub use wgpu;

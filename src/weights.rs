@@ -176,6 +176,20 @@ impl LayerWeights {
     }
 }
 
+/// Flamingo's gate α from a safetensors file: the tensor `attn_gate` under
+/// `prefix` (OpenFlamingo's `gated_cross_attn_layer.attn_gate`), one value
+/// (shape `[]` or `[1]`), f32, f16 or bf16.
+pub fn gate_from_safetensors(bytes: &[u8], prefix: &str) -> Result<f32> {
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| bad("safetensors", format!("cannot be read: {e}")))?;
+    let f = File { st, prefix };
+    let shape: &[usize] = match f.st.tensor(&format!("{prefix}attn_gate")) {
+        Ok(t) if t.shape().is_empty() => &[],
+        _ => &[1],
+    };
+    Ok(f.need("attn_gate", shape)?[0])
+}
+
 impl LayerWeights {
     /// Writes the weights as a safetensors file under `prefix` in the
     /// naming scheme `names`, stored as `dtype` (biases too): the inverse
@@ -183,7 +197,8 @@ impl LayerWeights {
     /// building test files. `nn.MultiheadAttention` names pack q, k and v
     /// into `in_proj_weight` where they have one width (else
     /// `q_proj_weight` …) and need all three input biases or none; T5's
-    /// names take no biases.
+    /// names take no biases. A config with a gate writes it as `attn_gate`
+    /// `[1]` (read back by [`gate_from_safetensors`]).
     pub fn to_safetensors(
         &self,
         config: &LayerConfig,
@@ -259,6 +274,9 @@ impl LayerWeights {
                     put("out_proj.bias", vec![e], b);
                 }
             }
+        }
+        if let Some(g) = c.gate {
+            out.push((format!("{prefix}attn_gate"), vec![1], vec![g]));
         }
         let st_dtype = match dtype {
             crate::Dtype::F32 => StDtype::F32,

@@ -84,6 +84,25 @@ fn layer_from_safetensors_matches_the_reference_and_draws_maps() {
         "2",
     ];
     let l = Some(&[40u32, 13][..]);
+    // Flamingo's gate read from the file: α = 0.8 written as attn_gate.
+    let mut gated = c;
+    gated.gate = Some(0.8);
+    let gate_file = tmp("layer_w_gate.safetensors");
+    let bytes = w
+        .to_safetensors(&gated, PREFIX, WeightNames::HuggingFace, Dtype::F32)
+        .unwrap();
+    std::fs::write(&gate_file, bytes).unwrap();
+    let mut with_gate = files.clone();
+    with_gate[0] = ("--weights", &gate_file);
+    let (code, err) = layer(&with_gate, &[&args[..], &["--gate"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let lens_ = Some(&[40u32, 13][..]);
+    let want = cross_attention_layer(&gated, &w, &x, &context, b, n_q, n_kv, lens_).unwrap();
+    let naive =
+        cross_attention_layer_in::<f32>(&gated, &w, &x, &context, b, n_q, n_kv, lens_).unwrap();
+    let e = max_err(&npy::read_f32(&yf).unwrap().data, &want);
+    let bound = 2.0 * max_err(&naive, &want) + 1e-5;
+    assert!(e <= bound, "gate from the file: {e:.3e} > {bound:.3e}");
     for (gate, dtype) in [(None, "f32"), (Some("-0.6"), "f32"), (None, "f16")] {
         c.gate = gate.map(|g| g.parse().unwrap());
         c.dtype = if dtype == "f16" {
@@ -162,6 +181,10 @@ fn bad_layer_inputs_are_exit_2_naming_the_problem() {
     // The torch names load without a prefix.
     let (code, err) = run(files(&xf, &cf), &["--heads", "4"]);
     assert_eq!(code, 0, "{err}");
+    // --gate without a value reads attn_gate, which this file lacks.
+    let (code, err) = run(files(&xf, &cf), &["--heads", "4", "--gate"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("attn_gate is missing"), "{err}");
     // A prefix the file does not have: the first tensor looked for.
     let (code, err) = run(files(&xf, &cf), &["--heads", "4", "--prefix", "encoder."]);
     assert_eq!(code, 2, "{err}");

@@ -8,7 +8,9 @@ use common::ctx;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype as StDtype;
 use xattn::check::{max_err, Rng};
-use xattn::{CrossAttention, Dtype, Error, LayerConfig, LayerWeights, WeightNames};
+use xattn::{
+    gate_from_safetensors, CrossAttention, Dtype, Error, LayerConfig, LayerWeights, WeightNames,
+};
 
 const PREFIX: &str = "model.decoder.layers.0.encoder_attn.";
 
@@ -98,12 +100,16 @@ fn hugging_face_names_under_a_prefix_in_every_float_type() {
     assert_eq!(got, w);
     let layer = CrossAttention::new(ctx(), c, &got).unwrap();
     let mut rng = Rng::new(2);
-    let (x, context) = (rng.normals(3 * 64, 0.2), rng.normals(50 * 48, 0.2));
+    let (x, context) = (rng.normals(3 * 64, 3.0), rng.normals(50 * 48, 3.0));
     let kv = layer.project_context(&context, 1, 50).unwrap();
     let y = layer.forward(&x, 3, &kv, None).unwrap();
     let want =
         xattn::reference::cross_attention_layer(&c, &w, &x, &context, 1, 3, 50, None).unwrap();
-    assert!(max_err(&y, &want) < 1e-5);
+    let naive =
+        xattn::reference::cross_attention_layer_in::<f32>(&c, &w, &x, &context, 1, 3, 50, None)
+            .unwrap();
+    let (err, bound) = (max_err(&y, &want), 2.0 * max_err(&naive, &want) + 1e-5);
+    assert!(err <= bound, "Hugging Face names: {err:.3e} > {bound:.3e}");
 }
 
 #[test]
@@ -126,6 +132,19 @@ fn torch_multihead_attention_and_t5_names() {
     assert_eq!(names, WeightNames::TorchMha);
     assert_eq!((&got.w_k, got.b_k.as_ref()), (&w.w_k, Some(&b_k)));
     assert_eq!(got.w_v, w.w_v);
+    // The layer from torch's names against the f64 reference of the layer.
+    let layer = CrossAttention::new(ctx(), c, &got).unwrap();
+    let mut rng = Rng::new(3);
+    let (x, context) = (rng.normals(2 * 4 * 32, 3.0), rng.normals(2 * 21 * 32, 3.0));
+    let kv = layer.project_context(&context, 2, 21).unwrap();
+    let y = layer.forward(&x, 4, &kv, None).unwrap();
+    let want =
+        xattn::reference::cross_attention_layer(&c, &got, &x, &context, 2, 4, 21, None).unwrap();
+    let naive =
+        xattn::reference::cross_attention_layer_in::<f32>(&c, &got, &x, &context, 2, 4, 21, None)
+            .unwrap();
+    let (err, bound) = (max_err(&y, &want), 2.0 * max_err(&naive, &want) + 1e-5);
+    assert!(err <= bound, "torch names: {err:.3e} > {bound:.3e}");
     // kdim ≠ E: separate q/k/v_proj_weight, one in_proj_bias.
     let c2 = LayerConfig::new(32, 24, 4, 4);
     let w2 = random(&c2);
@@ -152,6 +171,22 @@ fn torch_multihead_attention_and_t5_names() {
         LayerWeights::from_safetensors(&file(&t5, StDtype::F32), PREFIX, &c).unwrap();
     assert_eq!((names, names.scale()), (WeightNames::T5, Some(1.0)));
     assert!(got.b_q.is_none() && got.b_o.is_none());
+    // Flamingo's gate: attn_gate, [1] or a scalar.
+    for shape in [vec![1], vec![]] {
+        let gate = file(
+            &[(format!("{PREFIX}attn_gate"), shape.clone(), vec![0.25])],
+            StDtype::BF16,
+        );
+        assert_eq!(
+            gate_from_safetensors(&gate, PREFIX).unwrap(),
+            0.25,
+            "{shape:?}"
+        );
+    }
+    assert!(matches!(
+        gate_from_safetensors(&file(&t5, StDtype::F32), PREFIX),
+        Err(Error::Weights { .. })
+    ));
 }
 
 #[test]

@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use clap::Args;
 use xattn::harness::npy;
 use xattn::reference::{cross_attention_layer, cross_attention_layer_probs_in};
-use xattn::{Context, CrossAttention, Error, LayerConfig, LayerWeights, WeightNames};
+use xattn::{
+    gate_from_safetensors, Context, CrossAttention, Error, LayerConfig, LayerWeights, WeightNames,
+};
 
 use crate::maps::ProbsArgs;
 use crate::run::{read_u32s, shape_err};
@@ -46,9 +48,10 @@ pub struct LayerArgs {
     /// Softmax scale (default 1/sqrt(E/H); 1 for T5's names).
     #[arg(long)]
     scale: Option<f32>,
-    /// Flamingo's gate α: Y = X + tanh(α)·attention(X, C).
-    #[arg(long, allow_hyphen_values = true)]
-    gate: Option<f32>,
+    /// Flamingo's gate α: Y = X + tanh(α)·attention(X, C). Without a value,
+    /// α is the weights' `attn_gate` tensor (under the prefix).
+    #[arg(long, allow_hyphen_values = true, num_args = 0..=1, value_name = "ALPHA")]
+    gate: Option<Option<f32>>,
     /// Device storage of the weights and activations (f32 arithmetic).
     #[arg(long, value_enum, default_value = "f32")]
     dtype: DtypeArg,
@@ -81,12 +84,16 @@ pub fn layer(a: &LayerArgs) -> Result<ExitCode, Error> {
         ));
     }
     let mut c = LayerConfig::new(e, e_kv, a.heads, a.kv_heads.unwrap_or(a.heads));
-    c.gate = a.gate;
     c.dtype = a.dtype.dtype();
     let bytes = std::fs::read(&a.weights).map_err(|e| Error::Io {
         path: a.weights.display().to_string(),
         reason: format!("cannot read: {e}"),
     })?;
+    c.gate = match a.gate {
+        None => None,
+        Some(Some(alpha)) => Some(alpha),
+        Some(None) => Some(gate_from_safetensors(&bytes, &a.prefix)?),
+    };
     let (w, names) = LayerWeights::from_safetensors(&bytes, &a.prefix, &c)?;
     c.scale = a.scale.or(names.scale());
     let kv_lens = a
