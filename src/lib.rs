@@ -32,6 +32,25 @@
 //! ([`FlashAttention::bind`]) and record each step with
 //! [`BoundAttention::record`].
 //!
+//! # Non-finite inputs
+//!
+//! The kernels do not scan their inputs (a scan would cost a pass over K/V
+//! at every decode step). What NaN and ±∞ do, per head (tests/nonfinite.rs
+//! checks each line under both plan families):
+//!
+//! - NaN or ±∞ in a query row: that row's output and LSE are NaN; no other
+//!   row changes.
+//! - NaN in a key, or NaN or ±∞ in a value: every row that attends to that
+//!   key is NaN (or ±∞); rows that cannot see it (lengths, windows, masks)
+//!   are unaffected, and elements past a length are never read.
+//! - ±∞ in a key: its score is ±∞ by the sign of the query's element. −∞
+//!   hides the key, as a −∞ bias does; +∞ (or 0·∞) makes the row NaN.
+//! - The bias refuses NaN and +∞ ([`Error::NonFinite`]); −∞ hides a key.
+//!
+//! [`check_finite`] is the opt-in check (`xattn run --check-finite`, `xattn
+//! layer --check-finite`): the first NaN or ±∞ is an [`Error::NonFinite`]
+//! naming the tensor and its flat index.
+//!
 //! The `cli` feature (default on) adds the bench harness (`xattn::harness`) and
 //! the `xattn` command line; `default-features = false` builds the library
 //! alone, without their dependencies.
@@ -71,7 +90,7 @@ pub use mask::{pack_mask, MaskShape, Masks, SeqLayout, VarLen, Window, MAX_SEQ};
 pub use naive::{NaiveAttention, NaiveParams};
 pub use params::FlashParams;
 pub use plan::{plan, FlashPlan, FlashVariant, TileOverride, GPU_LIVE_FLOATS, MAX_SPLITS};
-pub use problem::{AttentionProblem, MAX_HEAD_DIM};
+pub use problem::{check_finite, AttentionProblem, MAX_HEAD_DIM};
 pub use probs::{AttentionProbs, ProbHeads};
 pub use source::{FlashSpec, KernelTiles, KvAccess, LinearKernel, LinearSpec, Shader, TensorIo};
 pub use tensor::{AttentionBuffers, AttentionOutput, AttentionTensors};

@@ -4,6 +4,8 @@
 
 mod validate;
 
+pub use validate::check_finite;
+
 use crate::dtype::Dtype;
 use crate::layout::Layout;
 use crate::mask::{mask_row_words, MaskShape, SeqLayout, VarLen, Window};

@@ -297,3 +297,19 @@ impl AttentionProblem {
         self.validate_masks(masks)
     }
 }
+
+/// The opt-in check that refuses non-finite inputs: the first NaN or ±∞
+/// in `data` is an [`Error::NonFinite`] naming the tensor and its flat
+/// index. The kernels themselves do not check (see the crate docs,
+/// "Non-finite inputs"): NaN in a query row makes that row's output NaN;
+/// NaN or ±∞ in a key or value makes NaN every row that attends to it.
+pub fn check_finite(name: &'static str, data: &[f32]) -> Result<()> {
+    match data.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(index) => Err(Error::NonFinite {
+            name,
+            index,
+            value: data[index],
+        }),
+    }
+}

@@ -60,6 +60,10 @@ pub struct LayerArgs {
     reference: bool,
     #[command(flatten)]
     maps: ProbsArgs,
+    /// Refuse NaN or ±inf in X or C (exit 2 naming the tensor and the
+    /// position) instead of running.
+    #[arg(long)]
+    check_finite: bool,
 }
 
 /// A [B, n, E] float32 array.
@@ -72,8 +76,25 @@ fn read_rows(path: &std::path::Path, name: &str) -> Result<npy::Array<f32>, Erro
 }
 
 pub fn layer(a: &LayerArgs) -> Result<ExitCode, Error> {
+    let inputs: Vec<&std::path::Path> = [
+        Some(&a.weights),
+        Some(&a.x),
+        Some(&a.context),
+        a.kv_lens.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|p| p.as_path())
+    .collect();
+    let mut outputs = vec![("--out", a.out.as_path())];
+    outputs.extend(a.maps.outputs());
+    crate::distinct_outputs(&inputs, &outputs)?;
     let x = read_rows(&a.x, "x")?;
     let context = read_rows(&a.context, "context")?;
+    crate::check_finite(
+        a.check_finite,
+        &[("x", &x.data), ("context", &context.data)],
+    )?;
     let [b, n_q, e] = [x.shape[0], x.shape[1], x.shape[2]];
     let [cb, n_kv, e_kv] = [context.shape[0], context.shape[1], context.shape[2]];
     if cb != b {

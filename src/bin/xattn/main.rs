@@ -82,6 +82,57 @@ pub fn write_file(path: &std::path::Path, text: &[u8]) -> Result<(), Error> {
     })
 }
 
+/// The file a path names, resolved (its directory, for a file not yet
+/// written), so that two spellings of one file compare equal.
+fn resolved(path: &std::path::Path) -> std::path::PathBuf {
+    if let Ok(p) = path.canonicalize() {
+        return p;
+    }
+    let parent = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    match (parent.canonicalize(), path.file_name()) {
+        (Ok(d), Some(name)) => d.join(name),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// Refuses an output that names an input or another output: a run must
+/// never overwrite what it reads.
+pub fn distinct_outputs(
+    inputs: &[&std::path::Path],
+    outputs: &[(&str, &std::path::Path)],
+) -> Result<(), Error> {
+    let ins: Vec<_> = inputs.iter().map(|p| resolved(p)).collect();
+    let mut seen: Vec<std::path::PathBuf> = Vec::new();
+    for (flag, out) in outputs {
+        let r = resolved(out);
+        if ins.contains(&r) || seen.contains(&r) {
+            return Err(Error::BadArgument {
+                name: (*flag).into(),
+                reason: format!(
+                    "{} is also an input or another output of this run; give a new file",
+                    out.display()
+                ),
+            });
+        }
+        seen.push(r);
+    }
+    Ok(())
+}
+
+/// `--check-finite`: refuses NaN or ±∞ in an input, naming the tensor and
+/// the position.
+pub fn check_finite(on: bool, tensors: &[(&'static str, &[f32])]) -> Result<(), Error> {
+    if on {
+        for (name, data) in tensors {
+            xattn::check_finite(name, data)?;
+        }
+    }
+    Ok(())
+}
+
 /// Keeps the adapter search quiet on a headless machine. Mesa's implicit
 /// Vulkan layer `VK_LAYER_MESA_device_select` connects to a Wayland display
 /// to rank devices; with none, libwayland prints "error: XDG_RUNTIME_DIR is

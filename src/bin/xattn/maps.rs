@@ -39,6 +39,18 @@ pub struct ProbsArgs {
 }
 
 impl ProbsArgs {
+    /// The files written: (flag, path).
+    pub fn outputs(&self) -> Vec<(&'static str, &std::path::Path)> {
+        let mut v = Vec::new();
+        if let Some(p) = &self.probs {
+            v.push(("--probs", p.as_path()));
+        }
+        if let Some(p) = &self.svg {
+            v.push(("--svg", p.as_path()));
+        }
+        v
+    }
+
     /// The heads asked for.
     pub fn which(&self) -> ProbHeads {
         match (&self.probs_heads, self.probs_mean) {

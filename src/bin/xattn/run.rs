@@ -67,6 +67,12 @@ pub struct RunArgs {
     reference: bool,
     #[command(flatten)]
     maps: ProbsArgs,
+    /// Refuse NaN or ±inf in q, k, v or the bias (exit 2 naming the tensor
+    /// and the position) instead of running; without it, NaN in a query
+    /// row makes that row NaN and NaN or ±inf in a key or value every row
+    /// that attends to it.
+    #[arg(long)]
+    check_finite: bool,
     /// Storage type on the device: float16 .npy inputs mean f16 (and O
     /// is written as float16); with float32 files, f16 or bf16 converts
     /// on the way in and O back to float32 on the way out.
@@ -137,6 +143,25 @@ fn parse_window(s: &str) -> Result<Window, Error> {
 }
 
 pub fn run(a: &RunArgs) -> Result<ExitCode, Error> {
+    let inputs: Vec<&std::path::Path> = [
+        Some(&a.q),
+        Some(&a.k),
+        Some(&a.v),
+        a.kv_lens.as_ref(),
+        a.q_lens.as_ref(),
+        a.cu_seqlens_q.as_ref(),
+        a.cu_seqlens_k.as_ref(),
+        a.bias.as_ref(),
+        a.mask.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|p| p.as_path())
+    .collect();
+    let mut outputs = vec![("--out", a.out.as_path())];
+    outputs.extend(a.lse.as_deref().map(|p| ("--lse", p)));
+    outputs.extend(a.maps.outputs());
+    crate::distinct_outputs(&inputs, &outputs)?;
     let (q, q16) = npy::read_float(&a.q)?;
     let (k, k16) = npy::read_float(&a.k)?;
     let (v, v16) = npy::read_float(&a.v)?;
@@ -269,6 +294,10 @@ pub fn run(a: &RunArgs) -> Result<ExitCode, Error> {
     };
     // What the device stores: the inputs rounded to the storage type.
     let round = |x| dtype.round_all(x);
+    crate::check_finite(
+        a.check_finite,
+        &[("q", &q.data), ("k", &k.data), ("v", &v.data)],
+    )?;
     let (q, k, v) = (round(q.data), round(k.data), round(v.data));
     p.validate_inputs(&q, &k, &v, &masks)?;
     a.maps.grid(p.n_q)?;
