@@ -5,8 +5,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use wgpu::util::DeviceExt;
-
 use crate::caps::DeviceCaps;
 use crate::error::{Error, Result};
 use crate::source::{FlashSpec, Shader};
@@ -194,6 +192,25 @@ pub struct Context {
     /// Bound where a kernel's optional scratch (carried state) is absent; a
     /// buffer may not be read-only and read-write in one dispatch.
     dummy_rw: wgpu::Buffer,
+    /// What the device raised outside an error scope, and its loss: kept
+    /// here (wgpu's default handler panics) and returned by the next
+    /// submit, wait or download.
+    faults: Arc<Mutex<Faults>>,
+}
+
+/// The device's loss and its first error outside an error scope.
+#[derive(Debug, Default)]
+struct Faults {
+    lost: Option<String>,
+    uncaptured: Option<Error>,
+}
+
+/// A wgpu error as this crate's.
+fn device_error(e: wgpu::Error) -> Error {
+    match e {
+        wgpu::Error::OutOfMemory { .. } => Error::OutOfMemory(e.to_string()),
+        e => Error::Device(e.to_string()),
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -312,6 +329,17 @@ impl Context {
             })
         };
         let (dummy, dummy_rw) = (dummy_buffer("xattn dummy"), dummy_buffer("xattn dummy rw"));
+        let faults = Arc::new(Mutex::new(Faults::default()));
+        let f = faults.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut g = f.lock().unwrap_or_else(|e| e.into_inner());
+            g.uncaptured.get_or_insert(device_error(e));
+        }));
+        let f = faults.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            let mut g = f.lock().unwrap_or_else(|e| e.into_inner());
+            g.lost = Some(format!("{reason:?}: {message}"));
+        });
         Self {
             device,
             queue,
@@ -320,6 +348,27 @@ impl Context {
             poll_lock: Mutex::new(()),
             dummy,
             dummy_rw,
+            faults,
+        }
+    }
+
+    /// The device's loss, or the first error it raised outside an error
+    /// scope since the last call (a buffer that could not be allocated,
+    /// say), as an error.
+    pub fn check_device(&self) -> Result<()> {
+        if self.faults.lock().map_or(true, |g| g.uncaptured.is_some()) {
+            // An error may come from a loss whose callback runs at the next
+            // poll: let it run, so the loss is what is reported.
+            let _g = self.poll_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = self.device.poll(wgpu::PollType::Poll);
+        }
+        let mut g = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(reason) = &g.lost {
+            return Err(Error::DeviceLost(reason.clone()));
+        }
+        match g.uncaptured.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 
@@ -464,50 +513,64 @@ impl Context {
 
     /// Blocks until all submitted work is done. Serialised across threads.
     pub fn wait(&self) -> Result<()> {
-        let _g = self.poll_lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map(|_| ())
-            .map_err(|e| Error::Device(e.to_string()))
+        let polled = {
+            let _g = self.poll_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.device.poll(wgpu::PollType::wait_indefinitely())
+        };
+        self.check_device()?;
+        polled.map(|_| ()).map_err(|e| Error::Device(e.to_string()))
     }
 
-    /// A storage buffer holding `data` (also usable as a copy source).
+    /// A buffer of `usage` holding `bytes` (padded to a multiple of 4 and at
+    /// least 16 bytes), written through the queue: on a lost device or
+    /// out of memory the error is kept for the next submit instead of a
+    /// panic in a mapped write.
+    fn buffer_with(&self, label: &str, bytes: &[u8], usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        let size = (bytes.len() as u64).next_multiple_of(4).max(16);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: usage | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let whole = bytes.len() - bytes.len() % 4;
+        if whole > 0 {
+            self.queue.write_buffer(&buffer, 0, &bytes[..whole]);
+        }
+        if whole < bytes.len() {
+            let mut tail = [0u8; 4];
+            tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
+            self.queue.write_buffer(&buffer, whole as u64, &tail);
+        }
+        buffer
+    }
+
+    /// A storage buffer holding `data` (also usable as a copy source); at
+    /// least one vec4 (wgpu rejects zero-sized bindings, and a kernel may
+    /// bind it as `array<vec4<f32>>`).
     pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
-        let bytes: &[u8] = bytemuck::cast_slice(data);
-        // wgpu rejects zero-sized bindings, and a kernel may bind the buffer
-        // as array<vec4<f32>>: keep at least one vec4.
-        let padded;
-        let contents = if bytes.len() < 16 || !bytes.len().is_multiple_of(4) {
-            let mut p = bytes.to_vec();
-            p.resize(bytes.len().next_multiple_of(4).max(16), 0);
-            padded = p;
-            &padded[..]
-        } else {
-            bytes
-        };
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
-            })
+        self.buffer_with(
+            label,
+            bytemuck::cast_slice(data),
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        )
     }
 
     /// A uniform buffer holding `value`.
     pub fn upload_uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytemuck::bytes_of(value),
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            })
+        self.buffer_with(
+            label,
+            bytemuck::bytes_of(value),
+            wgpu::BufferUsages::UNIFORM,
+        )
     }
 
     /// Records with `f` into a fresh encoder, submits it, and waits. Device
-    /// validation errors raised meanwhile come back as [`Error::Device`].
+    /// validation errors raised meanwhile come back as [`Error::Device`],
+    /// a device lost or out of memory (now or since the last check) as
+    /// [`Error::DeviceLost`] or [`Error::OutOfMemory`].
     pub fn submit(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>) -> Result<()> {
+        self.check_device()?;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut enc = self
             .device
@@ -518,8 +581,9 @@ impl Context {
         }
         let err = pollster::block_on(scope.pop());
         recorded?;
+        self.check_device()?;
         if let Some(e) = err {
-            return Err(Error::Device(e.to_string()));
+            return Err(device_error(e));
         }
         self.wait()
     }
@@ -542,6 +606,7 @@ impl Context {
         if bytes == 0 {
             return Ok(Vec::new());
         }
+        self.check_device()?;
         let size = bytes.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("xattn readback"),

@@ -213,9 +213,18 @@ pub enum Error {
         reason: String,
     },
 
-    /// The device reported an error (validation, out of memory, lost device).
+    /// The device reported an error (validation, internal).
     #[error("device error: {0}")]
     Device(String),
+
+    /// The device could not allocate (a buffer past the memory it has).
+    #[error("device out of memory: {0}")]
+    OutOfMemory(String),
+
+    /// The device is lost (destroyed, reset, removed); nothing more runs on
+    /// it: create a new `Context`.
+    #[error("device lost ({0}); create a new Context")]
+    DeviceLost(String),
 }
 
 /// Shorthand for results with [`enum@Error`].

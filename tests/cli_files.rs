@@ -17,7 +17,7 @@ use xattn::AttentionProblem;
 fn raw_npy(path: &Path, dict: &str, data: &[u8]) {
     let mut header = dict.to_string();
     // Magic, version, length, header: padded with spaces to 64 bytes, then \n.
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');

@@ -61,9 +61,10 @@ impl<'a, 'c> LayerStep<'a, 'c> {
         let masks = Masks::kv_lens(kv_lens);
         p.validate()?;
         p.validate_masks(&masks)?;
-        let flash = FlashAttention::new(ctx, &p)?;
         let rows = kv.batch * n_q;
         let x_bytes = (c.dtype.bytes() * rows * c.embed) as u64;
+        super::fits_binding(ctx, "x", x_bytes)?;
+        let flash = FlashAttention::new(ctx, &p)?;
         let x = ctx.storage("x", x_bytes);
         let q = ctx.storage("q", p.tensor_bytes("q"));
         let o = ctx.storage("o", p.tensor_bytes("o"));
