@@ -55,24 +55,39 @@ fn rows(u: Unroll) -> String {
     s
 }
 
+/// Most ⌈d/4⌉ + ⌈d_v/4⌉ whose K and V rows the block loads at its top.
+const LAZY_VEC4S: u32 = 64;
+
 fn block(u: Unroll) -> String {
     let i = "        ";
     let mut s = String::new();
-    for c in 0..u.d4 {
-        line!(s, "{i}let k{c} = k_row4(kr, {c}u, D);");
-    }
-    for c in 0..u.dv4 {
-        line!(s, "{i}let v{c} = v_row4(vr, {c}u, DV);");
-    }
-    for t in 0..u.tr {
+    // Where the lane's K and V rows are loaded. Up to LAZY_VEC4S vec4s
+    // (d = d_v = 128), all at the top of the block, so the texture gathers
+    // overlap (d 40 and 80 ran 15 % faster so); past it each vec4 just
+    // before its use, which keeps the live set at the partial sums and one
+    // vec4 of K, Q and V instead of whole rows: at d 160, 120 vec4s per
+    // lane, which the driver's register allocator spent seconds on (SD 16²,
+    // d 160, on lavapipe: first call 6.3–7.4 s eager, 4.3–5.3 s lazy, and
+    // 13 ms against 14–20 ms per call).
+    let lazy = u.d4 + u.dv4 > LAZY_VEC4S;
+    if !lazy {
         for c in 0..u.d4 {
-            line!(s, "{i}let q{t}_{c} = qa[{}];", t * u.d4 + c);
+            line!(s, "{i}let k{c} = k_row4(kr, {c}u, D);");
+        }
+        for c in 0..u.dv4 {
+            line!(s, "{i}let v{c} = v_row4(vr, {c}u, DV);");
         }
     }
-    // S = Q·Kᵀ: one broadcast of a key vec4 feeds TR FMAs; per (row, key) a
-    // vec4 of partial sums, folded once.
-    for n in 0..u.bc {
-        for c in 0..u.d4 {
+    // S = Q·Kᵀ, one head-dim vec4 at a time: each broadcast of this lane's
+    // key vec4 c feeds TR FMAs into the (row, key) partial sums.
+    for c in 0..u.d4 {
+        if lazy {
+            line!(s, "{i}let k{c} = k_row4(kr, {c}u, D);");
+        }
+        for t in 0..u.tr {
+            line!(s, "{i}let q{t}_{c} = qa[{}];", t * u.d4 + c);
+        }
+        for n in 0..u.bc {
             line!(s, "{i}let ks{n}_{c} = subgroupBroadcast(k{c}, {n}u);");
             for t in 0..u.tr {
                 if c == 0 {
@@ -86,6 +101,8 @@ fn block(u: Unroll) -> String {
                 }
             }
         }
+    }
+    for n in 0..u.bc {
         for t in 0..u.tr {
             line!(
                 s,
@@ -112,6 +129,9 @@ fn block(u: Unroll) -> String {
     }
     // O = O·alpha + P·V: one broadcast of a value vec4 feeds TR FMAs.
     for c in 0..u.dv4 {
+        if lazy {
+            line!(s, "{i}let v{c} = v_row4(vr, {c}u, DV);");
+        }
         for t in 0..u.tr {
             line!(s, "{i}var o{t}_{c} = oa[{}] * al{t};", t * u.dv4 + c);
         }
