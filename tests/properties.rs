@@ -220,7 +220,7 @@ impl Case {
 
 #[test]
 fn random_valid_problems_match_the_reference() {
-    let cases = 32;
+    let cases = 48;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let seen = [AtomicUsize::new(0), AtomicUsize::new(0)];
     runner(cases, 0x5eed_1234)

@@ -1,5 +1,5 @@
-//! Eight threads sharing one `Context` for 30 s in CI (`XATTN_SOAK_SECS=60`
-//! for a minute; a cold shader cache already puts the suite near 15 min), each cycling through a different mix of problems (decode,
+//! Eight threads sharing one `Context` for a minute (`XATTN_SOAK_SECS` to
+//! change it), each cycling through a different mix of problems (decode,
 //! Stable-Diffusion-like f16, GQA with lengths, causal windows, bias and
 //! mask, packed varlen, bf16 BHSD, the probabilities pass), every result
 //! checked against the f64 reference with the tolerance rule. Polls are
@@ -111,7 +111,7 @@ fn run_kind(ctx: &Context, kind: usize, seed: u64) -> &'static str {
 }
 
 #[test]
-fn eight_threads_share_one_context_for_half_a_minute_or_more() {
+fn eight_threads_share_one_context_for_a_minute() {
     send_sync::<Context>();
     send_sync::<FlashAttention<'static>>();
     send_sync::<CrossAttention<'static>>();
@@ -119,7 +119,7 @@ fn eight_threads_share_one_context_for_half_a_minute_or_more() {
     let secs: u64 = std::env::var("XATTN_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+        .unwrap_or(60);
     let ctx = ctx();
     let deadline = Instant::now() + Duration::from_secs(secs);
     let t = Instant::now();
