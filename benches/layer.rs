@@ -8,9 +8,9 @@
 //! reference of the layer first.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use xattn::check::{max_err, Rng};
+use xattn::check::{layer_weights, max_err, Rng};
 use xattn::reference::{cross_attention_layer, cross_attention_layer_in};
-use xattn::{Context, CrossAttention, Dtype, LayerConfig, LayerWeights};
+use xattn::{Context, CrossAttention, Dtype, LayerConfig};
 
 fn bench(c: &mut Criterion) {
     let ctx = Context::new().unwrap_or_else(|e| panic!("{e}"));
@@ -21,18 +21,8 @@ fn bench(c: &mut Criterion) {
         ("whisper_large_step", 1280, 1280, 20, 1, 1500),
         ("sd15_64x64", 320, 768, 8, 4096, 77),
     ] {
-        let mut rng = Rng::new(1);
-        let mut w = |out: usize, inp: usize| rng.normals(out * inp, 1.0 / (inp as f64).sqrt());
-        let weights = LayerWeights {
-            w_q: w(e, e),
-            b_q: Some(vec![0.1; e]),
-            w_k: w(e, e_kv),
-            b_k: None,
-            w_v: w(e, e_kv),
-            b_v: Some(vec![0.1; e]),
-            w_o: w(e, e),
-            b_o: Some(vec![0.1; e]),
-        };
+        let c0 = LayerConfig::new(e, e_kv, h, h);
+        let weights = layer_weights(&c0, [true, false, true, true], 1);
         let mut rng = Rng::new(2);
         let x = rng.normals(n_q * e, 3.0);
         let context = rng.normals(n_kv * e_kv, 3.0);

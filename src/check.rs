@@ -6,6 +6,7 @@
 use crate::context::Context;
 use crate::dtype::Dtype;
 use crate::error::Result;
+use crate::layer::{LayerConfig, LayerWeights};
 use crate::layout::Layout;
 use crate::mask::Masks;
 use crate::naive::NaiveAttention;
@@ -51,6 +52,34 @@ impl Rng {
     /// Uniform integer in `0..n`.
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n.max(1)
+    }
+}
+
+/// Seeded weights for a layer of config `c`: entries N(0, 1/in) (the
+/// usual initialisation's spread), each bias ([q, k, v, o]) where `biases`
+/// says, N(0, 0.5²). The tests', benches' and long runs' layers.
+pub fn layer_weights(c: &LayerConfig, biases: [bool; 4], seed: u64) -> LayerWeights {
+    let mut rng = Rng::new(seed);
+    let d = c.head_dim();
+    let (hd, kvd) = (c.heads * d, c.kv_heads * d);
+    let mut w = |out: usize, inp: usize| rng.normals(out * inp, 1.0 / (inp as f64).sqrt());
+    let (w_q, w_k, w_v, w_o) = (
+        w(hd, c.embed),
+        w(kvd, c.kv_embed),
+        w(kvd, c.kv_embed),
+        w(c.embed, hd),
+    );
+    let mut rng = Rng::new(seed + 1);
+    let mut b = |on: bool, n: usize| on.then(|| rng.normals(n, 0.5));
+    LayerWeights {
+        w_q,
+        b_q: b(biases[0], hd),
+        w_k,
+        b_k: b(biases[1], kvd),
+        w_v,
+        b_v: b(biases[2], kvd),
+        w_o,
+        b_o: b(biases[3], c.embed),
     }
 }
 

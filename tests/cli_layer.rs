@@ -6,28 +6,16 @@ mod cli_common;
 use std::path::{Path, PathBuf};
 
 use cli_common::{bin, tmp, write};
-use xattn::check::{max_err, Rng};
+use xattn::check::{layer_weights, max_err, Rng};
 use xattn::harness::npy;
 use xattn::reference::{cross_attention_layer, cross_attention_layer_in};
 use xattn::{Dtype, LayerConfig, LayerWeights, WeightNames};
 
 const PREFIX: &str = "model.decoder.layers.0.encoder_attn.";
 
-/// Whisper-like weights (every bias but k_proj's), N(0, 1/in).
+/// Whisper-like weights (every bias but k_proj's).
 fn weights(c: &LayerConfig) -> LayerWeights {
-    let mut rng = Rng::new(7);
-    let (e, ekv) = (c.embed, c.kv_embed);
-    let kvd = c.kv_heads * c.head_dim();
-    LayerWeights {
-        w_q: rng.normals(e * e, 1.0 / (e as f64).sqrt()),
-        b_q: Some(rng.normals(e, 0.3)),
-        w_k: rng.normals(kvd * ekv, 1.0 / (ekv as f64).sqrt()),
-        b_k: None,
-        w_v: rng.normals(kvd * ekv, 1.0 / (ekv as f64).sqrt()),
-        b_v: Some(rng.normals(kvd, 0.3)),
-        w_o: rng.normals(e * e, 1.0 / (e as f64).sqrt()),
-        b_o: Some(rng.normals(e, 0.3)),
-    }
+    layer_weights(c, [true, false, true, true], 7)
 }
 
 /// `xattn layer` with the files and extra arguments; (exit code, stderr).

@@ -6,38 +6,11 @@
 mod common;
 
 use common::{ctx, gpu_plan_ctx};
-use xattn::check::{max_err, Rng};
+use xattn::check::{layer_weights, max_err, Rng};
 use xattn::reference::{
     cross_attention_layer, cross_attention_layer_in, cross_attention_layer_probs_in,
 };
 use xattn::{Context, CrossAttention, Dtype, Error, LayerConfig, LayerWeights, ProbHeads};
-
-/// Seeded weights for `c`: N(0, 1/in) entries (the usual init's spread),
-/// biases where `bias` says.
-fn weights(c: &LayerConfig, bias: [bool; 4], seed: u64) -> LayerWeights {
-    let mut rng = Rng::new(seed);
-    let d = c.head_dim();
-    let (hd, kvd) = (c.heads * d, c.kv_heads * d);
-    let mut w = |out: usize, inp: usize| rng.normals(out * inp, 1.0 / (inp as f64).sqrt());
-    let (w_q, w_k, w_v, w_o) = (
-        w(hd, c.embed),
-        w(kvd, c.kv_embed),
-        w(kvd, c.kv_embed),
-        w(c.embed, hd),
-    );
-    let mut rng = Rng::new(seed + 1);
-    let mut b = |on: bool, n: usize| on.then(|| rng.normals(n, 0.5));
-    LayerWeights {
-        w_q,
-        b_q: b(bias[0], hd),
-        w_k,
-        b_k: b(bias[1], kvd),
-        w_v,
-        b_v: b(bias[2], kvd),
-        w_o,
-        b_o: b(bias[3], c.embed),
-    }
-}
 
 #[test]
 fn layer_matches_the_reference_with_gqa_biases_scale_and_gate() {
@@ -76,7 +49,7 @@ fn layer_cases(ctx: &Context) {
     for (i, (mut c, bias, scale, gate)) in cases.into_iter().enumerate() {
         c.scale = scale;
         c.gate = gate;
-        let w = weights(&c, bias, 10 + i as u64);
+        let w = layer_weights(&c, bias, 10 + i as u64);
         let layer = CrossAttention::new(ctx, c, &w).unwrap();
         let (b, n_q, n_kv) = (2, 7, 33);
         let mut rng = Rng::new(20 + i as u64);
@@ -100,7 +73,7 @@ fn layer_cases(ctx: &Context) {
 fn decode_steps_on_a_cached_encoder_kv_equal_the_uncached_layer() {
     for ctx in [ctx(), gpu_plan_ctx()] {
         let c = LayerConfig::new(64, 48, 4, 2);
-        let w = weights(&c, [true; 4], 3);
+        let w = layer_weights(&c, [true; 4], 3);
         let layer = CrossAttention::new(ctx, c, &w).unwrap();
         let mut rng = Rng::new(4);
         let context = rng.normals(99 * c.kv_embed, 3.0);
@@ -136,7 +109,7 @@ fn half_storage_layers_match_the_reference() {
             {
                 c.dtype = dtype;
                 c.gate = gate;
-                let w = weights(&c, [true, false, true, true], 30 + i as u64);
+                let w = layer_weights(&c, [true, false, true, true], 30 + i as u64);
                 let layer = CrossAttention::new(ctx, c, &w).unwrap();
                 let (b, n_q, n_kv) = (2, 5, 37);
                 let mut rng = Rng::new(40 + i as u64);
@@ -184,7 +157,7 @@ fn half_storage_layers_match_the_reference() {
 fn layer_probabilities_match_the_reference_and_sum_to_one() {
     for ctx in [ctx(), gpu_plan_ctx()] {
         let c = LayerConfig::new(64, 40, 4, 2);
-        let w = weights(&c, [true; 4], 50);
+        let w = layer_weights(&c, [true; 4], 50);
         let layer = CrossAttention::new(ctx, c, &w).unwrap();
         let (b, n_q, n_kv) = (2, 6, 45);
         let mut rng = Rng::new(51);
@@ -234,7 +207,7 @@ fn probs_ref<T: xattn::reference::Real>(a: LayerArgs<'_>, heads: &ProbHeads) -> 
 #[test]
 fn bad_weights_and_inputs_are_typed_errors() {
     let c = LayerConfig::new(64, 48, 4, 2);
-    let good = weights(&c, [true; 4], 5);
+    let good = layer_weights(&c, [true; 4], 5);
     let mut short = good.clone();
     short.w_k.pop();
     match CrossAttention::new(ctx(), c, &short) {
@@ -281,7 +254,7 @@ fn bad_weights_and_inputs_are_typed_errors() {
     // Half storage needs widths that are multiples of 4.
     let mut half = LayerConfig::new(66, 37, 6, 3);
     half.dtype = Dtype::F16;
-    let odd = weights(&half, [true; 4], 6);
+    let odd = layer_weights(&half, [true; 4], 6);
     assert!(matches!(
         CrossAttention::new(ctx(), half, &odd),
         Err(Error::Unsupported {

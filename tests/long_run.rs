@@ -6,9 +6,9 @@
 mod common;
 
 use common::ctx;
-use xattn::check::{max_err, Rng};
+use xattn::check::{layer_weights, max_err, Rng};
 use xattn::reference::{cross_attention_layer, cross_attention_layer_in};
-use xattn::{CrossAttention, LayerConfig, LayerWeights};
+use xattn::{CrossAttention, LayerConfig};
 
 /// Resident set size of this process, bytes (Linux).
 fn rss() -> u64 {
@@ -21,18 +21,8 @@ fn rss() -> u64 {
 fn ten_thousand_decode_steps_keep_memory_and_device_objects_flat() {
     let ctx = ctx();
     let c = LayerConfig::new(64, 64, 4, 4);
-    let mut rng = Rng::new(1);
-    let mut w = |n: usize| rng.normals(n, 0.125);
-    let weights = LayerWeights {
-        w_q: w(64 * 64),
-        b_q: Some(w(64)),
-        w_k: w(64 * 64),
-        b_k: None,
-        w_v: w(64 * 64),
-        b_v: Some(w(64)),
-        w_o: w(64 * 64),
-        b_o: Some(w(64)),
-    };
+    let weights = layer_weights(&c, [true, false, true, true], 1);
+    let mut rng = Rng::new(2);
     let layer = CrossAttention::new(ctx, c, &weights).unwrap();
     let n_kv = 300;
     let context = rng.normals(n_kv * 64, 3.0);
