@@ -210,8 +210,18 @@ fn planner_splits_where_the_grid_would_leave_the_device_idle() {
     assert_eq!((w.splits, w.split_keys), (11, 137), "{w:?}");
     let perceiver = AttentionProblem::new(1, 1, 512, 50_176, 64);
     let pc = plan(&perceiver, &gpu, TileOverride::default()).unwrap();
-    assert_eq!(pc.variant, FlashVariant::Tiled);
-    assert_eq!((pc.splits, pc.split_keys), (63, 800), "{pc:?}");
+    assert_eq!((pc.variant, pc.subgroups), (FlashVariant::Lanes, false));
+    // Few workgroups: splits of at least 128 keys, toward ~512 workgroups.
+    let workgroups = pc.grid.0 as usize * pc.grid.1 as usize;
+    assert!(pc.splits > 1 && pc.split_keys >= 128, "{pc:?}");
+    assert!(
+        pc.splits as usize * pc.split_keys as usize >= 50_176,
+        "{pc:?}"
+    );
+    assert!(
+        (256..=1024).contains(&workgroups),
+        "{workgroups} workgroups: {pc:?}"
+    );
     // Enough workgroups already: no split, one launch.
     let square = AttentionProblem::new(4, 16, 2048, 2048, 64);
     let sq = plan(&square, &gpu, TileOverride::default()).unwrap();
@@ -305,5 +315,51 @@ fn gpu_decode_kernel_spreads_the_head_dim_across_lanes() {
             let plan = plan(p, ctx().caps(), force).unwrap();
             assert_eq!(plan.subgroups, sub, "{}", plan.why);
         }
+    }
+}
+
+#[test]
+fn lanes_rows_shape_sums_through_workgroup_memory_without_subgroups() {
+    // The rows shape (many rows, 4 per lane, KL lanes per key) with each
+    // key's partial sums through workgroup memory: what a GPU without
+    // subgroups (GL, WebGPU without the feature) is planned, run here under
+    // the GPU plan family with subgroups forced off. Head dims the lanes
+    // divide or not, GQA, key lengths, a split.
+    let gpu = gpu_plan_ctx();
+    let cases = [
+        (AttentionProblem::new(1, 4, 100, 130, 64), None),
+        (
+            AttentionProblem::new(2, 8, 37, 77, 40).with_kv_heads(2),
+            None,
+        ),
+        (
+            AttentionProblem::new(1, 2, 64, 200, 59).with_kv_lens(true),
+            Some(vec![150u32]),
+        ),
+        (AttentionProblem::new(1, 2, 40, 90, 160), None),
+    ];
+    for (i, (p, lens)) in cases.iter().enumerate() {
+        let force = TileOverride {
+            variant: Some(FlashVariant::Lanes),
+            subgroups: Some(false),
+            ..Default::default()
+        };
+        let flash = FlashAttention::with_tiles(gpu, p, force).unwrap();
+        assert!(
+            !flash.plan().subgroups && flash.plan().tr > 1,
+            "{}",
+            flash.plan().why
+        );
+        assert!(
+            flash.plan().live_floats <= xattn::GPU_LIVE_FLOATS,
+            "{}",
+            flash.plan().why
+        );
+        let lens = lens.as_deref();
+        let r = check_with(gpu, p, lens, 60 + i as u64, |q, k, v| {
+            flash.run(q, k, v, lens)
+        })
+        .unwrap();
+        assert!(r.passed(), "{p:?}: {r:?} ({})", flash.plan().why);
     }
 }

@@ -280,10 +280,12 @@ pub fn fold_grid(total: usize, max_per_dim: u32, kernel: &'static str) -> Result
 ///   (coalesced rows across lanes, subgroup merges; `lanes.rs`);
 ///   otherwise [`FlashVariant::Simd`] on CPU adapters with one fixed
 ///   subgroup size (lavapipe; `simd.rs` has its rows per lane and the
-///   measurements), [`FlashVariant::Lanes`] on GPUs with subgroups (its
-///   rows shape: 4 rows per lane, each K/V load feeding 16 FMAs, within the
-///   128-float register budget), else [`FlashVariant::Tiled`].
-/// - Tiled (GPUs without subgroups, GL, a forced tiled plan), TR (rows per invocation): on GPUs 1, to keep Q, O and the score
+///   measurements), [`FlashVariant::Lanes`] on GPUs (its rows shape: 4
+///   rows per lane, each K/V load feeding 16 FMAs, within the 128-float
+///   register budget; each key's sum by subgroup shuffles, or through
+///   workgroup memory where the GPU has no subgroups), else
+///   [`FlashVariant::Tiled`] (CPU adapters without fixed subgroups: GL).
+/// - Tiled (CPU adapters without fixed subgroups, GL, a forced tiled plan), TR (rows per invocation): on GPUs 1, to keep Q, O and the score
 ///   row in registers (4·(⌈d/4⌉+⌈d_v/4⌉)+Bc registers, 144 at d = 64). On CPU
 ///   adapters (lavapipe) 4 when n_q ≥ 256, else 2: every invocation is a
 ///   SIMD lane and each K/V load from workgroup memory then feeds TR FMAs.
@@ -317,7 +319,11 @@ pub fn plan(
             }
         } else if cpu && simd::fits(caps) {
             FlashVariant::Simd
-        } else if !cpu && caps.subgroups && caps.subgroup_min_size > 0 {
+        } else if !cpu {
+            // With subgroups or without (each key's sum then goes through
+            // workgroup memory): the head dim split across lanes keeps
+            // every GPU plan within the register budget, which the tiled
+            // kernel (a whole Q and O row per invocation) cannot.
             FlashVariant::Lanes
         } else {
             FlashVariant::Tiled
@@ -381,8 +387,7 @@ pub fn plan(
     if !cpu && live > GPU_LIVE_FLOATS {
         tiles.plan.why.push_str(&format!(
             " (over the {GPU_LIVE_FLOATS} a GPU invocation should hold: it would spill; \
-             the lanes kernel, which splits the head dim across lanes to keep within it, \
-             needs subgroups for its rows shape)"
+             the lanes kernel splits the head dim across lanes to keep within it)"
         ));
     }
     if (chunk_keys as usize) < problem.n_kv.min(split_keys as usize) {

@@ -78,16 +78,23 @@ fn variants_follow_the_query_rows_per_kv_head() {
         };
         assert_eq!(whisper.variant, want, "{name}");
         let square = go(&AttentionProblem::new(1, 8, 2048, 2048, 64), &caps);
-        // GPUs: the lanes kernel where the adapter has subgroups, the
-        // tiled kernel where it has none (WebGPU defaults).
+        // GPUs: the lanes kernel, its sums by subgroup shuffles where the
+        // adapter has subgroups and through workgroup memory where it has
+        // none (WebGPU defaults), within the register budget either way.
         let want = if name == "lavapipe" {
             FlashVariant::Simd
-        } else if caps.subgroups {
-            FlashVariant::Lanes
         } else {
-            FlashVariant::Tiled
+            FlashVariant::Lanes
         };
         assert_eq!(square.variant, want, "{name}");
+        if name != "lavapipe" {
+            assert_eq!(square.subgroups, caps.subgroups, "{name}");
+            assert!(
+                square.live_floats <= GPU_LIVE_FLOATS,
+                "{name}: {}",
+                square.why
+            );
+        }
         // GQA 8:1 with 2 query rows: 16 rows share one kv head.
         let gqa = AttentionProblem::new(1, 8, 2, 999, 64).with_kv_heads(1);
         assert_eq!(go(&gqa, &caps).variant, want, "{name}");
@@ -169,15 +176,28 @@ fn tiles_per_adapter() {
     );
     assert_eq!((d128.tr, d128.br), (4, 32), "{}", d128.why);
     // WebGPU's 16 KiB: 32 rows of K and V at d 64 need 16 400 bytes.
-    let web = go(&square, &webgpu());
+    let web = plan(&square, &webgpu(), tiled).unwrap();
     assert_eq!(web.bc, 16);
     assert_eq!(tiled::workgroup_bytes(&square, 32), 16_400);
     // Few query rows: a narrower workgroup, never under 16.
     let blip = cpu_tiled(&AttentionProblem::new(4, 12, 32, 257, 64));
     assert_eq!((blip.tr, blip.wg), (2, 16));
     // d 256 at WebGPU's limit still plans, with small key blocks.
-    let wide = go(&AttentionProblem::new(1, 1, 300, 300, 256), &webgpu());
+    let wide = plan(
+        &AttentionProblem::new(1, 1, 300, 300, 256),
+        &webgpu(),
+        tiled,
+    )
+    .unwrap();
     assert!(wide.bc >= 4 && wide.workgroup_bytes <= 16_384, "{wide:?}");
+    // Its default is the lanes kernel with workgroup-memory sums, within
+    // the workgroup memory and the register budget.
+    let lanes = go(&AttentionProblem::new(1, 1, 300, 300, 256), &webgpu());
+    assert_eq!(
+        (lanes.variant, lanes.subgroups),
+        (FlashVariant::Lanes, false)
+    );
+    assert!(lanes.workgroup_bytes <= 16_384 && lanes.live_floats <= GPU_LIVE_FLOATS);
 }
 
 #[test]
@@ -297,9 +317,11 @@ fn simd_is_the_cpu_default_and_needs_a_fixed_subgroup() {
     )
     .unwrap();
     assert_eq!((few.variant, few.tr), (FlashVariant::Simd, 3));
-    // No subgroups (GL, WebGPU): the tiled kernel, and a forced simd plan
-    // says why it cannot run.
-    assert_eq!(go(&p, &webgpu()).variant, FlashVariant::Tiled);
+    // No subgroups (WebGPU's defaults): the lanes kernel with its sums
+    // through workgroup memory, and a forced simd plan says why it cannot
+    // run.
+    let web = go(&p, &webgpu());
+    assert_eq!((web.variant, web.subgroups), (FlashVariant::Lanes, false));
     let simd = TileOverride {
         variant: Some(FlashVariant::Simd),
         ..Default::default()
