@@ -44,6 +44,22 @@ pub struct DeviceCaps {
 }
 
 impl DeviceCaps {
+    /// The most bytes one storage binding may hold: the binding size,
+    /// capped by the buffer size.
+    pub fn binding_limit(&self) -> u64 {
+        self.max_storage_binding.min(self.max_buffer_size)
+    }
+
+    /// Refuses a binding of `bytes` past [`DeviceCaps::binding_limit`],
+    /// naming the tensor and the limit.
+    pub fn check_binding(&self, name: &'static str, bytes: u64) -> crate::error::Result<()> {
+        let limit = self.binding_limit();
+        if bytes > limit {
+            return Err(crate::error::Error::BindingTooLarge { name, bytes, limit });
+        }
+        Ok(())
+    }
+
     /// The caps of a device, with the host facts the planner reads
     /// ([`crate::ContextOptions`] supplies them for a [`crate::Context`]).
     pub fn from_device(device: &wgpu::Device, host_threads: usize, packed_f16: bool) -> Self {

@@ -103,17 +103,7 @@ impl<'c> NaiveAttention<'c> {
         }
         problem.validate_limits(ctx.caps())?;
         let s_bytes = 4 * Self::score_elements(problem) as u64;
-        let limit = ctx
-            .caps()
-            .max_storage_binding
-            .min(ctx.caps().max_buffer_size);
-        if s_bytes > limit {
-            return Err(Error::BindingTooLarge {
-                name: "naive score matrix",
-                bytes: s_bytes,
-                limit,
-            });
-        }
+        ctx.caps().check_binding("naive score matrix", s_bytes)?;
         // The softmax kernel loops over a row three times; CPU drivers stop a
         // shader's loops after 65 535 iterations in total (see
         // `plan::loop_safe_keys`), which would silently truncate rows.

@@ -99,17 +99,7 @@ impl<'c> AttentionProbs<'c> {
                 elements: len as u64,
             });
         }
-        let limit = ctx
-            .caps()
-            .max_storage_binding
-            .min(ctx.caps().max_buffer_size);
-        if bytes > limit {
-            return Err(Error::BindingTooLarge {
-                name: "probs",
-                bytes,
-                limit,
-            });
-        }
+        ctx.caps().check_binding("probs", bytes)?;
         let spec = flash.plan().spec(&p).probs(heads.len() as u32);
         let kernel = ctx.flash_pipeline(spec)?;
         // The fused launch's params: the same strides, scale and masks.

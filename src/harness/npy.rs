@@ -279,7 +279,11 @@ fn write_to<T: npyz::AutoSerialize>(
 
 /// Reads an int32 or int64 array as i64.
 pub fn read_int(path: &Path) -> Result<Array<i64>> {
-    let file = open(path)?;
+    ints(open(path)?, path)
+}
+
+/// An opened int32 or int64 array as i64.
+fn ints(file: Opened, path: &Path) -> Result<Array<i64>> {
     match file.type_str() {
         Some(t) if t.type_char() == TypeChar::Int && t.num_bytes() == Some(4) => {
             let a = file.read::<i32>(path)?;
@@ -308,8 +312,7 @@ pub fn read_bool(path: &Path) -> Result<Array<bool>> {
     {
         return file.read(path);
     }
-    drop(file);
-    let a = read_int(path).map_err(|e| match e {
+    let a = ints(file, path).map_err(|e| match e {
         Error::Npy { path, reason } => Error::Npy {
             path,
             reason: format!("{reason}; a mask is bool (or int32/int64, nonzero = attend)"),

@@ -192,18 +192,6 @@ impl EncoderKv {
     }
 }
 
-/// Refuses a buffer past the adapter's storage binding (or buffer) size.
-fn fits_binding(ctx: &Context, name: &'static str, bytes: u64) -> Result<()> {
-    let limit = ctx
-        .caps()
-        .max_storage_binding
-        .min(ctx.caps().max_buffer_size);
-    if bytes > limit {
-        return Err(Error::BindingTooLarge { name, bytes, limit });
-    }
-    Ok(())
-}
-
 /// A cross-attention layer on one context: weights uploaded once.
 #[derive(Debug)]
 pub struct CrossAttention<'c> {
@@ -219,7 +207,8 @@ impl<'c> CrossAttention<'c> {
     pub fn new(ctx: &'c Context, config: LayerConfig, weights: &LayerWeights) -> Result<Self> {
         weights.validate(&config)?;
         for (name, _, _, out, inp) in weights.projections(&config) {
-            fits_binding(ctx, name, (config.dtype.bytes() * out * inp) as u64)?;
+            ctx.caps()
+                .check_binding(name, (config.dtype.bytes() * out * inp) as u64)?;
         }
         let kernels = LinearKernels::new(ctx, config.dtype);
         let proj = weights
@@ -262,8 +251,9 @@ impl<'c> CrossAttention<'c> {
         let ctx = self.ctx;
         let rows = batch * n_kv;
         let bytes = (c.dtype.bytes() * rows * c.kv_heads * c.head_dim()) as u64;
-        fits_binding(ctx, "context", (c.dtype.bytes() * context.len()) as u64)?;
-        fits_binding(ctx, "k", bytes)?;
+        ctx.caps()
+            .check_binding("context", (c.dtype.bytes() * context.len()) as u64)?;
+        ctx.caps().check_binding("k", bytes)?;
         let input = ctx.upload("context", &c.dtype.encode(context));
         let k = ctx.storage("encoder k", bytes);
         let v = ctx.storage("encoder v", bytes);

@@ -63,7 +63,7 @@ impl<'a, 'c> LayerStep<'a, 'c> {
         p.validate_masks(&masks)?;
         let rows = kv.batch * n_q;
         let x_bytes = (c.dtype.bytes() * rows * c.embed) as u64;
-        super::fits_binding(ctx, "x", x_bytes)?;
+        ctx.caps().check_binding("x", x_bytes)?;
         let flash = FlashAttention::new(ctx, &p)?;
         let x = ctx.storage("x", x_bytes);
         let q = ctx.storage("q", p.tensor_bytes("q"));

@@ -50,7 +50,7 @@ pub(super) fn choose(
     let kernel = tiles.plan.variant.name();
     let n_kv = problem.n_kv.max(1);
     let row_bytes = state_row_bytes(problem);
-    let state_limit = caps.max_storage_binding.min(caps.max_buffer_size);
+    let state_limit = caps.binding_limit();
     let per_split_bytes = row_bytes * problem.lse_len() as u64;
     let mem_splits = (state_limit / per_split_bytes.max(1)).min(MAX_SPLITS as u64) as usize;
     let loop_keys = tiles.loop_keys.max(1) as usize;

@@ -108,7 +108,6 @@ impl AttentionProblem {
     /// Checks that each tensor (and the bias or mask) fits one storage
     /// binding on this device.
     pub fn validate_limits(&self, caps: &DeviceCaps) -> Result<()> {
-        let limit = caps.max_storage_binding.min(caps.max_buffer_size);
         let mask = ("mask", 4 * self.mask_words() as u64);
         for (name, bytes) in self
             .tensors()
@@ -116,9 +115,7 @@ impl AttentionProblem {
             .into_iter()
             .chain([mask])
         {
-            if bytes > limit {
-                return Err(Error::BindingTooLarge { name, bytes, limit });
-            }
+            caps.check_binding(name, bytes)?;
         }
         Ok(())
     }
