@@ -36,22 +36,24 @@ fn $NAME_row4(base: u32, c: u32, len: u32) -> vec4<f32> {
 //@ tex
 // K or V from its texture mirror (KvAccess::Texture): element e of the
 // buffer is component e % 4 of flat texel e / 4, TEXW texels per texture
-// row. Rows start at multiples of 4 elements. A float format (f32, f16).
-@group(0) @binding($BINDING) var $NAME_tex: texture_2d<f32>;
+// row. Rows start at multiples of 4 elements. A float format (rgba32float
+// for f32, rgba16float for f16), bound as a read-only storage texture: a
+// CPU driver reads one without the sampler's per-lane mip-level work.
+@group(0) @binding($BINDING) var $NAME_tex: texture_storage_2d<$TEXFMT, read>;
 
 fn $NAME_row4(base: u32, c: u32, len: u32) -> vec4<f32> {
     let t = (base >> 2u) + c;
-    return textureLoad($NAME_tex, vec2<u32>(t & (TEXW - 1u), t >> TEXW_LOG2), 0);
+    return textureLoad($NAME_tex, vec2<u32>(t & (TEXW - 1u), t >> TEXW_LOG2));
 }
 
 //@ tex_bf16
 // As `tex`, from an rgba16uint mirror of bf16 storage: bfloat16 is the top
 // half of an f32.
-@group(0) @binding($BINDING) var $NAME_tex: texture_2d<u32>;
+@group(0) @binding($BINDING) var $NAME_tex: texture_storage_2d<rgba16uint, read>;
 
 fn $NAME_row4(base: u32, c: u32, len: u32) -> vec4<f32> {
     let t = (base >> 2u) + c;
-    let h = textureLoad($NAME_tex, vec2<u32>(t & (TEXW - 1u), t >> TEXW_LOG2), 0);
+    let h = textureLoad($NAME_tex, vec2<u32>(t & (TEXW - 1u), t >> TEXW_LOG2));
     return bitcast<vec4<f32>>(h << vec4<u32>(16u));
 }
 

@@ -123,30 +123,30 @@ fn w4(i: u32) -> vec4<f32> {
 
 //@ texture
 // Texture mirrors (rgba32float for f32, rgba16float for f16), TEXW texels
-// per row: a texel fetch is a straight-line gather on a CPU driver, a
-// storage load a per-lane loop.
-@group(0) @binding(1) var x_tex: texture_2d<f32>;
-@group(0) @binding(2) var w_tex: texture_2d<f32>;
+// per row, bound as read-only storage textures: a texel read is a
+// straight-line gather on a CPU driver, a storage load a per-lane loop.
+@group(0) @binding(1) var x_tex: texture_storage_2d<$TEXFMT, read>;
+@group(0) @binding(2) var w_tex: texture_storage_2d<$TEXFMT, read>;
 
 fn x4(i: u32) -> vec4<f32> {
-    return textureLoad(x_tex, vec2<u32>(i & (TEXW - 1u), i >> TEXW_LOG2), 0);
+    return textureLoad(x_tex, vec2<u32>(i & (TEXW - 1u), i >> TEXW_LOG2));
 }
 
 fn w4(i: u32) -> vec4<f32> {
-    return textureLoad(w_tex, vec2<u32>(i & (TEXW - 1u), i >> TEXW_LOG2), 0);
+    return textureLoad(w_tex, vec2<u32>(i & (TEXW - 1u), i >> TEXW_LOG2));
 }
 
 //@ texture_bf16
 // As `texture`, from rgba16uint mirrors: bfloat16 is the top half of an f32.
-@group(0) @binding(1) var x_tex: texture_2d<u32>;
-@group(0) @binding(2) var w_tex: texture_2d<u32>;
+@group(0) @binding(1) var x_tex: texture_storage_2d<rgba16uint, read>;
+@group(0) @binding(2) var w_tex: texture_storage_2d<rgba16uint, read>;
 
 fn x4(i: u32) -> vec4<f32> {
-    let h = textureLoad(x_tex, vec2<u32>(i & (TEXW - 1u), i >> TEXW_LOG2), 0);
+    let h = textureLoad(x_tex, vec2<u32>(i & (TEXW - 1u), i >> TEXW_LOG2));
     return bitcast<vec4<f32>>(h << vec4<u32>(16u));
 }
 
 fn w4(i: u32) -> vec4<f32> {
-    let h = textureLoad(w_tex, vec2<u32>(i & (TEXW - 1u), i >> TEXW_LOG2), 0);
+    let h = textureLoad(w_tex, vec2<u32>(i & (TEXW - 1u), i >> TEXW_LOG2));
     return bitcast<vec4<f32>>(h << vec4<u32>(16u));
 }

@@ -77,10 +77,9 @@ pub(crate) enum Binding {
     Uniform,
     Read,
     ReadWrite,
-    /// A 2D texture read with `textureLoad` (float, or uint where `uint`).
-    Texture {
-        uint: bool,
-    },
+    /// A 2D texture mirror of a buffer in `format`, read with `textureLoad`
+    /// as a read-only storage texture.
+    Mirror(wgpu::TextureFormat),
 }
 
 impl Binding {
@@ -94,14 +93,10 @@ impl Binding {
             Binding::Uniform => buffer(wgpu::BufferBindingType::Uniform),
             Binding::Read => buffer(wgpu::BufferBindingType::Storage { read_only: true }),
             Binding::ReadWrite => buffer(wgpu::BufferBindingType::Storage { read_only: false }),
-            Binding::Texture { uint } => wgpu::BindingType::Texture {
-                sample_type: if uint {
-                    wgpu::TextureSampleType::Uint
-                } else {
-                    wgpu::TextureSampleType::Float { filterable: false }
-                },
+            Binding::Mirror(format) => wgpu::BindingType::StorageTexture {
+                access: wgpu::StorageTextureAccess::ReadOnly,
+                format,
                 view_dimension: wgpu::TextureViewDimension::D2,
-                multisampled: false,
             },
         }
     }

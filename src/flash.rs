@@ -358,7 +358,7 @@ impl KvMirror {
             sample_count: 1,
             dimension: wgpu::TextureDimension::D2,
             format,
-            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+            usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
             view_formats: &[],
         });
         let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
@@ -433,10 +433,7 @@ impl Context {
         }
         if let KvAccess::Texture { .. } = spec.kv {
             // Bindings 9 and 10 (KvAccess::TEXTURE_BINDINGS).
-            // Sampled as the mirror's format reads: uint for bf16's words.
-            let uint = spec.io.texture_format().sample_type(None, None)
-                == Some(wgpu::TextureSampleType::Uint);
-            bindings.extend([Binding::Texture { uint }; 2]);
+            bindings.extend([Binding::Mirror(spec.io.texture_format()); 2]);
         }
         self.pipeline(
             PipelineKey {

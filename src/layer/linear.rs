@@ -35,14 +35,12 @@ fn mirror_io(dtype: Dtype) -> TensorIo {
 }
 
 /// The bindings of a projection kernel: params, X, W, bias, residual, Y,
-/// with X and W as textures (float, or uint for bf16) where the spec reads
-/// mirrors.
+/// with X and W read from their mirrors (read-only storage textures) where
+/// the spec has them.
 fn bindings(spec: &LinearSpec) -> [Binding; 6] {
     let xw = match spec.texture {
         None => Binding::Read,
-        Some(_) => Binding::Texture {
-            uint: spec.dtype == Dtype::Bf16,
-        },
+        Some(_) => Binding::Mirror(mirror_io(spec.dtype).texture_format()),
     };
     [
         Binding::Uniform,

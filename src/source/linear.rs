@@ -109,7 +109,14 @@ impl LinearSpec {
             "{head}{LINEAR_COMMON_WGSL}{body}{}{unpack}{}{}",
             section(sections, "finish4"),
             section(sections, form),
-            section(sections, access)
+            section(sections, access).replace(
+                "$TEXFMT",
+                if self.dtype == Dtype::F32 {
+                    "rgba32float"
+                } else {
+                    "rgba16float"
+                }
+            )
         )
     }
 }

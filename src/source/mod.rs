@@ -138,6 +138,15 @@ impl TensorIo {
         }
     }
 
+    /// [`TensorIo::texture_format`] as WGSL names it in a storage texture type.
+    pub(crate) fn wgsl_texel_format(self) -> &'static str {
+        match self {
+            TensorIo::F32 => "rgba32float",
+            TensorIo::F16 | TensorIo::F16Packed => "rgba16float",
+            TensorIo::Bf16 => "rgba16uint",
+        }
+    }
+
     /// The `flash_io.wgsl` template reading a [`KvAccess::Texture`] mirror.
     fn texture_template(self) -> &'static str {
         match self {
@@ -454,6 +463,7 @@ impl FlashSpec {
             src.push_str(
                 &io_template(form)
                     .replace("$NAME", name)
+                    .replace("$TEXFMT", self.io.wgsl_texel_format())
                     .replace("$BINDING", &binding.to_string()),
             );
         }
