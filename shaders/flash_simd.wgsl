@@ -64,37 +64,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let range = key_range(tile.split, block_keys(sq, i0, i_end));
     let end = range.y;
 
-    // Row t of this lane is query i0 + lane + SG·t. Its Q (scaled), O and
-    // (m, l) live in private arrays that the block reads and writes at
-    // constant indices only; the loops below, the only dynamic indexing,
-    // run once per workgroup. These are function-scope arrays rather than
+    // Row t of this lane is query qi{t} = i0 + lane + SG·t. Its Q (scaled),
+    // O and (m, l) live in private arrays indexed by constants only, in the
+    // block and in the generated prologue and epilogue alike: the driver
+    // unrolls no loop of more than 32 iterations (NIR's
+    // max_unroll_iterations on lavapipe), and a loop over d/4 > 32 vec4s
+    // left the arrays dynamically indexed, which at d 160 doubled both the
+    // compile and the run time. These are function-scope arrays rather than
     // softmax_state.wgsl's module-scope m, l and O, so the reset, load,
-    // store and finish below are written out instead of calling its
-    // functions: with the module-scope arrays (same code otherwise) a cold
-    // compile took 12.7–13.7 s against 8.0–8.8 s at 2×512², d 64, TR 4.
+    // store and finish are written out instead of calling its functions:
+    // with the module-scope arrays (same code otherwise) a cold compile took
+    // 12.7–13.7 s against 8.0–8.8 s at 2×512², d 64, TR 4.
     var qa: array<vec4<f32>, TR * D4>;
     var oa: array<vec4<f32>, TR * DV4>;
     var ml: array<vec2<f32>, TR>;
     let carried = (params.flags & LAUNCH_FIRST) == 0u;
-    for (var t = 0u; t < TR; t++) {
-        let qi = i0 + lane + SG * t;
-        for (var c = 0u; c < D4; c++) {
-            qa[t * D4 + c] = q_scaled4(b, sq.q0 + qi, h, c, qi < i_end);
-        }
-        ml[t] = vec2<f32>(NEG_BIG, 0.0);
-        for (var c = 0u; c < DV4; c++) {
-            oa[t * DV4 + c] = vec4<f32>(0.0);
-        }
-        if (carried && qi < sq.nq) {
-            let sb = state_base(tile.split, row_index(b, h, sq.q0 + qi));
-            ml[t] = state[sb].xy;
-            for (var c = 0u; c < DV4; c++) {
-                oa[t * DV4 + c] = state[sb + 1u + c];
-            }
-        }
-    }
-    // Row t's window keys and mask rows.
+    // Row t's query index, window keys and mask rows; its Q, and its O and
+    // (m, l) reset or carried in.
 $ROWS
+$PROLOGUE
     for (var kv0 = range.x; kv0 < end; kv0 += BC) {
         let j = min(kv0 + lane, end - 1u);
         let kr = kb + j * params.k_stride_s;
@@ -105,27 +93,5 @@ $BLOCK
     // O/l and LSE, or the state for the next launch or the split-KV
     // combine; padded query rows (qi ≥ i_end) get O = 0, LSE = −∞.
     let out = writes_output();
-    for (var t = 0u; t < TR; t++) {
-        let qi = i0 + lane + SG * t;
-        if (qi < sq.nq) {
-            let live = qi < i_end;
-            let m_t = select(NEG_BIG, ml[t].x, live);
-            let l_t = select(0.0, ml[t].y, live);
-            let row = row_index(b, h, sq.q0 + qi);
-            if (out) {
-                let inv = inv_l(l_t);
-                let ob = o_base(b, sq.q0 + qi, h);
-                for (var c = 0u; c < DV4; c++) {
-                    store_o4(ob, c, select(vec4<f32>(0.0), oa[t * DV4 + c] * inv, live));
-                }
-                lse[row] = lse_of(m_t, l_t);
-            } else {
-                let sb = state_base(tile.split, row);
-                state[sb] = vec4<f32>(m_t, l_t, 0.0, 0.0);
-                for (var c = 0u; c < DV4; c++) {
-                    state[sb + 1u + c] = select(vec4<f32>(0.0), oa[t * DV4 + c], live);
-                }
-            }
-        }
-    }
+$EPILOGUE
 }

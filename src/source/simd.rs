@@ -28,7 +28,9 @@ pub(super) struct Unroll {
 pub(super) fn body(template: &str, u: Unroll) -> String {
     template
         .replace("$ROWS\n", &rows(u))
+        .replace("$PROLOGUE\n", &prologue(u))
         .replace("$BLOCK\n", &block(u))
+        .replace("$EPILOGUE\n", &epilogue(u))
 }
 
 /// `writeln!` into a String cannot fail.
@@ -51,6 +53,76 @@ fn rows(u: Unroll) -> String {
             s,
             "{i}let at{t} = select(vec2<u32>(0u), mask_row(b, h, min(qi{t}, sq.nq - 1u)), MASK != 0u);"
         );
+    }
+    s
+}
+
+/// Each row's Q (scaled; zero past the workgroup's rows) and its state:
+/// reset, or carried in from an earlier launch.
+fn prologue(u: Unroll) -> String {
+    let mut s = String::new();
+    let i = "    ";
+    for t in 0..u.tr {
+        for c in 0..u.d4 {
+            line!(
+                s,
+                "{i}qa[{}] = q_scaled4(b, sq.q0 + qi{t}, h, {c}u, qi{t} < i_end);",
+                t * u.d4 + c
+            );
+        }
+        line!(s, "{i}ml[{t}] = vec2<f32>(NEG_BIG, 0.0);");
+        for c in 0..u.dv4 {
+            line!(s, "{i}oa[{}] = vec4<f32>(0.0);", t * u.dv4 + c);
+        }
+        line!(s, "{i}if (carried && qi{t} < sq.nq) {{");
+        line!(
+            s,
+            "{i}    let sb = state_base(tile.split, row_index(b, h, sq.q0 + qi{t}));"
+        );
+        line!(s, "{i}    ml[{t}] = state[sb].xy;");
+        for c in 0..u.dv4 {
+            line!(s, "{i}    oa[{}] = state[sb + {}u];", t * u.dv4 + c, 1 + c);
+        }
+        line!(s, "{i}}}");
+    }
+    s
+}
+
+/// Each row's O/l and LSE, or its state for the next launch or the split-KV
+/// combine; padded query rows (qi ≥ i_end) get O = 0, LSE = −∞.
+fn epilogue(u: Unroll) -> String {
+    let mut s = String::new();
+    let i = "    ";
+    for t in 0..u.tr {
+        line!(s, "{i}if (qi{t} < sq.nq) {{");
+        line!(s, "{i}    let live = qi{t} < i_end;");
+        line!(s, "{i}    let m_t = select(NEG_BIG, ml[{t}].x, live);");
+        line!(s, "{i}    let l_t = select(0.0, ml[{t}].y, live);");
+        line!(s, "{i}    let row = row_index(b, h, sq.q0 + qi{t});");
+        line!(s, "{i}    if (out) {{");
+        line!(s, "{i}        let inv = inv_l(l_t);");
+        line!(s, "{i}        let ob = o_base(b, sq.q0 + qi{t}, h);");
+        for c in 0..u.dv4 {
+            line!(
+                s,
+                "{i}        store_o4(ob, {c}u, select(vec4<f32>(0.0), oa[{}] * inv, live));",
+                t * u.dv4 + c
+            );
+        }
+        line!(s, "{i}        lse[row] = lse_of(m_t, l_t);");
+        line!(s, "{i}    }} else {{");
+        line!(s, "{i}        let sb = state_base(tile.split, row);");
+        line!(s, "{i}        state[sb] = vec4<f32>(m_t, l_t, 0.0, 0.0);");
+        for c in 0..u.dv4 {
+            line!(
+                s,
+                "{i}        state[sb + {}u] = select(vec4<f32>(0.0), oa[{}], live);",
+                1 + c,
+                t * u.dv4 + c
+            );
+        }
+        line!(s, "{i}    }}");
+        line!(s, "{i}}}");
     }
     s
 }
