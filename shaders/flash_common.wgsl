@@ -102,7 +102,9 @@ struct Params {
     // plain order.
     grid_stride: u32,
     grid_rows: u32,
-    _pad0: u32,
+    // Always 1: a loop count times `one` is one the driver's compiler cannot
+    // see, so it keeps the loop (flash_simd.wgsl's prologue and epilogue).
+    one: u32,
     _pad1: u32,
     _pad2: u32,
 }

@@ -106,8 +106,10 @@ pub struct FlashParams {
     pub grid_stride: u32,
     /// ⌈tiles / grid_stride⌉.
     pub grid_rows: u32,
-    /// Padding to a multiple of 16 bytes.
-    pub _pad0: u32,
+    /// Always 1: a loop count the shader multiplies by it is one the
+    /// driver's compiler cannot see, so it keeps the loop rather than
+    /// unrolling it (the simd kernel's prologue and epilogue).
+    pub one: u32,
     /// Padding to a multiple of 16 bytes.
     pub _pad1: u32,
     /// Padding to a multiple of 16 bytes.
@@ -200,7 +202,7 @@ impl FlashParams {
             lse_rows: p.lse_len() as u32,
             grid_stride: plan.grid_stride,
             grid_rows: plan.grid_rows,
-            _pad0: 0,
+            one: 1,
             _pad1: 0,
             _pad2: 0,
         }

@@ -408,7 +408,7 @@ fn flash_params_match_the_wgsl_struct() {
         lse_rows,
         grid_stride,
         grid_rows,
-        _pad0,
+        one,
         _pad1,
         _pad2
     );

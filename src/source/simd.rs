@@ -57,19 +57,75 @@ fn rows(u: Unroll) -> String {
     s
 }
 
+/// vec4s one iteration of a prologue or epilogue loop moves.
+const CHUNK: u32 = 8;
+
+fn chunks(n4: u32) -> u32 {
+    n4.div_ceil(CHUNK)
+}
+
+/// Opens a loop over the chunks of a row of `n4` vec4s: `c{i}` is the vec4
+/// of slot i in chunk `ch`. Its count is multiplied by `params.one` (1 at
+/// run time), so the driver cannot unroll it: the loop body holds one
+/// memory access per slot, where unrolled code held one per vec4. On
+/// lavapipe each storage access in a shader is a loop over the SIMD lanes
+/// of its own, and those accesses (Q in; O, LSE or the state out) were two
+/// thirds of the d 160 compile.
+fn open_chunks(s: &mut String, ind: &str, n4: u32) {
+    line!(
+        s,
+        "{ind}for (var ch = 0u; ch < {}u * params.one; ch++) {{",
+        chunks(n4)
+    );
+    for i in 0..CHUNK.min(n4) {
+        line!(s, "{ind}    let c{i} = ch * {CHUNK}u + {i}u;");
+    }
+}
+
+/// Moves `x{i}` into element `base + k·CHUNK + i` of `arr` for the chunk k
+/// that is `ch`, by selects: the array stays indexed by constants.
+fn scatter(s: &mut String, ind: &str, arr: &str, base: u32, n4: u32) {
+    for k in 0..chunks(n4) {
+        for i in 0..CHUNK {
+            let e = base + k * CHUNK + i;
+            if k * CHUNK + i < n4 {
+                line!(s, "{ind}{arr}[{e}] = select({arr}[{e}], x{i}, ch == {k}u);");
+            }
+        }
+    }
+}
+
+/// `y{i}`: element `base + ch·CHUNK + i` of `arr`, picked by selects.
+fn gather(s: &mut String, ind: &str, arr: &str, base: u32, n4: u32) {
+    for i in 0..CHUNK.min(n4) {
+        line!(s, "{ind}var y{i} = {arr}[{}];", base + i);
+        for k in 1..chunks(n4) {
+            if k * CHUNK + i < n4 {
+                line!(
+                    s,
+                    "{ind}y{i} = select(y{i}, {arr}[{}], ch == {k}u);",
+                    base + k * CHUNK + i
+                );
+            }
+        }
+    }
+}
+
 /// Each row's Q (scaled; zero past the workgroup's rows) and its state:
 /// reset, or carried in from an earlier launch.
 fn prologue(u: Unroll) -> String {
     let mut s = String::new();
-    let i = "    ";
+    let (i, ii, iii) = ("    ", "        ", "            ");
     for t in 0..u.tr {
-        for c in 0..u.d4 {
+        open_chunks(&mut s, i, u.d4);
+        for n in 0..CHUNK.min(u.d4) {
             line!(
                 s,
-                "{i}qa[{}] = q_scaled4(b, sq.q0 + qi{t}, h, {c}u, qi{t} < i_end);",
-                t * u.d4 + c
+                "{ii}let x{n} = q_scaled4(b, sq.q0 + qi{t}, h, c{n}, qi{t} < i_end && c{n} < D4);"
             );
         }
+        scatter(&mut s, ii, "qa", t * u.d4, u.d4);
+        line!(s, "{i}}}");
         line!(s, "{i}ml[{t}] = vec2<f32>(NEG_BIG, 0.0);");
         for c in 0..u.dv4 {
             line!(s, "{i}oa[{}] = vec4<f32>(0.0);", t * u.dv4 + c);
@@ -77,12 +133,18 @@ fn prologue(u: Unroll) -> String {
         line!(s, "{i}if (carried && qi{t} < sq.nq) {{");
         line!(
             s,
-            "{i}    let sb = state_base(tile.split, row_index(b, h, sq.q0 + qi{t}));"
+            "{ii}let sb = state_base(tile.split, row_index(b, h, sq.q0 + qi{t}));"
         );
-        line!(s, "{i}    ml[{t}] = state[sb].xy;");
-        for c in 0..u.dv4 {
-            line!(s, "{i}    oa[{}] = state[sb + {}u];", t * u.dv4 + c, 1 + c);
+        line!(s, "{ii}ml[{t}] = state[sb].xy;");
+        open_chunks(&mut s, ii, u.dv4);
+        for n in 0..CHUNK.min(u.dv4) {
+            line!(
+                s,
+                "{iii}let x{n} = select(vec4<f32>(0.0), state[sb + 1u + min(c{n}, DV4 - 1u)], c{n} < DV4);"
+            );
         }
+        scatter(&mut s, iii, "oa", t * u.dv4, u.dv4);
+        line!(s, "{ii}}}");
         line!(s, "{i}}}");
     }
     s
@@ -92,36 +154,36 @@ fn prologue(u: Unroll) -> String {
 /// combine; padded query rows (qi ≥ i_end) get O = 0, LSE = −∞.
 fn epilogue(u: Unroll) -> String {
     let mut s = String::new();
-    let i = "    ";
+    let (i, ii, iii, iv) = ("    ", "        ", "            ", "                ");
     for t in 0..u.tr {
         line!(s, "{i}if (qi{t} < sq.nq) {{");
-        line!(s, "{i}    let live = qi{t} < i_end;");
-        line!(s, "{i}    let m_t = select(NEG_BIG, ml[{t}].x, live);");
-        line!(s, "{i}    let l_t = select(0.0, ml[{t}].y, live);");
-        line!(s, "{i}    let row = row_index(b, h, sq.q0 + qi{t});");
-        line!(s, "{i}    if (out) {{");
-        line!(s, "{i}        let inv = inv_l(l_t);");
-        line!(s, "{i}        let ob = o_base(b, sq.q0 + qi{t}, h);");
-        for c in 0..u.dv4 {
-            line!(
-                s,
-                "{i}        store_o4(ob, {c}u, select(vec4<f32>(0.0), oa[{}] * inv, live));",
-                t * u.dv4 + c
-            );
+        line!(s, "{ii}let live = qi{t} < i_end;");
+        line!(s, "{ii}let m_t = select(NEG_BIG, ml[{t}].x, live);");
+        line!(s, "{ii}let l_t = select(0.0, ml[{t}].y, live);");
+        line!(s, "{ii}let row = row_index(b, h, sq.q0 + qi{t});");
+        line!(s, "{ii}let inv = select(1.0, inv_l(l_t), out);");
+        line!(s, "{ii}let ob = o_base(b, sq.q0 + qi{t}, h);");
+        line!(s, "{ii}let sb = state_base(tile.split, row);");
+        line!(s, "{ii}if (out) {{");
+        line!(s, "{iii}lse[row] = lse_of(m_t, l_t);");
+        line!(s, "{ii}}} else {{");
+        line!(s, "{iii}state[sb] = vec4<f32>(m_t, l_t, 0.0, 0.0);");
+        line!(s, "{ii}}}");
+        // One loop for O (out) or the state (not out): its vec4s, scaled
+        // by 1/l for O, zero for padded rows.
+        open_chunks(&mut s, ii, u.dv4);
+        gather(&mut s, iii, "oa", t * u.dv4, u.dv4);
+        for n in 0..CHUNK.min(u.dv4) {
+            line!(s, "{iii}if (c{n} < DV4) {{");
+            line!(s, "{iv}let y = select(vec4<f32>(0.0), y{n} * inv, live);");
+            line!(s, "{iv}if (out) {{");
+            line!(s, "{iv}    store_o4(ob, c{n}, y);");
+            line!(s, "{iv}}} else {{");
+            line!(s, "{iv}    state[sb + 1u + c{n}] = y;");
+            line!(s, "{iv}}}");
+            line!(s, "{iii}}}");
         }
-        line!(s, "{i}        lse[row] = lse_of(m_t, l_t);");
-        line!(s, "{i}    }} else {{");
-        line!(s, "{i}        let sb = state_base(tile.split, row);");
-        line!(s, "{i}        state[sb] = vec4<f32>(m_t, l_t, 0.0, 0.0);");
-        for c in 0..u.dv4 {
-            line!(
-                s,
-                "{i}        state[sb + {}u] = select(vec4<f32>(0.0), oa[{}], live);",
-                1 + c,
-                t * u.dv4 + c
-            );
-        }
-        line!(s, "{i}    }}");
+        line!(s, "{ii}}}");
         line!(s, "{i}}}");
     }
     s
@@ -260,12 +322,17 @@ mod tests {
             let line = line.trim_start();
             if let Some(rest) = line.strip_prefix("let ") {
                 let name = rest.split([' ', ':']).next().unwrap_or_default();
-                // The template's own names repeat across its scopes; the
-                // generated ones must be unique.
-                if ![
-                    "inv", "ob", "kr", "vr", "j", "qi", "live", "m_t", "l_t", "row", "sb",
-                ]
-                .contains(&name)
+                // The template's own names and the chunk loops' (x, y, c
+                // and a slot number, one loop body each) repeat across
+                // scopes; the block's must be unique.
+                let chunk_slot = name.len() > 1
+                    && ["x", "y", "c"].contains(&&name[..1])
+                    && name[1..].chars().all(|c| c.is_ascii_digit());
+                if !chunk_slot
+                    && ![
+                        "inv", "ob", "kr", "vr", "j", "qi", "live", "m_t", "l_t", "row", "sb", "y",
+                    ]
+                    .contains(&name)
                 {
                     assert!(lets.insert(name.to_string()), "{name} declared twice");
                 }
@@ -277,6 +344,10 @@ mod tests {
             src.contains("oa[3] = o1_1;"),
             "O written back at constant indices"
         );
+        // d/4 = 3 in one chunk: three slots, moved by selects.
+        assert!(src.contains("for (var ch = 0u; ch < 1u * params.one; ch++) {"));
+        assert!(src.contains("qa[5] = select(qa[5], x2, ch == 0u);"));
+        assert!(!src.contains("let x3 "), "no slot past d/4");
         assert_eq!(
             tree("add", &["a".into(), "b".into(), "c".into()]),
             "(a + (b + c))"
