@@ -10,7 +10,7 @@ use crate::mask::{Masks, Window};
 use crate::naive::NaiveAttention;
 use crate::plan::{fold_grid, FlashPlan, TileOverride};
 use crate::problem::AttentionProblem;
-use crate::source::Shader;
+use crate::source::{KvAccess, Shader};
 use crate::tensor::{AttentionOutput, AttentionTensors};
 
 /// Records one timed run: the closure gets the encoder and, where the device
@@ -205,6 +205,12 @@ pub struct BenchRow {
     pub fused_ms: f64,
     /// (max − min) / median of the fused runs.
     pub fused_spread: f64,
+    /// Where the plan reads K/V through texture mirrors (CPU adapters): the
+    /// fused kernel's median ms with K/V bound once
+    /// ([`FlashAttention::bind_fixed_kv`]), the mirrors filled before the
+    /// timed runs, as the steps of a decode loop over one encoder sequence
+    /// run. `fused_ms` copies K/V into the mirrors at every call.
+    pub bound_ms: Option<f64>,
     /// Naive kernel median ms, or why it was not run.
     pub naive_ms: std::result::Result<f64, String>,
     /// CPU reference ms (one run), or why it was not run.
@@ -333,6 +339,18 @@ pub fn bench_problem(ctx: &Context, p: &AttentionProblem, opt: &BenchOptions) ->
         Ok(())
     };
     let (fused_ms, fused_spread) = median_spread(&time_runs(ctx, opt.warmup, opt.runs, &record)?);
+    let bound_ms = match flash.plan().kv {
+        KvAccess::Texture { .. } => {
+            let bound = flash.bind_fixed_kv(&bufs)?;
+            let record = |enc: &mut wgpu::CommandEncoder,
+                          ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
+                bound.record_timed(enc, ts);
+                Ok(())
+            };
+            Some(median_spread(&time_runs(ctx, opt.warmup, opt.runs, &record)?).0)
+        }
+        _ => None,
+    };
 
     let io_bytes = tensors.bytes();
     let scratch = NaiveAttention::scratch_bytes(p);
@@ -374,6 +392,7 @@ pub fn bench_problem(ctx: &Context, p: &AttentionProblem, opt: &BenchOptions) ->
         build_ms,
         fused_ms,
         fused_spread,
+        bound_ms,
         naive_ms,
         cpu_ms,
         check_err,

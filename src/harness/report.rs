@@ -91,6 +91,7 @@ impl ReportRow {
                 "percent_of_fma_peak": 100.0 * gflops / probe.fma_gflops,
                 "kv_gbps": p.kv_bytes() / (r.fused_ms * 1e-3) / 1e9,
                 "device_bytes": r.fused_bytes,
+                "bound_kv_ms": r.bound_ms,
             },
             "first_call": {
                 "ms": r.first_ms, "build_ms": r.build_ms, "compile_ms": r.compile_ms(),

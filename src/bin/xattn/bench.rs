@@ -300,6 +300,14 @@ pub fn bench(a: &BenchArgs) -> Result<ExitCode, Error> {
          unless an earlier shape built the same one, one launch)"
             .to_string(),
     );
+    if report.rows.iter().any(|r| r.row.bound_ms.is_some()) {
+        notes.push(
+            "fused ms copies K/V into the plan's texture mirrors at every call; bound ms: K/V \
+             bound once (bind_fixed_kv), as a decoder's steps over one encoder sequence run; \
+             x naive is of fused ms"
+                .to_string(),
+        );
+    }
     for n in &notes {
         println!("note: {n}");
     }
@@ -391,10 +399,11 @@ fn print_header(decode: bool, dtype: Dtype) {
         );
     } else {
         println!(
-            "{:<22} {:>26} {:>9} {:>8} {:>8} {:>6} {:>9} {:>7} {:>9} {:>20} {:>15}{}",
+            "{:<22} {:>26} {:>9} {:>8} {:>8} {:>8} {:>6} {:>9} {:>7} {:>9} {:>20} {:>15}{}",
             "workload",
             "B×H:Hkv nq×nkv d",
             "fused ms",
+            "bound ms",
             "1st ms",
             "GFLOP/s",
             "%peak",
@@ -444,14 +453,18 @@ fn print_row(r: &ReportRow, probe: &bench::Probe) {
     let vs_f32 = r.f32_ms.map_or(String::new(), |ms| {
         format!(" {:>9.3} {:>6.2}", ms, ms / row.fused_ms)
     });
+    let bound = row
+        .bound_ms
+        .map_or("-".to_string(), |ms| format!("{ms:.3}"));
     println!(
-        "{:<22} {:>26} {:>9.3} {:>8.0} {:>8.1} {:>5.0}% {:>9} {:>7} {:>9} {:>20} {:>15}{vs_f32}",
+        "{:<22} {:>26} {:>9.3} {:>8} {:>8.0} {:>8.1} {:>5.0}% {:>9} {:>7} {:>9} {:>20} {:>15}{vs_f32}",
         r.name,
         format!(
             "{}×{}:{} {}×{} d{}",
             p.batch, p.heads, p.kv_heads, p.n_q, p.n_kv, p.head_dim
         ),
         row.fused_ms,
+        bound,
         row.first_ms,
         gf,
         100.0 * gf / probe.fma_gflops,
