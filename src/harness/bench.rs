@@ -342,11 +342,12 @@ pub fn bench_problem(ctx: &Context, p: &AttentionProblem, opt: &BenchOptions) ->
     let bound_ms = match flash.plan().kv {
         KvAccess::Texture { .. } => {
             let bound = flash.bind_fixed_kv(&bufs)?;
-            let record = |enc: &mut wgpu::CommandEncoder,
-                          ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
-                bound.record_timed(enc, ts);
-                Ok(())
-            };
+            let record =
+                |enc: &mut wgpu::CommandEncoder,
+                 ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
+                    bound.record_timed(enc, ts);
+                    Ok(())
+                };
             Some(median_spread(&time_runs(ctx, opt.warmup, opt.runs, &record)?).0)
         }
         _ => None,

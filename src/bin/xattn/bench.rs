@@ -300,7 +300,11 @@ pub fn bench(a: &BenchArgs) -> Result<ExitCode, Error> {
          unless an earlier shape built the same one, one launch)"
             .to_string(),
     );
-    if report.rows.iter().any(|r| r.row.bound_ms.is_some()) {
+    if report
+        .rows
+        .iter()
+        .any(|r| r.decode.is_none() && r.row.bound_ms.is_some())
+    {
         notes.push(
             "fused ms copies K/V into the plan's texture mirrors at every call; bound ms: K/V \
              bound once (bind_fixed_kv), as a decoder's steps over one encoder sequence run; \
