@@ -63,7 +63,7 @@ impl<'c> FlashAttention<'c> {
         };
         let base = FlashParams::new(problem, &plan);
         let chunk = plan.chunk_keys as usize;
-        let launches = (plan.split_keys as usize).div_ceil(chunk).max(1);
+        let launches = plan.launches();
         let params = (0..launches)
             .map(|i| {
                 let first = u32::from(i == 0) * FlashParams::FIRST_LAUNCH;
@@ -77,7 +77,7 @@ impl<'c> FlashAttention<'c> {
                 ctx.upload_uniform("flash params", &p)
             })
             .collect();
-        let state = (launches > 1 || plan.splits > 1).then(|| {
+        let state = plan.carries_state().then(|| {
             let rows = problem.lse_len() as u64 * plan.splits as u64;
             ctx.storage("flash state", rows * split_state_row_bytes(problem))
         });

@@ -178,6 +178,20 @@ impl FlashPlan {
         }
     }
 
+    /// Launches per key split: the split's keys cut into chunks of
+    /// `chunk_keys` (one unless the adapter bounds a shader's loops).
+    pub fn launches(&self) -> usize {
+        (self.split_keys as usize)
+            .div_ceil(self.chunk_keys.max(1) as usize)
+            .max(1)
+    }
+
+    /// Whether launches carry a softmax state between them or to the
+    /// split-KV combine (more than one split or launch).
+    pub fn carries_state(&self) -> bool {
+        self.splits > 1 || self.launches() > 1
+    }
+
     /// What the kernel is compiled with for `p`: the pipeline cache key.
     pub fn spec(&self, p: &AttentionProblem) -> FlashSpec {
         let tiles = match self.variant {
@@ -191,6 +205,7 @@ impl FlashPlan {
                 sg: self.wg,
                 tr: self.tr,
                 bc: self.bc,
+                state: self.carries_state(),
             },
             FlashVariant::Decode => KernelTiles::Decode {
                 br: self.br,

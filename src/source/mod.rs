@@ -215,6 +215,12 @@ pub enum KernelTiles {
         tr: u32,
         /// Keys per block, at most SG (lane n loads the block's key n).
         bc: u32,
+        /// The launch reads or writes a carried softmax state (key splits,
+        /// or a key range cut into several launches): without it the
+        /// kernel has no state code, and on a CPU driver every storage
+        /// access in the code costs compile time and, masked off, run
+        /// time.
+        state: bool,
     },
     /// `flash_decode.wgsl`: BR packed query rows, WG lanes each streaming its
     /// own keys, DVC vec4 columns of O merged per step.
@@ -406,7 +412,7 @@ impl FlashSpec {
             KernelTiles::Tiled { br, bc, tr, wg } => {
                 consts.extend([("BR", br), ("BC", bc), ("TR", tr), ("WG", wg)])
             }
-            KernelTiles::Simd { sg, tr, bc } => {
+            KernelTiles::Simd { sg, tr, bc, .. } => {
                 consts.extend([("BR", sg * tr), ("SG", sg), ("TR", tr), ("BC", bc)])
             }
             KernelTiles::Decode { br, wg, dvc } => {
@@ -481,9 +487,10 @@ impl FlashSpec {
         }
         src.push('\n');
         match self.tiles {
-            KernelTiles::Simd { tr, bc, .. } => src.push_str(&simd::body(
+            KernelTiles::Simd { tr, bc, state, .. } => src.push_str(&simd::body(
                 self.shader().wgsl(),
                 simd::Unroll {
+                    state,
                     tr,
                     bc,
                     d4: self.d.div_ceil(4),

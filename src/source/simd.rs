@@ -17,6 +17,8 @@ use std::fmt::Write;
 /// Rows per lane, keys per block and the head dims in vec4s.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Unroll {
+    /// Launches carry a softmax state (KernelTiles::Simd's `state`).
+    pub state: bool,
     pub tr: u32,
     pub bc: u32,
     pub d4: u32,
@@ -57,11 +59,17 @@ fn rows(u: Unroll) -> String {
     s
 }
 
-/// vec4s one iteration of a prologue or epilogue loop moves.
+/// Most vec4s one iteration of a prologue or epilogue loop moves.
 const CHUNK: u32 = 8;
 
+/// vec4s per chunk of a row of `n4`: as even as the chunks can be, so few
+/// slots fall past the row (d 40: two chunks of 5, not 8 + 2).
+fn width(n4: u32) -> u32 {
+    n4.div_ceil(n4.div_ceil(CHUNK).max(1)).max(1)
+}
+
 fn chunks(n4: u32) -> u32 {
-    n4.div_ceil(CHUNK)
+    n4.div_ceil(width(n4))
 }
 
 /// Opens a loop over the chunks of a row of `n4` vec4s: `c{i}` is the vec4
@@ -77,34 +85,34 @@ fn open_chunks(s: &mut String, ind: &str, n4: u32) {
         "{ind}for (var ch = 0u; ch < {}u * params.one; ch++) {{",
         chunks(n4)
     );
-    for i in 0..CHUNK.min(n4) {
-        line!(s, "{ind}    let c{i} = ch * {CHUNK}u + {i}u;");
+    for i in 0..width(n4) {
+        line!(s, "{ind}    let c{i} = ch * {}u + {i}u;", width(n4));
     }
 }
 
-/// Moves `x{i}` into element `base + k·CHUNK + i` of `arr` for the chunk k
+/// Moves `x{i}` into element `base + k·width + i` of `arr` for the chunk k
 /// that is `ch`, by selects: the array stays indexed by constants.
 fn scatter(s: &mut String, ind: &str, arr: &str, base: u32, n4: u32) {
     for k in 0..chunks(n4) {
-        for i in 0..CHUNK {
-            let e = base + k * CHUNK + i;
-            if k * CHUNK + i < n4 {
+        for i in 0..width(n4) {
+            let e = base + k * width(n4) + i;
+            if k * width(n4) + i < n4 {
                 line!(s, "{ind}{arr}[{e}] = select({arr}[{e}], x{i}, ch == {k}u);");
             }
         }
     }
 }
 
-/// `y{i}`: element `base + ch·CHUNK + i` of `arr`, picked by selects.
+/// `y{i}`: element `base + ch·width + i` of `arr`, picked by selects.
 fn gather(s: &mut String, ind: &str, arr: &str, base: u32, n4: u32) {
-    for i in 0..CHUNK.min(n4) {
+    for i in 0..width(n4) {
         line!(s, "{ind}var y{i} = {arr}[{}];", base + i);
         for k in 1..chunks(n4) {
-            if k * CHUNK + i < n4 {
+            if k * width(n4) + i < n4 {
                 line!(
                     s,
                     "{ind}y{i} = select(y{i}, {arr}[{}], ch == {k}u);",
-                    base + k * CHUNK + i
+                    base + k * width(n4) + i
                 );
             }
         }
@@ -118,7 +126,7 @@ fn prologue(u: Unroll) -> String {
     let (i, ii, iii) = ("    ", "        ", "            ");
     for t in 0..u.tr {
         open_chunks(&mut s, i, u.d4);
-        for n in 0..CHUNK.min(u.d4) {
+        for n in 0..width(u.d4) {
             line!(
                 s,
                 "{ii}let x{n} = q_scaled4(b, sq.q0 + qi{t}, h, c{n}, qi{t} < i_end && c{n} < D4);"
@@ -130,6 +138,9 @@ fn prologue(u: Unroll) -> String {
         for c in 0..u.dv4 {
             line!(s, "{i}oa[{}] = vec4<f32>(0.0);", t * u.dv4 + c);
         }
+        if !u.state {
+            continue;
+        }
         line!(s, "{i}if (carried && qi{t} < sq.nq) {{");
         line!(
             s,
@@ -137,7 +148,7 @@ fn prologue(u: Unroll) -> String {
         );
         line!(s, "{ii}ml[{t}] = state[sb].xy;");
         open_chunks(&mut s, ii, u.dv4);
-        for n in 0..CHUNK.min(u.dv4) {
+        for n in 0..width(u.dv4) {
             line!(
                 s,
                 "{iii}let x{n} = select(vec4<f32>(0.0), state[sb + 1u + min(c{n}, DV4 - 1u)], c{n} < DV4);"
@@ -161,26 +172,35 @@ fn epilogue(u: Unroll) -> String {
         line!(s, "{ii}let m_t = select(NEG_BIG, ml[{t}].x, live);");
         line!(s, "{ii}let l_t = select(0.0, ml[{t}].y, live);");
         line!(s, "{ii}let row = row_index(b, h, sq.q0 + qi{t});");
-        line!(s, "{ii}let inv = select(1.0, inv_l(l_t), out);");
         line!(s, "{ii}let ob = o_base(b, sq.q0 + qi{t}, h);");
-        line!(s, "{ii}let sb = state_base(tile.split, row);");
-        line!(s, "{ii}if (out) {{");
-        line!(s, "{iii}lse[row] = lse_of(m_t, l_t);");
-        line!(s, "{ii}}} else {{");
-        line!(s, "{iii}state[sb] = vec4<f32>(m_t, l_t, 0.0, 0.0);");
-        line!(s, "{ii}}}");
+        if u.state {
+            line!(s, "{ii}let inv = select(1.0, inv_l(l_t), out);");
+            line!(s, "{ii}let sb = state_base(tile.split, row);");
+            line!(s, "{ii}if (out) {{");
+            line!(s, "{iii}lse[row] = lse_of(m_t, l_t);");
+            line!(s, "{ii}}} else {{");
+            line!(s, "{iii}state[sb] = vec4<f32>(m_t, l_t, 0.0, 0.0);");
+            line!(s, "{ii}}}");
+        } else {
+            line!(s, "{ii}let inv = inv_l(l_t);");
+            line!(s, "{ii}lse[row] = lse_of(m_t, l_t);");
+        }
         // One loop for O (out) or the state (not out): its vec4s, scaled
         // by 1/l for O, zero for padded rows.
         open_chunks(&mut s, ii, u.dv4);
         gather(&mut s, iii, "oa", t * u.dv4, u.dv4);
-        for n in 0..CHUNK.min(u.dv4) {
+        for n in 0..width(u.dv4) {
             line!(s, "{iii}if (c{n} < DV4) {{");
             line!(s, "{iv}let y = select(vec4<f32>(0.0), y{n} * inv, live);");
-            line!(s, "{iv}if (out) {{");
-            line!(s, "{iv}    store_o4(ob, c{n}, y);");
-            line!(s, "{iv}}} else {{");
-            line!(s, "{iv}    state[sb + 1u + c{n}] = y;");
-            line!(s, "{iv}}}");
+            if u.state {
+                line!(s, "{iv}if (out) {{");
+                line!(s, "{iv}    store_o4(ob, c{n}, y);");
+                line!(s, "{iv}}} else {{");
+                line!(s, "{iv}    state[sb + 1u + c{n}] = y;");
+                line!(s, "{iv}}}");
+            } else {
+                line!(s, "{iv}store_o4(ob, c{n}, y);");
+            }
             line!(s, "{iii}}}");
         }
         line!(s, "{ii}}}");
@@ -310,6 +330,7 @@ mod tests {
     fn every_marker_is_filled_and_names_are_unique() {
         let template = include_str!("../../shaders/flash_simd.wgsl");
         let u = Unroll {
+            state: true,
             tr: 2,
             bc: 4,
             d4: 3,
