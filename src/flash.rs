@@ -144,14 +144,18 @@ impl<'c> FlashAttention<'c> {
         bufs.validate(&self.problem)?;
         let device = self.ctx.device();
         let buffers_of = |params| flash_buffers(self.ctx, params, bufs, self.state.as_ref());
-        let mirrors = match self.plan.kv {
-            KvAccess::Storage => Vec::new(),
-            KvAccess::Texture { width_log2 } => {
+        let (mirrors, q_mirror) = match self.plan.kv {
+            KvAccess::Storage => (Vec::new(), None),
+            KvAccess::Texture { width_log2, q } => {
                 let io = self.plan.io;
-                vec![
-                    KvMirror::new(device, bufs.k, self.problem.k_len(), io, width_log2),
-                    KvMirror::new(device, bufs.v, self.problem.v_len(), io, width_log2),
-                ]
+                let mirror = |buf, len| KvMirror::new(device, buf, len, io, width_log2);
+                (
+                    vec![
+                        mirror(bufs.k, self.problem.k_len()),
+                        mirror(bufs.v, self.problem.v_len()),
+                    ],
+                    q.then(|| mirror(bufs.q, self.problem.q_len())),
+                )
             }
         };
         let launches = self
@@ -163,9 +167,11 @@ impl<'c> FlashAttention<'c> {
                     .iter()
                     .map(|b| b.as_entire_binding())
                     .collect();
+                // Bindings 9 and 10 (K, V), then 11 (Q) where mirrored.
                 resources.extend(
                     mirrors
                         .iter()
+                        .chain(&q_mirror)
                         .map(|m| wgpu::BindingResource::TextureView(&m.view)),
                 );
                 self.kernel.bind_resources(device, resources)
@@ -179,6 +185,7 @@ impl<'c> FlashAttention<'c> {
             kernel: self.kernel.clone(),
             grid: self.plan.grid,
             mirrors,
+            q_mirror,
             refresh,
             launches,
             combine,
@@ -262,6 +269,9 @@ pub struct BoundAttention {
     grid: (u32, u32),
     /// Texture mirrors of K and V (plans with [`KvAccess::Texture`]).
     mirrors: Vec<KvMirror>,
+    /// The texture mirror of Q, where the plan reads one: filled at every
+    /// record, also for K/V bound once.
+    q_mirror: Option<KvMirror>,
     /// Whether each record copies K/V into the mirrors ([`FlashAttention::bind`])
     /// or they were filled once ([`FlashAttention::bind_fixed_kv`]).
     refresh: bool,
@@ -293,7 +303,8 @@ impl BoundAttention {
         encoder: &mut wgpu::CommandEncoder,
         mut timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
     ) {
-        if self.refresh && !self.mirrors.is_empty() {
+        let copies = self.q_mirror.is_some() || (self.refresh && !self.mirrors.is_empty());
+        if copies {
             if let Some(ts) = timestamps.as_mut() {
                 encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("flash_attention start"),
@@ -304,7 +315,12 @@ impl BoundAttention {
                     }),
                 });
             }
-            self.fill_mirrors(encoder);
+            if self.refresh {
+                self.fill_mirrors(encoder);
+            }
+            if let Some(q) = &self.q_mirror {
+                q.record_copy(encoder);
+            }
         }
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("flash_attention"),
@@ -432,8 +448,9 @@ impl Context {
             bindings.extend([Binding::ReadWrite, Binding::Read]);
         }
         if let KvAccess::Texture { .. } = spec.kv {
-            // Bindings 9 and 10 (KvAccess::TEXTURE_BINDINGS).
-            bindings.extend([Binding::Mirror(spec.io.texture_format()); 2]);
+            // Bindings 9 and 10 (KvAccess::TEXTURE_BINDINGS), and 11 for Q.
+            let mirrors = if spec.kv.q_mirror() { 3 } else { 2 };
+            bindings.extend(vec![Binding::Mirror(spec.io.texture_format()); mirrors]);
         }
         self.pipeline(
             PipelineKey {

@@ -82,7 +82,10 @@ pub(super) fn plan(
         .flatten();
     let (kv, kv_why) = match texture {
         Some(width_log2) => (
-            KvAccess::Texture { width_log2 },
+            KvAccess::Texture {
+                width_log2,
+                q: false,
+            },
             format!(
                 ", K/V read from texture mirrors {} texels wide",
                 1u32 << width_log2

@@ -3,7 +3,8 @@
 //! broadcast, the block unrolled by the source generator.
 
 use super::{
-    budget_keys, kv_texture, row_vec4s, unplannable, FlashPlan, FlashVariant, TileOverride, Tiles,
+    budget_keys, kv_texture, mirror_fits, row_vec4s, unplannable, FlashPlan, FlashVariant,
+    TileOverride, Tiles,
 };
 use crate::caps::DeviceCaps;
 use crate::error::Result;
@@ -79,7 +80,10 @@ pub(super) fn plan(
     let loop_keys = budget_keys(fixed, per_block, bc as u64);
     let (kv, why) = match texture {
         Some(width_log2) => (
-            KvAccess::Texture { width_log2 },
+            KvAccess::Texture {
+                width_log2,
+                q: mirror_fits(caps, width_log2, problem.q_len()),
+            },
             format!(
                 "TR = {tr} query rows per lane, Bc = {bc} keys per block shared by subgroup \
                  broadcast, K/V read \

@@ -280,7 +280,13 @@ fn simd_is_the_cpu_default_and_needs_a_fixed_subgroup() {
     // are multiples of 4; the storage buffers (and more rows per lane)
     // for odd head dims, for a forced storage plan and for a tensor too
     // large for the adapter's textures.
-    assert_eq!(cpu.kv, KvAccess::Texture { width_log2: 14 });
+    assert_eq!(
+        cpu.kv,
+        KvAccess::Texture {
+            width_log2: 14,
+            q: true
+        }
+    );
     let odd = go(
         &AttentionProblem::new(1, 8, 256, 256, 59),
         &DeviceCaps::lavapipe(2),

@@ -183,12 +183,23 @@ pub enum KvAccess {
     Texture {
         /// log₂ of the texture's width in texels.
         width_log2: u32,
+        /// Q is read from a mirror too (binding 11; the simd kernel, whose
+        /// prologue reads every Q row of a workgroup: as storage loads
+        /// those are a chain of per-lane loads on a CPU driver).
+        q: bool,
     },
 }
 
 impl KvAccess {
     /// Bindings of the texture mirrors of k and v.
     pub const TEXTURE_BINDINGS: (u32, u32) = (9, 10);
+    /// Binding of the texture mirror of q, where the plan has one.
+    pub const Q_TEXTURE_BINDING: u32 = 11;
+
+    /// Whether q is read from a texture mirror.
+    pub fn q_mirror(self) -> bool {
+        matches!(self, KvAccess::Texture { q: true, .. })
+    }
 }
 
 /// The tile constants of each kernel of the fused family.
@@ -405,7 +416,7 @@ impl FlashSpec {
             ("ROWS", self.rows_per_invocation()),
             ("OC", self.o_columns()),
         ];
-        if let KvAccess::Texture { width_log2 } = self.kv {
+        if let KvAccess::Texture { width_log2, .. } = self.kv {
             consts.extend([("TEXW", 1 << width_log2), ("TEXW_LOG2", width_log2)]);
         }
         match self.tiles {
@@ -465,7 +476,12 @@ impl FlashSpec {
                 (tk, tv, t, t)
             }
         };
-        for (name, binding, form) in [("q", 1, qk), ("k", kb, kform), ("v", vb, vform)] {
+        let (qb, qform) = if self.kv.q_mirror() {
+            (KvAccess::Q_TEXTURE_BINDING, self.io.texture_template())
+        } else {
+            (1, qk)
+        };
+        for (name, binding, form) in [("q", qb, qform), ("k", kb, kform), ("v", vb, vform)] {
             src.push_str(
                 &io_template(form)
                     .replace("$NAME", name)
