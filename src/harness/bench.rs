@@ -180,7 +180,7 @@ impl Default for BenchOptions {
     fn default() -> Self {
         Self {
             warmup: 1,
-            runs: 5,
+            runs: 9,
             tiles: TileOverride::default(),
             naive: true,
             cpu_flop_budget: 2e9,
