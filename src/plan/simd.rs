@@ -86,9 +86,14 @@ pub(super) fn plan(
             },
             format!(
                 "TR = {tr} query rows per lane, Bc = {bc} keys per block shared by subgroup \
-                 broadcast, K/V read \
-                 from texture mirrors {} texels wide (a texel fetch is a straight-line gather on \
-                 a CPU driver, a storage load a per-lane loop)",
+                 broadcast, K/V{} read from texture mirrors {} texels wide, bound as read-only \
+                 storage textures (an image load is a straight-line gather on a CPU driver, a \
+                 storage load a per-lane loop)",
+                if mirror_fits(caps, width_log2, problem.q_len()) {
+                    " and Q"
+                } else {
+                    ""
+                },
                 1u32 << width_log2
             ),
         ),

@@ -177,9 +177,10 @@ pub enum KvAccess {
     /// buffer's bytes copied as they are into a 2D texture `2^width_log2`
     /// texels wide, one texel per 4 elements (rgba32float for f32,
     /// rgba16float for f16, rgba16uint for bf16), so element e of the buffer
-    /// is component e % 4 of flat texel e / 4. Needs vec4-aligned rows (d and
-    /// d_v multiples of 4). On CPU adapters a texel fetch is a straight-line
-    /// gather where a storage load is a per-lane loop (shaders/README.md).
+    /// is component e % 4 of flat texel e / 4, bound as read-only storage
+    /// textures. Needs vec4-aligned rows (d and d_v multiples of 4). On CPU
+    /// adapters an image load is a straight-line gather where a storage load
+    /// is a per-lane loop (shaders/README.md).
     Texture {
         /// log₂ of the texture's width in texels.
         width_log2: u32,
