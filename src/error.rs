@@ -111,6 +111,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A caller's buffer lacks a usage flag the launch needs.
+    #[error("{name} buffer lacks BufferUsages::{missing}: {why}")]
+    BufferUsage {
+        /// Which tensor.
+        name: &'static str,
+        /// The missing flag.
+        missing: &'static str,
+        /// Why the launch needs it, and the way around it.
+        why: String,
+    },
+
     /// A feature the chosen kernel does not implement.
     #[error("{kernel} does not support {feature}: {hint}")]
     Unsupported {

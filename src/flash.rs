@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::context::{Binding, Context, Kernel, PipelineKey};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::mask::Masks;
 use crate::params::FlashParams;
 use crate::plan::{fold_grid, plan, split_state_row_bytes, FlashPlan, TileOverride};
@@ -117,7 +117,10 @@ impl<'c> FlashAttention<'c> {
     /// persistent handle for running many steps against the same buffers
     /// (decode loops over encoder K/V). Record each step with
     /// [`BoundAttention::record`]; write new queries into `bufs.q` between
-    /// steps with `queue.write_buffer` or the caller's own kernels.
+    /// steps with `queue.write_buffer` or the caller's own kernels. Where
+    /// the plan reads texture mirrors (CPU adapters, [`KvAccess::Texture`])
+    /// q, k and v are copied from, so they need `BufferUsages::COPY_SRC`
+    /// ([`Error::BufferUsage`] otherwise).
     pub fn bind(&self, bufs: &AttentionBuffers<'_>) -> Result<BoundAttention> {
         self.bind_with(bufs, true)
     }
@@ -142,6 +145,23 @@ impl<'c> FlashAttention<'c> {
 
     fn bind_with(&self, bufs: &AttentionBuffers<'_>, refresh: bool) -> Result<BoundAttention> {
         bufs.validate(&self.problem)?;
+        // The plan's texture mirrors are filled by copies from these buffers.
+        if let KvAccess::Texture { q, .. } = self.plan.kv {
+            for (name, buf, mirrored) in
+                [("q", bufs.q, q), ("k", bufs.k, true), ("v", bufs.v, true)]
+            {
+                if mirrored && !buf.usage().contains(wgpu::BufferUsages::COPY_SRC) {
+                    return Err(Error::BufferUsage {
+                        name,
+                        missing: "COPY_SRC",
+                        why: "the plan for this adapter copies it into a texture mirror before \
+                              each launch (CPU adapters); create it with COPY_SRC, or plan with \
+                              TileOverride { kv_texture: Some(false), .. }"
+                            .to_string(),
+                    });
+                }
+            }
+        }
         let device = self.ctx.device();
         let buffers_of = |params| flash_buffers(self.ctx, params, bufs, self.state.as_ref());
         let (mirrors, q_mirror) = match self.plan.kv {

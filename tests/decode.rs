@@ -8,7 +8,7 @@ use xattn::check::{check_with, inputs, max_err};
 use xattn::wgpu;
 use xattn::{
     plan, AttentionBuffers, AttentionProblem, AttentionTensors, Context, DeviceCaps, Dtype, Error,
-    FlashAttention, FlashVariant, TileOverride, MAX_SPLITS,
+    FlashAttention, FlashVariant, KvAccess, TileOverride, MAX_SPLITS,
 };
 
 fn forced(variant: FlashVariant, splits: u32) -> TileOverride {
@@ -195,6 +195,62 @@ fn bind_rejects_buffers_too_small_for_the_problem() {
         flash.bind(&bufs),
         Err(Error::SizeMismatch { name: "k", .. })
     ));
+}
+
+#[test]
+fn bind_names_a_buffer_without_the_copy_its_mirror_needs() {
+    // Nine rows per head: the simd kernel on lavapipe, which copies Q, K and
+    // V into texture mirrors; a q buffer without COPY_SRC is refused by
+    // name. Where the plan has no mirrors (GPUs, GL) the same buffer binds.
+    let p = AttentionProblem::new(1, 2, 9, 64, 32);
+    let flash = FlashAttention::new(ctx(), &p).unwrap();
+    let t = AttentionTensors::upload(
+        ctx(),
+        &p,
+        &vec![0.0; p.q_len()],
+        &vec![0.0; p.k_len()],
+        &vec![0.0; p.v_len()],
+        None,
+    )
+    .unwrap();
+    let q = ctx().device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("q without COPY_SRC"),
+        size: (p.q_len() * 4) as u64,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let bufs = AttentionBuffers {
+        q: &q,
+        ..t.buffers()
+    };
+    match flash.plan().kv {
+        KvAccess::Texture { q: true, .. } => {
+            let err = flash.bind(&bufs).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::BufferUsage {
+                        name: "q",
+                        missing: "COPY_SRC",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            // Without mirrors the same buffer binds.
+            let storage = FlashAttention::with_tiles(
+                ctx(),
+                &p,
+                TileOverride {
+                    kv_texture: Some(false),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert!(storage.bind(&bufs).is_ok());
+        }
+        _ => assert!(flash.bind(&bufs).is_ok()),
+    }
 }
 
 fn caps(device_type: wgpu::DeviceType) -> DeviceCaps {
