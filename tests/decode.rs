@@ -173,20 +173,26 @@ fn bound_decode_loop(c: &Context) {
     }
 }
 
+/// Zero-filled tensors of `p` on the shared context.
+fn zero_tensors(p: &AttentionProblem) -> AttentionTensors {
+    let zeros = |n| vec![0.0; n];
+    AttentionTensors::upload(
+        ctx(),
+        p,
+        &zeros(p.q_len()),
+        &zeros(p.k_len()),
+        &zeros(p.v_len()),
+        None,
+    )
+    .unwrap()
+}
+
 #[test]
 fn bind_rejects_buffers_too_small_for_the_problem() {
     let p = AttentionProblem::new(1, 2, 1, 64, 32);
     let flash = FlashAttention::new(ctx(), &p).unwrap();
     let small = ctx().storage("small", 16);
-    let t = AttentionTensors::upload(
-        ctx(),
-        &p,
-        &vec![0.0; p.q_len()],
-        &vec![0.0; p.k_len()],
-        &vec![0.0; p.v_len()],
-        None,
-    )
-    .unwrap();
+    let t = zero_tensors(&p);
     let bufs = AttentionBuffers {
         k: &small,
         ..t.buffers()
@@ -204,15 +210,7 @@ fn bind_names_a_buffer_without_the_copy_its_mirror_needs() {
     // name. Where the plan has no mirrors (GPUs, GL) the same buffer binds.
     let p = AttentionProblem::new(1, 2, 9, 64, 32);
     let flash = FlashAttention::new(ctx(), &p).unwrap();
-    let t = AttentionTensors::upload(
-        ctx(),
-        &p,
-        &vec![0.0; p.q_len()],
-        &vec![0.0; p.k_len()],
-        &vec![0.0; p.v_len()],
-        None,
-    )
-    .unwrap();
+    let t = zero_tensors(&p);
     let q = ctx().device().create_buffer(&wgpu::BufferDescriptor {
         label: Some("q without COPY_SRC"),
         size: (p.q_len() * 4) as u64,

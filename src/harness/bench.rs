@@ -4,7 +4,7 @@
 use crate::check::{self, max_err};
 use crate::context::{Binding, Context, Kernel, PipelineKey};
 use crate::error::{Error, Result};
-use crate::flash::FlashAttention;
+use crate::flash::{BoundAttention, FlashAttention};
 use crate::layout::Layout;
 use crate::mask::{Masks, Window};
 use crate::naive::NaiveAttention;
@@ -332,24 +332,9 @@ pub fn bench_problem(ctx: &Context, p: &AttentionProblem, opt: &BenchOptions) ->
     }
 
     // Bind groups made once, outside the timed runs (as a model would).
-    let bound = flash.bind(&bufs)?;
-    let record = |enc: &mut wgpu::CommandEncoder,
-                  ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
-        bound.record_timed(enc, ts);
-        Ok(())
-    };
-    let (fused_ms, fused_spread) = median_spread(&time_runs(ctx, opt.warmup, opt.runs, &record)?);
+    let (fused_ms, fused_spread) = time_bound(ctx, opt, &flash.bind(&bufs)?)?;
     let bound_ms = match flash.plan().kv {
-        KvAccess::Texture { .. } => {
-            let bound = flash.bind_fixed_kv(&bufs)?;
-            let record =
-                |enc: &mut wgpu::CommandEncoder,
-                 ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
-                    bound.record_timed(enc, ts);
-                    Ok(())
-                };
-            Some(median_spread(&time_runs(ctx, opt.warmup, opt.runs, &record)?).0)
-        }
+        KvAccess::Texture { .. } => Some(time_bound(ctx, opt, &flash.bind_fixed_kv(&bufs)?)?.0),
         _ => None,
     };
 
@@ -401,6 +386,18 @@ pub fn bench_problem(ctx: &Context, p: &AttentionProblem, opt: &BenchOptions) ->
         fused_bytes: io_bytes,
         naive_bytes: io_bytes + scratch,
     })
+}
+
+/// Median ms and spread of `opt.runs` timed records of a bound launch.
+fn time_bound(ctx: &Context, opt: &BenchOptions, bound: &BoundAttention) -> Result<(f64, f64)> {
+    let record = |enc: &mut wgpu::CommandEncoder,
+                  ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
+        bound.record_timed(enc, ts);
+        Ok(())
+    };
+    Ok(median_spread(&time_runs(
+        ctx, opt.warmup, opt.runs, &record,
+    )?))
 }
 
 /// The seed workloads of the cross-attention literature, named.
@@ -469,13 +466,7 @@ pub fn time_fused_masked(
     let flash = FlashAttention::with_tiles(ctx, p, force)?;
     let (q, k, v) = check::inputs(p, 2);
     let tensors = AttentionTensors::upload_with(ctx, p, &q, &k, &v, masks)?;
-    let bound = flash.bind(&tensors.buffers())?;
-    let record = |enc: &mut wgpu::CommandEncoder,
-                  ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
-        bound.record_timed(enc, ts);
-        Ok(())
-    };
-    let ms = median_spread(&time_runs(ctx, opt.warmup, opt.runs, &record)?).0;
+    let ms = time_bound(ctx, opt, &flash.bind(&tensors.buffers())?)?.0;
     Ok((ms, flash.plan().clone()))
 }
 

@@ -24,23 +24,13 @@ struct LinearParams {
     _pad: [u32; 3],
 }
 
-/// The mirrors' texture form for a storage type: the same bytes, 4
-/// elements per texel (rgba16float for f16, rgba16uint for bf16).
-fn mirror_io(dtype: Dtype) -> TensorIo {
-    match dtype {
-        Dtype::F32 => TensorIo::F32,
-        Dtype::F16 => TensorIo::F16Packed,
-        Dtype::Bf16 => TensorIo::Bf16,
-    }
-}
-
 /// The bindings of a projection kernel: params, X, W, bias, residual, Y,
 /// with X and W read from their mirrors (read-only storage textures) where
 /// the spec has them.
 fn bindings(spec: &LinearSpec) -> [Binding; 6] {
     let xw = match spec.texture {
         None => Binding::Read,
-        Some(_) => Binding::Mirror(mirror_io(spec.dtype).texture_format()),
+        Some(_) => Binding::Mirror(TensorIo::mirror_of(spec.dtype).texture_format()),
     };
     [
         Binding::Uniform,
@@ -142,7 +132,13 @@ impl Linear {
             .filter(|&log2| blocked(out, inp) && mirror_fits(ctx.caps(), log2, out * inp))
             .map(|log2| {
                 (
-                    KvMirror::new(ctx.device(), &w, out * inp, mirror_io(dtype), log2),
+                    KvMirror::new(
+                        ctx.device(),
+                        &w,
+                        out * inp,
+                        TensorIo::mirror_of(dtype),
+                        log2,
+                    ),
                     log2,
                 )
             });
@@ -236,8 +232,13 @@ impl LinearLaunch {
         let grid = (grid.0 as u32, grid.1 as u32);
         Ok(match (texture, &l.mirror) {
             (Some(log2), Some((w_mirror, _))) => {
-                let x_mirror =
-                    KvMirror::new(ctx.device(), x, m * l.inp, mirror_io(kernels.dtype), log2);
+                let x_mirror = KvMirror::new(
+                    ctx.device(),
+                    x,
+                    m * l.inp,
+                    TensorIo::mirror_of(kernels.dtype),
+                    log2,
+                );
                 let resources = vec![
                     params.as_entire_binding(),
                     wgpu::BindingResource::TextureView(&x_mirror.view),

@@ -6,7 +6,7 @@
 
 use std::fmt::Write;
 
-use super::{io_template, section, Shader};
+use super::{io_template, section, Shader, TensorIo};
 use crate::dtype::Dtype;
 
 /// `linear_common.wgsl`: the projections' params and bias binding.
@@ -111,11 +111,7 @@ impl LinearSpec {
             section(sections, form),
             section(sections, access).replace(
                 "$TEXFMT",
-                if self.dtype == Dtype::F32 {
-                    "rgba32float"
-                } else {
-                    "rgba16float"
-                }
+                TensorIo::mirror_of(self.dtype).wgsl_texel_format()
             )
         )
     }

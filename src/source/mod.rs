@@ -138,6 +138,16 @@ impl TensorIo {
         }
     }
 
+    /// The form of a texture mirror of `dtype` storage: the same bytes, 4
+    /// elements per texel (rgba16float for f16, rgba16uint for bf16).
+    pub(crate) fn mirror_of(dtype: Dtype) -> Self {
+        match dtype {
+            Dtype::F32 => TensorIo::F32,
+            Dtype::F16 => TensorIo::F16Packed,
+            Dtype::Bf16 => TensorIo::Bf16,
+        }
+    }
+
     /// [`TensorIo::texture_format`] as WGSL names it in a storage texture type.
     pub(crate) fn wgsl_texel_format(self) -> &'static str {
         match self {
