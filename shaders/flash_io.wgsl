@@ -33,17 +33,33 @@ fn $NAME_row4(base: u32, c: u32, len: u32) -> vec4<f32> {
     return $NAME[(base >> 2u) + c];
 }
 
+//@ texel_at
+// The coordinates of texel c of the row whose first element is `base` (a
+// multiple of 4) in a mirror TEXW texels wide: flat texel base / 4 + c.
+// `aligned`: the row lies in one texture row (see `tex`).
+fn texel_at(base: u32, c: u32, aligned: bool) -> vec2<u32> {
+    let t0 = base >> 2u;
+    if (aligned) {
+        return vec2<u32>((t0 & (TEXW - 1u)) + c, t0 >> TEXW_LOG2);
+    }
+    let t = t0 + c;
+    return vec2<u32>(t & (TEXW - 1u), t >> TEXW_LOG2);
+}
+
 //@ tex
 // K or V from its texture mirror (KvAccess::Texture): element e of the
 // buffer is component e % 4 of flat texel e / 4, TEXW texels per texture
 // row. Rows start at multiples of 4 elements. A float format (rgba32float
 // for f32, rgba16float for f16), bound as a read-only storage texture: a
 // CPU driver reads one without the sampler's per-lane mip-level work.
+// $ALIGNED (the host's `true` or `false`): a row's texels are a power of two
+// dividing TEXW, so no row straddles two texture rows and every texel of a
+// row shares the row's y, which the driver then computes (and bounds-checks)
+// once per row rather than once per texel.
 @group(0) @binding($BINDING) var $NAME_tex: texture_storage_2d<$TEXFMT, read>;
 
 fn $NAME_row4(base: u32, c: u32, len: u32) -> vec4<f32> {
-    let t = (base >> 2u) + c;
-    return textureLoad($NAME_tex, vec2<u32>(t & (TEXW - 1u), t >> TEXW_LOG2));
+    return textureLoad($NAME_tex, texel_at(base, c, $ALIGNED));
 }
 
 //@ tex_bf16
@@ -52,8 +68,7 @@ fn $NAME_row4(base: u32, c: u32, len: u32) -> vec4<f32> {
 @group(0) @binding($BINDING) var $NAME_tex: texture_storage_2d<rgba16uint, read>;
 
 fn $NAME_row4(base: u32, c: u32, len: u32) -> vec4<f32> {
-    let t = (base >> 2u) + c;
-    let h = textureLoad($NAME_tex, vec2<u32>(t & (TEXW - 1u), t >> TEXW_LOG2));
+    let h = textureLoad($NAME_tex, texel_at(base, c, $ALIGNED));
     return bitcast<vec4<f32>>(h << vec4<u32>(16u));
 }
 

@@ -492,11 +492,28 @@ impl FlashSpec {
         } else {
             (1, qk)
         };
-        for (name, binding, form) in [("q", qb, qform), ("k", kb, kform), ("v", vb, vform)] {
+        // A texture row holds whole tensor rows where a row's texels are a
+        // power of two up to the mirror's width: every row start is a
+        // multiple of the row length (the strides are multiples of d, d_v).
+        let aligned = |len: u32| match self.kv {
+            KvAccess::Texture { width_log2, .. } => {
+                (len / 4).is_power_of_two() && len / 4 <= 1 << width_log2
+            }
+            KvAccess::Storage => false,
+        };
+        if let KvAccess::Texture { .. } = self.kv {
+            src.push_str(io_template("texel_at"));
+        }
+        for (name, binding, form, len) in [
+            ("q", qb, qform, self.d),
+            ("k", kb, kform, self.d),
+            ("v", vb, vform, self.dv),
+        ] {
             src.push_str(
                 &io_template(form)
                     .replace("$NAME", name)
                     .replace("$TEXFMT", self.io.wgsl_texel_format())
+                    .replace("$ALIGNED", if aligned(len) { "true" } else { "false" })
                     .replace("$BINDING", &binding.to_string()),
             );
         }
