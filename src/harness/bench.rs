@@ -13,78 +13,8 @@ use crate::problem::AttentionProblem;
 use crate::source::{KvAccess, Shader};
 use crate::tensor::{AttentionOutput, AttentionTensors};
 
-/// Records one timed run: the closure gets the encoder and, where the device
-/// has timestamp queries, the pass timestamp writes to attach to its pass.
-pub type RecordFn<'a> = dyn Fn(&mut wgpu::CommandEncoder, Option<wgpu::ComputePassTimestampWrites<'_>>) -> Result<()>
-    + 'a;
-
-/// Milliseconds of each of `runs` runs after `warmup` untimed ones. Uses
-/// timestamp queries around the pass where the device has them (GPU time
-/// only), else wall-clock time around submit and a full device wait.
-pub fn time_runs(
-    ctx: &Context,
-    warmup: usize,
-    runs: usize,
-    record: &RecordFn<'_>,
-) -> Result<Vec<f64>> {
-    for _ in 0..warmup {
-        ctx.submit(|enc| record(enc, None))?;
-    }
-    let mut out = Vec::with_capacity(runs);
-    if !ctx.caps().timestamps {
-        for _ in 0..runs {
-            let t = std::time::Instant::now();
-            ctx.submit(|enc| record(enc, None))?;
-            out.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-        return Ok(out);
-    }
-    let device = ctx.device();
-    let set = device.create_query_set(&wgpu::QuerySetDescriptor {
-        label: Some("xattn timestamps"),
-        ty: wgpu::QueryType::Timestamp,
-        count: 2,
-    });
-    let resolve = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("xattn timestamp resolve"),
-        size: 16,
-        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    });
-    let period_ns = ctx.queue().get_timestamp_period() as f64;
-    for _ in 0..runs {
-        ctx.submit(|enc| {
-            record(
-                enc,
-                Some(wgpu::ComputePassTimestampWrites {
-                    query_set: &set,
-                    beginning_of_pass_write_index: Some(0),
-                    end_of_pass_write_index: Some(1),
-                }),
-            )?;
-            enc.resolve_query_set(&set, 0..2, &resolve, 0);
-            Ok(())
-        })?;
-        let ticks: Vec<u64> = ctx.download(&resolve, 2)?;
-        out.push(ticks[1].wrapping_sub(ticks[0]) as f64 * period_ns * 1e-6);
-    }
-    Ok(out)
-}
-
-/// Median and (max − min) / median of a sample.
-pub fn median_spread(xs: &[f64]) -> (f64, f64) {
-    let mut v = xs.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    let med = if v.len() % 2 == 1 {
-        v[v.len() / 2]
-    } else {
-        0.5 * (v[v.len() / 2 - 1] + v[v.len() / 2])
-    };
-    (med, (v[v.len() - 1] - v[0]) / med)
-}
+pub use super::timing::{median_spread, time_runs, RecordFn};
+use super::timing::{time_sampled, Sampling};
 
 /// What the probes measured on this adapter.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -97,7 +27,12 @@ pub struct Probe {
 
 const PROBE_BINDINGS: [Binding; 2] = [Binding::Read, Binding::ReadWrite];
 
-/// Median ms of one dispatch of `kernel` over `buffers` (1 warm-up, 5 runs).
+/// Least ms of one dispatch of `kernel` over `buffers`: 1 warm-up, then at
+/// least 5 runs and a second of samples (at most 101). A probe measures
+/// what the device can do, and a shared machine's noise only ever slows a
+/// run, so the fastest run is the estimate; a probe read low would inflate
+/// every "% of peak" of the run (one median-of-5 probe read 62 GFLOP/s in
+/// a busy minute where the usual is 110–120).
 fn time_dispatch(
     ctx: &Context,
     kernel: &Kernel,
@@ -113,10 +48,16 @@ fn time_dispatch(
         kernel.dispatch(ctx.device(), &mut pass, buffers, grid);
         Ok(())
     };
-    Ok(median_spread(&time_runs(ctx, 1, 5, &record)?).0)
+    let sampling = Sampling {
+        least: 5,
+        sample_ms: 1000.0,
+        max_runs: 101,
+    };
+    let samples = time_sampled(ctx, 1, sampling, &record)?;
+    Ok(samples.iter().copied().fold(f64::INFINITY, f64::min))
 }
 
-/// Runs the FMA and copy probes (about a second on lavapipe).
+/// Runs the FMA and copy probes (about two seconds on lavapipe).
 pub fn probe(ctx: &Context) -> Result<Probe> {
     let kernel = |entry| {
         ctx.pipeline(
@@ -166,8 +107,16 @@ pub fn probe(ctx: &Context) -> Result<Probe> {
 pub struct BenchOptions {
     /// Untimed runs first.
     pub warmup: usize,
-    /// Timed runs (the median is reported).
+    /// Timed runs (the median is reported): the least per median. Quick
+    /// kernels get more, up to `max_runs`, until their samples span
+    /// `sample_ms`, so a noise burst of a few milliseconds on a shared
+    /// machine cannot move a millisecond kernel's median.
     pub runs: usize,
+    /// Milliseconds of samples each median gathers at least (fused, bound,
+    /// naive and CPU reference alike; past `max_runs`, no more).
+    pub sample_ms: f64,
+    /// Most timed runs per median.
+    pub max_runs: usize,
     /// Tiles forced instead of the planner's.
     pub tiles: TileOverride,
     /// Also time the naive kernel (where its score matrix fits).
@@ -176,11 +125,24 @@ pub struct BenchOptions {
     pub cpu_flop_budget: f64,
 }
 
+impl BenchOptions {
+    /// The sampling of a median of at least `least` runs.
+    pub fn sampling(&self, least: usize) -> Sampling {
+        Sampling {
+            least,
+            sample_ms: self.sample_ms,
+            max_runs: self.max_runs,
+        }
+    }
+}
+
 impl Default for BenchOptions {
     fn default() -> Self {
         Self {
             warmup: 1,
             runs: 9,
+            sample_ms: 300.0,
+            max_runs: 101,
             tiles: TileOverride::default(),
             naive: true,
             cpu_flop_budget: 2e9,
@@ -351,8 +313,8 @@ pub fn bench_problem(ctx: &Context, p: &AttentionProblem, opt: &BenchOptions) ->
                      ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
                         naive.record_timed(enc, &bufs, &sb, ts)
                     };
-                let runs = opt.runs.min(3);
-                Ok(median_spread(&time_runs(ctx, 1, runs, &record)?).0)
+                let sampling = opt.sampling(opt.runs.min(3));
+                Ok(median_spread(&time_sampled(ctx, 1, sampling, &record)?).0)
             }
             Err(e @ (Error::BindingTooLarge { .. } | Error::Unplannable { .. })) => {
                 Err(format!("skipped: {e}"))
@@ -361,9 +323,16 @@ pub fn bench_problem(ctx: &Context, p: &AttentionProblem, opt: &BenchOptions) ->
         }
     };
     let cpu_ms = if p.flops() <= opt.cpu_flop_budget {
-        let t = std::time::Instant::now();
-        crate::reference::attention(p, &q, &k, &v, None)?;
-        Ok(t.elapsed().as_secs_f64() * 1e3)
+        let run = || -> Result<f64> {
+            let t = std::time::Instant::now();
+            crate::reference::attention(p, &q, &k, &v, None)?;
+            Ok(t.elapsed().as_secs_f64() * 1e3)
+        };
+        let mut samples = vec![run()?];
+        for _ in 1..opt.sampling(1).runs_for(samples[0]).min(opt.runs) {
+            samples.push(run()?);
+        }
+        Ok(median_spread(&samples).0)
     } else {
         Err(format!(
             "skipped: {:.1} GFLOP is over the CPU budget of {:.1}",
@@ -388,16 +357,16 @@ pub fn bench_problem(ctx: &Context, p: &AttentionProblem, opt: &BenchOptions) ->
     })
 }
 
-/// Median ms and spread of `opt.runs` timed records of a bound launch.
+/// Median ms and spread of a bound launch's timed records (at least
+/// `opt.runs`, see [`BenchOptions::sample_ms`]).
 fn time_bound(ctx: &Context, opt: &BenchOptions, bound: &BoundAttention) -> Result<(f64, f64)> {
     let record = |enc: &mut wgpu::CommandEncoder,
                   ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
         bound.record_timed(enc, ts);
         Ok(())
     };
-    Ok(median_spread(&time_runs(
-        ctx, opt.warmup, opt.runs, &record,
-    )?))
+    let samples = time_sampled(ctx, opt.warmup, opt.sampling(opt.runs), &record)?;
+    Ok(median_spread(&samples))
 }
 
 /// The seed workloads of the cross-attention literature, named.

@@ -1,5 +1,5 @@
 //! The bench harness behind the `xattn` command line: device probes and
-//! timing ([`mod@bench`]), the JSON and SVG report ([`report`]) and `.npy` files
+//! timing ([`mod@bench`], [`timing`]), the JSON and SVG report ([`report`]) and `.npy` files
 //! ([`npy`]). Behind the default-on `cli` feature, with the CLI's
 //! dependencies (serde_json, plotters, npyz).
 
@@ -7,3 +7,4 @@ pub mod bench;
 pub mod heatmap;
 pub mod npy;
 pub mod report;
+pub mod timing;

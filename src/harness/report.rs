@@ -42,8 +42,10 @@ pub struct ReportRow {
 pub struct Report {
     /// Suite name (`seeds`, `square`, `decode`, `custom`).
     pub suite: String,
-    /// Timed runs per kernel.
+    /// Least timed runs per median ([`crate::harness::bench::BenchOptions::runs`]).
     pub runs: usize,
+    /// Least milliseconds of samples per median.
+    pub sample_ms: f64,
     /// The adapter measured.
     pub adapter: wgpu::AdapterInfo,
     /// The harness's probes, measured in the same run.
@@ -131,6 +133,7 @@ impl Report {
             "unix_time": unix_time,
             "suite": self.suite,
             "runs": self.runs,
+            "sample_ms": self.sample_ms,
             "adapter": {
                 "name": a.name, "backend": format!("{:?}", a.backend),
                 "device_type": format!("{:?}", a.device_type),

@@ -22,9 +22,14 @@ pub struct BenchArgs {
     /// skipping on and off: causal 2k², a sliding window, 50% padding).
     #[arg(long, value_enum, default_value_t = Suite::Seeds)]
     suite: Suite,
-    /// Timed runs per kernel (the fused kernel's median; the naive kernel runs at most 3).
+    /// Least timed runs per median (fused and bound; the naive kernel and
+    /// the CPU reference at least 3 and 1). Quick kernels get more, up to
+    /// 101, until their samples span --sample-ms.
     #[arg(long, default_value_t = 9)]
     runs: usize,
+    /// Milliseconds of samples each median gathers at least (see --runs).
+    #[arg(long, default_value_t = 300.0)]
+    sample_ms: f64,
     /// Force Bc (key rows per block).
     #[arg(long)]
     bc: Option<u32>,
@@ -122,6 +127,7 @@ fn parse_shape(s: &str) -> Result<AttentionProblem, Error> {
 pub fn bench(a: &BenchArgs) -> Result<ExitCode, Error> {
     let opt = BenchOptions {
         runs: a.runs,
+        sample_ms: a.sample_ms,
         tiles: TileOverride {
             bc: a.bc,
             tr: a.tr,
@@ -180,6 +186,7 @@ pub fn bench(a: &BenchArgs) -> Result<ExitCode, Error> {
     let mut report = Report {
         suite: suite_name.to_string(),
         runs: opt.runs,
+        sample_ms: opt.sample_ms,
         adapter: ctx.caps().info.clone(),
         probe,
         shader_cache: cache.what.clone(),
@@ -300,6 +307,14 @@ pub fn bench(a: &BenchArgs) -> Result<ExitCode, Error> {
          unless an earlier shape built the same one, one launch)"
             .to_string(),
     );
+    notes.push(format!(
+        "medians of at least {} runs (naive: {}, CPU reference: 1) and {:.0} ms of samples, \
+         at most {} runs",
+        opt.runs,
+        opt.runs.min(3),
+        opt.sample_ms,
+        opt.max_runs.max(opt.runs)
+    ));
     if report
         .rows
         .iter()
