@@ -27,15 +27,30 @@ pub(crate) fn fits(caps: &DeviceCaps) -> bool {
 /// d 128 3.9 / 10 / 31, d 160 7.4 / 15 / 42, d 256 15 / 33 / 97.
 const ROW_VEC4S: u32 = 128;
 
-/// With K/V in texture mirrors the loads no longer dominate and TR 1 is the
-/// default: it runs within 1.3× of TR 4 and compiles up to 5× faster.
-/// Measured on lavapipe, empty shader cache, SG 8, 1×8 heads, 1 024², TR 1
-/// (first call s, ms): d 40 1.0 s, 82 ms; d 80 2.0, 181; d 128 2.8, 297
-/// (TR 2: 11.5, 230); d 160 10.4, 398 (TR 2: 33, 570). Square 2k, d 64, TR
-/// 1 / 2 / 4: 1.6 / 2.7 / 7.5 s, 377 / 404 / 297 ms. Fewer keys per block
-/// (Bc 4, 2) did not shorten the compile (d 160: 9.6, 10.8 s) and ran 2.2
-/// and 3.7× slower.
-const TEXTURE_ROWS: u32 = 1;
+/// Rows per lane with K/V in texture mirrors. With the loads cheap, TR 1
+/// ran within 1.3× of TR 4 and compiled up to 5× faster when the mirrors
+/// were sampled textures (1×8 heads, 1 024², TR 1, first call s, ms: d 40
+/// 1.0 s, 82 ms; d 80 2.0, 181; d 128 2.8, 297 (TR 2: 11.5, 230); d 160
+/// 10.4, 398 (TR 2: 33, 570)). With storage-texture mirrors and the
+/// generated prologue and epilogue (2026-12-02, alternated, empty shader
+/// cache), TR 2 pays where a row is 21 to 40 vec4s (d = d_v 44 … 80): each
+/// broadcast K/V value then feeds two rows' FMAs. d 64: SDXL 4096×77
+/// 39–40.5 against 44–45 ms, SDXL 1024×77 18.3–19.0 against 20.3–20.9,
+/// square 2k 140–142 against 149–157, BLIP-2 2.0 against 2.2–2.3, T5 mixed
+/// (14.9–17.0 against 16.6–16.7), first call 0.77–0.97 against 0.37–0.58
+/// s; d 80 (SD 32²): 8.3–8.5 against 9.3–9.4 ms, 0.96 against 0.45 s. At
+/// d 40 (SD 64²) no gain (20.9–22.8 against 20.2–21.5 ms) for twice the
+/// compile; at d 128, 3–8 % for a first call of 2.0–2.1 s, past the 2 s
+/// bar. Fewer keys per block (Bc 4, 2) did not shorten the compile (d 160:
+/// 9.6, 10.8 s) and ran 2.2 and 3.7× slower.
+fn texture_rows(p: &AttentionProblem, sg: u32) -> u32 {
+    let tr = if (21..=40).contains(&row_vec4s(p)) {
+        2
+    } else {
+        1
+    };
+    tr.min(p.n_q.div_ceil(sg as usize).max(1) as u32)
+}
 
 /// Rows per lane with storage K/V: as many as n_q fills, up to 4 (square
 /// 2k, d 64: TR 1 / 2 / 4 ran 2 070 / 1 130 / 716 ms), within
@@ -64,7 +79,7 @@ pub(super) fn plan(
     let texture = kv_texture(problem, caps, force);
     let tr = match (force.tr, texture) {
         (Some(tr), _) => tr,
-        (None, Some(_)) => TEXTURE_ROWS,
+        (None, Some(_)) => texture_rows(problem, sg),
         (None, None) => default_rows(problem, sg),
     }
     .clamp(1, 16);

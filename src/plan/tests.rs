@@ -274,8 +274,25 @@ fn simd_is_the_cpu_default_and_needs_a_fixed_subgroup() {
     let cpu = go(&p, &DeviceCaps::lavapipe(2));
     assert_eq!(
         (cpu.variant, cpu.wg, cpu.bc, cpu.tr),
-        (FlashVariant::Simd, 8, 8, 1)
+        (FlashVariant::Simd, 8, 8, 2)
     );
+    // Two rows per lane with texture K/V only where a row is 21 to 40
+    // vec4s (d 64, 80), and only as many as the queries fill.
+    let lavapipe = DeviceCaps::lavapipe(2);
+    for (d, n_q, tr) in [
+        (40, 256, 1),
+        (80, 256, 2),
+        (128, 256, 1),
+        (64, 8, 1),
+        (64, 9, 2),
+    ] {
+        let got = go(&AttentionProblem::new(1, 8, n_q, 256, d), &lavapipe);
+        assert_eq!(
+            (got.variant, got.tr),
+            (FlashVariant::Simd, tr),
+            "d {d}, n_q {n_q}"
+        );
+    }
     // K/V through texture mirrors 16 384 texels wide where the head dims
     // are multiples of 4; the storage buffers (and more rows per lane)
     // for odd head dims, for a forced storage plan and for a tensor too
