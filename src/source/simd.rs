@@ -176,15 +176,16 @@ fn epilogue(u: Unroll) -> String {
         if u.state {
             line!(s, "{ii}let inv = select(1.0, inv_l(l_t), out);");
             line!(s, "{ii}let sb = state_base(tile.split, row);");
-            line!(s, "{ii}if (out) {{");
-            line!(s, "{iii}lse[row] = lse_of(m_t, l_t);");
-            line!(s, "{ii}}} else {{");
-            line!(s, "{iii}state[sb] = vec4<f32>(m_t, l_t, 0.0, 0.0);");
-            line!(s, "{ii}}}");
         } else {
             line!(s, "{ii}let inv = inv_l(l_t);");
-            line!(s, "{ii}lse[row] = lse_of(m_t, l_t);");
         }
+        out_or_state(
+            &mut s,
+            ii,
+            u.state,
+            "lse[row] = lse_of(m_t, l_t);",
+            "state[sb] = vec4<f32>(m_t, l_t, 0.0, 0.0);",
+        );
         // One loop for O (out) or the state (not out): its vec4s, scaled
         // by 1/l for O, zero for padded rows.
         open_chunks(&mut s, ii, u.dv4);
@@ -192,21 +193,34 @@ fn epilogue(u: Unroll) -> String {
         for n in 0..width(u.dv4) {
             line!(s, "{iii}if (c{n} < DV4) {{");
             line!(s, "{iv}let y = select(vec4<f32>(0.0), y{n} * inv, live);");
-            if u.state {
-                line!(s, "{iv}if (out) {{");
-                line!(s, "{iv}    store_o4(ob, c{n}, y);");
-                line!(s, "{iv}}} else {{");
-                line!(s, "{iv}    state[sb + 1u + c{n}] = y;");
-                line!(s, "{iv}}}");
-            } else {
-                line!(s, "{iv}store_o4(ob, c{n}, y);");
-            }
+            out_or_state(
+                &mut s,
+                iv,
+                u.state,
+                &format!("store_o4(ob, c{n}, y);"),
+                &format!("state[sb + 1u + c{n}] = y;"),
+            );
             line!(s, "{iii}}}");
         }
         line!(s, "{ii}}}");
         line!(s, "{i}}}");
     }
     s
+}
+
+/// Writes `to_out` where this launch writes the output and `to_state`
+/// where it passes the state on (`out`), or just `to_out` where no launch
+/// carries state.
+fn out_or_state(s: &mut String, ind: &str, state: bool, to_out: &str, to_state: &str) {
+    if state {
+        line!(s, "{ind}if (out) {{");
+        line!(s, "{ind}    {to_out}");
+        line!(s, "{ind}}} else {{");
+        line!(s, "{ind}    {to_state}");
+        line!(s, "{ind}}}");
+    } else {
+        line!(s, "{ind}{to_out}");
+    }
 }
 
 /// Most ⌈d/4⌉ + ⌈d_v/4⌉ whose K and V rows the block loads at its top.
