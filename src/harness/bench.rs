@@ -49,9 +49,8 @@ fn time_dispatch(
         Ok(())
     };
     let sampling = Sampling {
-        least: 5,
         sample_ms: 1000.0,
-        max_runs: 101,
+        ..BenchOptions::default().sampling(5)
     };
     let samples = time_sampled(ctx, 1, sampling, &record)?;
     Ok(samples.iter().copied().fold(f64::INFINITY, f64::min))
@@ -328,10 +327,12 @@ pub fn bench_problem(ctx: &Context, p: &AttentionProblem, opt: &BenchOptions) ->
             crate::reference::attention(p, &q, &k, &v, None)?;
             Ok(t.elapsed().as_secs_f64() * 1e3)
         };
-        let mut samples = vec![run()?];
-        for _ in 1..opt.sampling(1).runs_for(samples[0]).min(opt.runs) {
-            samples.push(run()?);
-        }
+        // At least one run, at most `opt.runs`: the reference is slow.
+        let sampling = Sampling {
+            max_runs: opt.runs.min(opt.max_runs),
+            ..opt.sampling(1)
+        };
+        let samples = sampling.gather(|n| (0..n).map(|_| run()).collect())?;
         Ok(median_spread(&samples).0)
     } else {
         Err(format!(

@@ -103,18 +103,31 @@ impl Sampling {
     }
 }
 
-/// Timed runs of `record` after `warmup` untimed ones: the first estimates
-/// the time and is one of the samples, [`Sampling::runs_for`] the count.
+impl Sampling {
+    /// The samples of `run(n)` (n more samples in ms): one run first, which
+    /// estimates the time and is one of the samples, then the rest of
+    /// [`Sampling::runs_for`] that estimate.
+    pub fn gather(&self, mut run: impl FnMut(usize) -> Result<Vec<f64>>) -> Result<Vec<f64>> {
+        let mut samples = run(1)?;
+        let more = self.runs_for(samples.first().copied().unwrap_or(f64::NAN)) - 1;
+        if more > 0 {
+            samples.extend(run(more)?);
+        }
+        Ok(samples)
+    }
+}
+
+/// Timed runs of `record` after `warmup` untimed ones, as many as
+/// [`Sampling::gather`] asks for.
 pub fn time_sampled(
     ctx: &Context,
     warmup: usize,
     sampling: Sampling,
     record: &RecordFn<'_>,
 ) -> Result<Vec<f64>> {
-    let mut samples = time_runs(ctx, warmup, 1, record)?;
-    let runs = sampling.runs_for(samples[0]);
-    samples.extend(time_runs(ctx, 0, runs - 1, record)?);
-    Ok(samples)
+    // The warm-up goes before the first (estimating) run only.
+    let mut warmup = warmup;
+    sampling.gather(|n| time_runs(ctx, std::mem::take(&mut warmup), n, record))
 }
 
 #[cfg(test)]
@@ -139,6 +152,32 @@ mod tests {
             max_runs: 101,
         };
         assert_eq!(one.runs_for(5.0), 1);
+    }
+
+    #[test]
+    fn gather_estimates_from_the_first_run_and_asks_for_the_rest_once() {
+        let s = Sampling {
+            least: 3,
+            sample_ms: 100.0,
+            max_runs: 50,
+        };
+        let mut asked = Vec::new();
+        let got = s
+            .gather(|n| {
+                asked.push(n);
+                Ok(vec![10.0; n])
+            })
+            .unwrap();
+        assert_eq!((asked, got.len()), (vec![1, 9], 10));
+        // A slow first run: the least, and no call for zero more runs.
+        let one = Sampling { least: 1, ..s };
+        let mut asked = Vec::new();
+        one.gather(|n| {
+            asked.push(n);
+            Ok(vec![500.0; n])
+        })
+        .unwrap();
+        assert_eq!(asked, vec![1]);
     }
 
     #[test]
