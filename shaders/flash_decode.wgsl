@@ -8,8 +8,11 @@
 // lid + WG, … of the range straight from memory (each key is read once per
 // workgroup) and keeps, for each of its BR rows, a private online softmax:
 // running max m, sum l and unnormalised O (softmax_state.wgsl, ROWS = BR).
-// Each key is merged into that state (state_merge), whose rescale happens
-// only when a lane's max grows, which after the first few keys is rare. When
+// The keys come KU per lane per step: the KU scores, then one update of the
+// state for all of them (the new max, one rescale of l and O, the KU weights
+// into O), so O is written once per KU keys. The keys left over when a lane
+// has fewer than KU come one at a time, each merged into the state
+// (state_merge), whose rescale happens only when a lane's max grows. When
 // the keys are done the WG partial states are merged through workgroup
 // memory with the same formula (lane 0 finds the max and the weighted sum,
 // then DVC vec4 columns of O at a time), and the merged state goes to O and
@@ -19,7 +22,7 @@
 //
 // Host-prepended constants: D, DV, D4, DV4, MASK, WIN, SKIP (see flash_forward.wgsl),
 // BR (rows per workgroup, = ROWS), WG (invocations), DVC (vec4 columns per
-// merge step).
+// merge step), KU (keys per lane per step).
 // Padded query rows (past their query length) hold an empty state, so they
 // come out as O = 0, LSE = −∞.
 
@@ -63,7 +66,64 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     // where a window, mask or bias applies, or skipping is off).
     let range = key_range(t.split, block_keys(sq, used_rows.x, used_rows.y + 1u));
     let checked = WIN != 0u || MASK != 0u || SKIP == 0u;
-    for (var j = range.x + lid; j < range.y; j += WG) {
+    // Whole steps of KU keys per lane (WG·KU keys per workgroup step) while
+    // every lane has KU keys left, then the rest one key at a time. With a
+    // boolean mask every key goes the one-key way, which skips unseen keys.
+    let group = WG * KU;
+    var full_end = range.x;
+    if ((MASK & MASK_BOOL) == 0u && KU > 1u && range.y > range.x) {
+        full_end = range.x + (range.y - range.x) / group * group;
+    }
+    for (var j0 = range.x + lid; j0 < full_end; j0 += group) {
+        var part: array<vec4<f32>, BR * KU>;
+        for (var i = 0u; i < BR * KU; i++) {
+            part[i] = vec4<f32>(0.0);
+        }
+        for (var c = 0u; c < D4; c++) {
+            for (var i = 0u; i < KU; i++) {
+                let kk = k_row4(kb + (j0 + i * WG) * params.k_stride_s, c, D);
+                for (var r = 0u; r < BR; r++) {
+                    part[r * KU + i] = fma(Q[r * D4 + c], kk, part[r * KU + i]);
+                }
+            }
+        }
+        // The KU keys are one block: the new max, the old state's weight
+        // alpha, each key's weight P.
+        var P: array<f32, BR * KU>;
+        var alpha: array<f32, BR>;
+        for (var r = 0u; r < BR; r++) {
+            var mx = m[r];
+            for (var i = 0u; i < KU; i++) {
+                let s = row_score(hsum4(part[r * KU + i]), r, j0 + i * WG, checked);
+                P[r * KU + i] = s;
+                mx = max(mx, s);
+            }
+            alpha[r] = merge_weight(m[r], mx);
+            var sum = 0.0;
+            for (var i = 0u; i < KU; i++) {
+                P[r * KU + i] = merge_weight(P[r * KU + i], mx);
+                sum += P[r * KU + i];
+            }
+            l[r] = fma(l[r], alpha[r], sum);
+            m[r] = mx;
+        }
+        for (var c = 0u; c < DV4; c++) {
+            var acc: array<vec4<f32>, BR>;
+            for (var r = 0u; r < BR; r++) {
+                acc[r] = O[r * DV4 + c] * alpha[r];
+            }
+            for (var i = 0u; i < KU; i++) {
+                let vv = v_row4(vb + (j0 + i * WG) * params.v_stride_s, c, DV);
+                for (var r = 0u; r < BR; r++) {
+                    acc[r] = fma(vec4<f32>(P[r * KU + i]), vv, acc[r]);
+                }
+            }
+            for (var r = 0u; r < BR; r++) {
+                O[r * DV4 + c] = acc[r];
+            }
+        }
+    }
+    for (var j = full_end + lid; j < range.y; j += WG) {
         if ((MASK & MASK_BOOL) != 0u) {
             // Keys no row of the workgroup sees are not loaded.
             if (!any_row_sees(j)) {

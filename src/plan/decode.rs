@@ -53,6 +53,21 @@ pub(super) fn plan(
             ),
         ));
     }
+    // Keys per lane per step: KU keys make one block of the online softmax,
+    // so O is rescaled and written once per KU keys instead of per key. On
+    // a CPU driver every write of O inside the key loop is a masked blend
+    // and store of each of its vec4s. On lavapipe, alternating KU 1 and 4
+    // on the Whisper step (1×20, 1×1 500, d 64, K/V bound once): medians of
+    // five harness runs each 1.01 against 0.90 ms; ten paired 200-launch
+    // loops, KU 4 / KU 1 median 0.84; 4 heads, six pairs, 0.20–0.22 against
+    // 0.22–0.24 ms. KU 8 was slower than 4 (0.22–0.28 ms at 4 heads). The
+    // first call grows from 0.67–0.69 to 0.87–0.92 s. GPUs keep one key per
+    // step: their registers hold O.
+    let ku = match force.bc {
+        Some(bc) => (bc / wg).max(1),
+        None if caps.cpu_plans() => 4,
+        None => 1,
+    };
     let q_blocks = rows.div_ceil(br as usize);
     let (d4, dv4, br64) = (
         problem.head_dim.div_ceil(4) as u64,
@@ -68,9 +83,9 @@ pub(super) fn plan(
         + 2
         + u64::from(p.bias.is_some() || p.bool_mask.is_some()) * br64;
     let fixed = br64 * (2 * d4 + 3 * dv4 + 10) + 4 * br64 * (wg as u64 + dv4 * 2) + 100;
-    // Each step is one key per lane, wg keys in all.
+    // Each step is KU keys per lane, wg·KU keys in all.
     let loop_keys = if caps.is_cpu() {
-        budget_keys(fixed, per_key, wg as u64)
+        budget_keys(fixed, per_key * ku as u64, (wg * ku) as u64)
     } else {
         u32::MAX
     };
@@ -99,14 +114,14 @@ pub(super) fn plan(
         variant: FlashVariant::Decode,
         kv,
         br,
-        bc: wg,
+        bc: wg * ku,
         tr: br,
         wg,
         workgroup_bytes: workgroup_bytes(problem, wg),
         q_blocks: q_blocks as u32,
         why: format!(
             "decode kernel: {rows} query rows per key/value head, {br} per workgroup, \
-             {wg} invocations each streaming its own keys{kv_why}"
+             {wg} invocations each streaming its own keys, {ku} per step{kv_why}"
         ),
         ..FlashPlan::before_splits()
     };

@@ -211,6 +211,7 @@ impl FlashPlan {
                 br: self.br,
                 wg: self.wg,
                 dvc: decode::merge_columns(p, self.wg),
+                ku: (self.bc / self.wg.max(1)).max(1),
             },
             FlashVariant::Lanes => {
                 let rg = (self.br / self.tr.max(1)).max(1);

@@ -245,7 +245,7 @@ pub enum KernelTiles {
         state: bool,
     },
     /// `flash_decode.wgsl`: BR packed query rows, WG lanes each streaming its
-    /// own keys, DVC vec4 columns of O merged per step.
+    /// own keys KU at a time, DVC vec4 columns of O merged per step.
     Decode {
         /// Packed query rows per workgroup.
         br: u32,
@@ -253,6 +253,9 @@ pub enum KernelTiles {
         wg: u32,
         /// Vec4 columns merged per step.
         dvc: u32,
+        /// Keys per lane per step of the key loop (one softmax update and
+        /// one write of O per KU keys).
+        ku: u32,
     },
     /// `flash_lanes.wgsl`: WG = RG·KG·KL invocations: RG row groups of TR
     /// packed query rows each (BR = RG·TR), KG key groups taking one key
@@ -437,8 +440,8 @@ impl FlashSpec {
             KernelTiles::Simd { sg, tr, bc, .. } => {
                 consts.extend([("BR", sg * tr), ("SG", sg), ("TR", tr), ("BC", bc)])
             }
-            KernelTiles::Decode { br, wg, dvc } => {
-                consts.extend([("BR", br), ("WG", wg), ("DVC", dvc)])
+            KernelTiles::Decode { br, wg, dvc, ku } => {
+                consts.extend([("BR", br), ("WG", wg), ("DVC", dvc), ("KU", ku)])
             }
             KernelTiles::Lanes { tr, rg, kg, kl, .. } => consts.extend([
                 ("BR", rg * tr),
