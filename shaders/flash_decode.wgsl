@@ -10,9 +10,10 @@
 // running max m, sum l and unnormalised O (softmax_state.wgsl, ROWS = BR).
 // The keys come KU per lane per step: the KU scores, then one update of the
 // state for all of them (the new max, one rescale of l and O, the KU weights
-// into O), so O is written once per KU keys. The keys left over when a lane
-// has fewer than KU come one at a time, each merged into the state
-// (state_merge), whose rescale happens only when a lane's max grows. When
+// into O), so O is written once per KU keys; the last step's keys past the
+// range weigh 0. With KU 1, or a boolean mask (whose unseen keys are skipped
+// unread), each key is merged into the state on its own (state_merge),
+// whose rescale happens only when a lane's max grows. When
 // the keys are done the WG partial states are merged through workgroup
 // memory with the same formula (lane 0 finds the max and the weighted sum,
 // then DVC vec4 columns of O at a time), and the merged state goes to O and
@@ -66,91 +67,97 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     // where a window, mask or bias applies, or skipping is off).
     let range = key_range(t.split, block_keys(sq, used_rows.x, used_rows.y + 1u));
     let checked = WIN != 0u || MASK != 0u || SKIP == 0u;
-    // Whole steps of KU keys per lane (WG·KU keys per workgroup step) while
-    // every lane has KU keys left, then the rest one key at a time. With a
-    // boolean mask every key goes the one-key way, which skips unseen keys.
-    let group = WG * KU;
-    var full_end = range.x;
-    if ((MASK & MASK_BOOL) == 0u && KU > 1u && range.y > range.x) {
-        full_end = range.x + (range.y - range.x) / group * group;
-    }
-    for (var j0 = range.x + lid; j0 < full_end; j0 += group) {
-        var part: array<vec4<f32>, BR * KU>;
-        for (var i = 0u; i < BR * KU; i++) {
-            part[i] = vec4<f32>(0.0);
-        }
-        for (var c = 0u; c < D4; c++) {
-            for (var i = 0u; i < KU; i++) {
-                let kk = k_row4(kb + (j0 + i * WG) * params.k_stride_s, c, D);
+    if ((MASK & MASK_BOOL) == 0u && KU > 1u) {
+        // KU keys per lane per step, WG·KU per workgroup step, the same
+        // number of steps in every lane. Keys past the range are read as
+        // its last key (a key of the range, never an element past a length)
+        // and weigh exactly 0: exp2(MASKED − m) is 0.
+        let group = WG * KU;
+        let steps = select(0u, (range.y - range.x + group - 1u) / group, range.y > range.x);
+        let last = max(range.y, 1u) - 1u;
+        for (var t = 0u; t < steps; t++) {
+            let j0 = range.x + t * group + lid;
+            var part: array<vec4<f32>, BR * KU>;
+            for (var i = 0u; i < BR * KU; i++) {
+                part[i] = vec4<f32>(0.0);
+            }
+            for (var c = 0u; c < D4; c++) {
+                for (var i = 0u; i < KU; i++) {
+                    let kk = k_row4(kb + min(j0 + i * WG, last) * params.k_stride_s, c, D);
+                    for (var r = 0u; r < BR; r++) {
+                        part[r * KU + i] = fma(Q[r * D4 + c], kk, part[r * KU + i]);
+                    }
+                }
+            }
+            // The KU keys are one block: the new max, the old state's
+            // weight alpha, each key's weight P.
+            var P: array<f32, BR * KU>;
+            var alpha: array<f32, BR>;
+            for (var r = 0u; r < BR; r++) {
+                var mx = m[r];
+                for (var i = 0u; i < KU; i++) {
+                    let j = j0 + i * WG;
+                    let s = row_score(hsum4(part[r * KU + i]), r, min(j, last), checked);
+                    P[r * KU + i] = select(MASKED, s, j < range.y);
+                    mx = max(mx, P[r * KU + i]);
+                }
+                alpha[r] = merge_weight(m[r], mx);
+                var sum = 0.0;
+                for (var i = 0u; i < KU; i++) {
+                    P[r * KU + i] = merge_weight(P[r * KU + i], mx);
+                    sum += P[r * KU + i];
+                }
+                l[r] = fma(l[r], alpha[r], sum);
+                m[r] = mx;
+            }
+            for (var c = 0u; c < DV4; c++) {
+                var acc: array<vec4<f32>, BR>;
                 for (var r = 0u; r < BR; r++) {
-                    part[r * KU + i] = fma(Q[r * D4 + c], kk, part[r * KU + i]);
+                    acc[r] = O[r * DV4 + c] * alpha[r];
+                }
+                for (var i = 0u; i < KU; i++) {
+                    let vv = v_row4(vb + min(j0 + i * WG, last) * params.v_stride_s, c, DV);
+                    for (var r = 0u; r < BR; r++) {
+                        acc[r] = fma(vec4<f32>(P[r * KU + i]), vv, acc[r]);
+                    }
+                }
+                for (var r = 0u; r < BR; r++) {
+                    O[r * DV4 + c] = acc[r];
                 }
             }
         }
-        // The KU keys are one block: the new max, the old state's weight
-        // alpha, each key's weight P.
-        var P: array<f32, BR * KU>;
-        var alpha: array<f32, BR>;
-        for (var r = 0u; r < BR; r++) {
-            var mx = m[r];
-            for (var i = 0u; i < KU; i++) {
-                let s = row_score(hsum4(part[r * KU + i]), r, j0 + i * WG, checked);
-                P[r * KU + i] = s;
-                mx = max(mx, s);
-            }
-            alpha[r] = merge_weight(m[r], mx);
-            var sum = 0.0;
-            for (var i = 0u; i < KU; i++) {
-                P[r * KU + i] = merge_weight(P[r * KU + i], mx);
-                sum += P[r * KU + i];
-            }
-            l[r] = fma(l[r], alpha[r], sum);
-            m[r] = mx;
-        }
-        for (var c = 0u; c < DV4; c++) {
-            var acc: array<vec4<f32>, BR>;
-            for (var r = 0u; r < BR; r++) {
-                acc[r] = O[r * DV4 + c] * alpha[r];
-            }
-            for (var i = 0u; i < KU; i++) {
-                let vv = v_row4(vb + (j0 + i * WG) * params.v_stride_s, c, DV);
-                for (var r = 0u; r < BR; r++) {
-                    acc[r] = fma(vec4<f32>(P[r * KU + i]), vv, acc[r]);
+    } else {
+        // One key per lane per step (KU 1, or a boolean mask: keys no row
+        // sees are then skipped unread).
+        for (var j = range.x + lid; j < range.y; j += WG) {
+            if ((MASK & MASK_BOOL) != 0u) {
+                // Keys no row of the workgroup sees are not loaded.
+                if (!any_row_sees(j)) {
+                    continue;
                 }
             }
+            var part: array<vec4<f32>, BR>;
             for (var r = 0u; r < BR; r++) {
-                O[r * DV4 + c] = acc[r];
+                part[r] = vec4<f32>(0.0);
             }
-        }
-    }
-    for (var j = full_end + lid; j < range.y; j += WG) {
-        if ((MASK & MASK_BOOL) != 0u) {
-            // Keys no row of the workgroup sees are not loaded.
-            if (!any_row_sees(j)) {
-                continue;
+            let kr = kb + j * params.k_stride_s;
+            for (var c = 0u; c < D4; c++) {
+                let kk = k_row4(kr, c, D);
+                for (var r = 0u; r < BR; r++) {
+                    part[r] = fma(Q[r * D4 + c], kk, part[r]);
+                }
             }
-        }
-        var part: array<vec4<f32>, BR>;
-        for (var r = 0u; r < BR; r++) {
-            part[r] = vec4<f32>(0.0);
-        }
-        let kr = kb + j * params.k_stride_s;
-        for (var c = 0u; c < D4; c++) {
-            let kk = k_row4(kr, c, D);
+            // One key is a state of its own: m = S, l = 1, O = V; P is its weight.
+            var P: array<f32, BR>;
             for (var r = 0u; r < BR; r++) {
-                part[r] = fma(Q[r * D4 + c], kk, part[r]);
+                P[r] = state_merge(r, row_score(hsum4(part[r]), r, j, checked), 1.0);
             }
-        }
-        // One key is a state of its own: m = S, l = 1, O = V; P is its weight.
-        var P: array<f32, BR>;
-        for (var r = 0u; r < BR; r++) {
-            P[r] = state_merge(r, row_score(hsum4(part[r]), r, j, checked), 1.0);
-        }
-        let vr = vb + j * params.v_stride_s;
-        for (var c = 0u; c < DV4; c++) {
-            let vv = v_row4(vr, c, DV);
-            for (var r = 0u; r < BR; r++) {
-                O[r * DV4 + c] = fma(vec4<f32>(P[r]), vv, O[r * DV4 + c]);
+            let vr = vb + j * params.v_stride_s;
+            for (var c = 0u; c < DV4; c++) {
+                let vv = v_row4(vr, c, DV);
+                for (var r = 0u; r < BR; r++) {
+                    O[r * DV4 + c] = fma(vec4<f32>(P[r]), vv, O[r * DV4 + c]);
+                }
             }
         }
     }

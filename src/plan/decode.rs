@@ -56,13 +56,12 @@ pub(super) fn plan(
     // Keys per lane per step: KU keys make one block of the online softmax,
     // so O is rescaled and written once per KU keys instead of per key. On
     // a CPU driver every write of O inside the key loop is a masked blend
-    // and store of each of its vec4s. On lavapipe, alternating KU 1 and 4
-    // on the Whisper step (1×20, 1×1 500, d 64, K/V bound once): medians of
-    // five harness runs each 1.01 against 0.90 ms; ten paired 200-launch
-    // loops, KU 4 / KU 1 median 0.84; 4 heads, six pairs, 0.20–0.22 against
-    // 0.22–0.24 ms. KU 8 was slower than 4 (0.22–0.28 ms at 4 heads). The
-    // first call grows from 0.67–0.69 to 0.87–0.92 s. GPUs keep one key per
-    // step: their registers hold O.
+    // and store of each of its vec4s. On lavapipe, the Whisper step (1×20,
+    // 1×1 500, d 64, K/V bound) with the plans interleaved in one process,
+    // 30 pairs of 50 launches: KU 4 / KU 1 median 0.88 (0.66 against 0.77
+    // ms), 0.89 at 4 heads; KU 2 / KU 1 0.92; KU 8 / KU 4 1.06. The first
+    // call grows from 0.49–0.55 to 0.70–0.73 s. GPUs keep one key per step:
+    // their registers hold O.
     let ku = match force.bc {
         Some(bc) => (bc / wg).max(1),
         None if caps.cpu_plans() => 4,
