@@ -113,6 +113,39 @@ fn decode_kernel_packs_gqa_heads_and_handles_odd_head_dims() {
 }
 
 #[test]
+fn decode_kernel_counts_every_key_once_at_every_key_step_edge() {
+    // A scale of 1e-4 flattens the softmax, so every key weighs about
+    // 1/n_kv and a key dropped or counted twice moves O by about |v|/n_kv
+    // (2e-3 at 1 500 keys), far past the tolerance; with the usual scale
+    // one key dominates each row and hides such an error. Key counts
+    // around the decode kernel's steps of WG·KU keys (8·4 on CPU
+    // adapters): fewer than one step, one step and one key, a ragged last
+    // step, lengths that end mid-step, and forced splits that cut the
+    // range mid-step.
+    let force = |splits| TileOverride {
+        variant: Some(FlashVariant::Decode),
+        splits,
+        ..Default::default()
+    };
+    for (i, (n_kv, lens, splits)) in [
+        (1, None, None),
+        (31, None, None),
+        (33, None, None),
+        (1500, None, None),
+        (1500, Some(vec![1483, 29]), None),
+        (1500, None, Some(3)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let p = AttentionProblem::new(2, 4, 1, n_kv, 64)
+            .with_scale(1e-4)
+            .with_kv_lens(lens.is_some());
+        assert_close_forced(&p, lens.as_deref(), 50 + i as u64, force(splits));
+    }
+}
+
+#[test]
 fn bound_handle_runs_many_decode_steps_against_one_encoder_kv() {
     bound_decode_loop(ctx());
 }
