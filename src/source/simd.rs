@@ -103,6 +103,25 @@ fn scatter(s: &mut String, ind: &str, arr: &str, base: u32, n4: u32) {
     }
 }
 
+/// A loop over the chunks of a row of `n4` vec4s (`open_chunks`, at `ind`)
+/// that loads slot n's vec4 as `load(n)` and moves it into `arr` from
+/// element `base` (`scatter`).
+fn load_chunks(
+    s: &mut String,
+    ind: &str,
+    arr: &str,
+    base: u32,
+    n4: u32,
+    load: impl Fn(u32) -> String,
+) {
+    open_chunks(s, ind, n4);
+    for n in 0..width(n4) {
+        line!(s, "{ind}    let x{n} = {};", load(n));
+    }
+    scatter(s, &format!("{ind}    "), arr, base, n4);
+    line!(s, "{ind}}}");
+}
+
 /// `y{i}`: element `base + ch·width + i` of `arr`, picked by selects.
 fn gather(s: &mut String, ind: &str, arr: &str, base: u32, n4: u32) {
     for i in 0..width(n4) {
@@ -123,17 +142,11 @@ fn gather(s: &mut String, ind: &str, arr: &str, base: u32, n4: u32) {
 /// reset, or carried in from an earlier launch.
 fn prologue(u: Unroll) -> String {
     let mut s = String::new();
-    let (i, ii, iii) = ("    ", "        ", "            ");
+    let (i, ii) = ("    ", "        ");
     for t in 0..u.tr {
-        open_chunks(&mut s, i, u.d4);
-        for n in 0..width(u.d4) {
-            line!(
-                s,
-                "{ii}let x{n} = q_scaled4(b, sq.q0 + qi{t}, h, c{n}, qi{t} < i_end && c{n} < D4);"
-            );
-        }
-        scatter(&mut s, ii, "qa", t * u.d4, u.d4);
-        line!(s, "{i}}}");
+        load_chunks(&mut s, i, "qa", t * u.d4, u.d4, |n| {
+            format!("q_scaled4(b, sq.q0 + qi{t}, h, c{n}, qi{t} < i_end && c{n} < D4)")
+        });
         line!(s, "{i}ml[{t}] = vec2<f32>(NEG_BIG, 0.0);");
         for c in 0..u.dv4 {
             line!(s, "{i}oa[{}] = vec4<f32>(0.0);", t * u.dv4 + c);
@@ -147,15 +160,9 @@ fn prologue(u: Unroll) -> String {
             "{ii}let sb = state_base(tile.split, row_index(b, h, sq.q0 + qi{t}));"
         );
         line!(s, "{ii}ml[{t}] = state[sb].xy;");
-        open_chunks(&mut s, ii, u.dv4);
-        for n in 0..width(u.dv4) {
-            line!(
-                s,
-                "{iii}let x{n} = select(vec4<f32>(0.0), state[sb + 1u + min(c{n}, DV4 - 1u)], c{n} < DV4);"
-            );
-        }
-        scatter(&mut s, iii, "oa", t * u.dv4, u.dv4);
-        line!(s, "{ii}}}");
+        load_chunks(&mut s, ii, "oa", t * u.dv4, u.dv4, |n| {
+            format!("select(vec4<f32>(0.0), state[sb + 1u + min(c{n}, DV4 - 1u)], c{n} < DV4)")
+        });
         line!(s, "{i}}}");
     }
     s
