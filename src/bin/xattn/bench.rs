@@ -363,16 +363,19 @@ fn decoder_step_note(r: &ReportRow) -> Option<String> {
     let bound = row
         .bound_ms
         .filter(|_| r.decode.is_none() && row.plan.variant == FlashVariant::Decode)?;
-    let ratio = |ms: &Result<f64, String>| {
-        ms.as_ref()
-            .map_or("-".to_string(), |ms| format!("{:.1}", ms / bound))
-    };
     Some(format!(
         "{} as a decoder runs it (K/V bound once): {bound:.3} ms, x naive {}, x CPU {}",
         r.name,
-        ratio(&row.naive_ms),
-        ratio(&row.cpu_ms)
+        times(&row.naive_ms, bound),
+        times(&row.cpu_ms, bound)
     ))
+}
+
+/// How many times `ms` (where it was measured) is `of_ms`, for a table
+/// column: one decimal, or "-".
+fn times(ms: &Result<f64, String>, of_ms: f64) -> String {
+    ms.as_ref()
+        .map_or("-".to_string(), |ms| format!("{:.1}", ms / of_ms))
 }
 
 /// Where the driver's shader cache lives for this run.
@@ -467,7 +470,7 @@ fn print_row(r: &ReportRow, probe: &bench::Probe) {
     let (row, p) = (&r.row, &r.row.problem);
     let naive = row.naive_ms.as_ref().ok();
     let naive_ms = naive.map_or("-".to_string(), |ms| format!("{ms:.2}"));
-    let speedup = naive.map_or("-".to_string(), |ms| format!("{:.1}", ms / row.fused_ms));
+    let speedup = times(&row.naive_ms, row.fused_ms);
     if let Some(d) = r.decode {
         let gbps = p.kv_bytes() / (row.fused_ms * 1e-3) / 1e9;
         println!(
@@ -487,9 +490,11 @@ fn print_row(r: &ReportRow, probe: &bench::Probe) {
         return;
     }
     let gf = row.fused_gflops();
-    let cpu_ms = row.cpu_ms.as_ref().ok();
-    let cpu = cpu_ms.map_or("-".to_string(), |ms| format!("{ms:.1}"));
-    let vs_cpu = cpu_ms.map_or("-".to_string(), |ms| format!("{:.1}", ms / row.fused_ms));
+    let cpu = row
+        .cpu_ms
+        .as_ref()
+        .map_or("-".to_string(), |ms| format!("{ms:.1}"));
+    let vs_cpu = times(&row.cpu_ms, row.fused_ms);
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     let vs_f32 = r.f32_ms.map_or(String::new(), |ms| {
         format!(" {:>9.3} {:>6.2}", ms, ms / row.fused_ms)
