@@ -105,7 +105,8 @@ struct Params {
     // Always 1: a loop count times `one` is one the driver's compiler cannot
     // see, so it keeps the loop (flash_simd.wgsl's prologue and epilogue).
     one: u32,
-    _pad1: u32,
+    // 1: heads fastest in the workgroup order (see grid_tile).
+    heads_inner: u32,
     _pad2: u32,
 }
 
@@ -153,10 +154,20 @@ fn grid_tile(wid: vec3<u32>, heads: u32) -> Tile {
     let linear = select((slot % params.grid_stride) * params.grid_rows + slot / params.grid_stride, 0xffffffffu, slot >= params.grid_stride * params.grid_rows);
     let per_split = params.q_blocks * params.batch * heads;
     let rest = linear % per_split;
-    let bh = rest / params.q_blocks;
+    // Within a split: query blocks fastest (the plain order), or with
+    // heads_inner the heads, so that a contiguous run of workgroups reads Q
+    // and writes O rows contiguously in BSHD (the host's choice, see
+    // plan::heads_inner).
+    var qb = rest % params.q_blocks;
+    var bh = rest / params.q_blocks;
+    if (params.heads_inner != 0u) {
+        let bq = rest / heads;
+        qb = bq % params.q_blocks;
+        bh = (bq / params.q_blocks) * heads + rest % heads;
+    }
     let h = bh % heads;
     let hk = select(h / params.group, h, heads == params.kv_heads);
-    return Tile(linear < per_split * params.splits, rest % params.q_blocks, bh / heads, h, hk, linear / per_split);
+    return Tile(linear < per_split * params.splits, qb, bh / heads, h, hk, linear / per_split);
 }
 
 fn workgroup_tile(wid: vec3<u32>) -> Tile {

@@ -110,8 +110,9 @@ pub struct FlashParams {
     /// driver's compiler cannot see, so it keeps the loop rather than
     /// unrolling it (the simd kernel's prologue and epilogue).
     pub one: u32,
-    /// Padding to a multiple of 16 bytes.
-    pub _pad1: u32,
+    /// 1: a query block's heads run in consecutive workgroups
+    /// ([`crate::plan::FlashPlan::heads_inner`]); 0: its query blocks.
+    pub heads_inner: u32,
     /// Padding to a multiple of 16 bytes.
     pub _pad2: u32,
 }
@@ -203,7 +204,7 @@ impl FlashParams {
             grid_stride: plan.grid_stride,
             grid_rows: plan.grid_rows,
             one: 1,
-            _pad1: 0,
+            heads_inner: u32::from(plan.heads_inner),
             _pad2: 0,
         }
     }

@@ -6,7 +6,7 @@ mod common;
 use common::{assert_close, assert_close_on, ctx, gpu_plan_ctx};
 use xattn::check::{grid, inputs, max_err, max_rel_err};
 use xattn::{
-    AttentionBuffers, AttentionProblem, Dtype, FlashAttention, FlashVariant, KvAccess,
+    AttentionBuffers, AttentionProblem, Dtype, FlashAttention, FlashVariant, KvAccess, Masks,
     TileOverride, Window,
 };
 
@@ -439,5 +439,54 @@ fn bhsd_layouts_are_read_and_written_in_place_through_strides() {
             let c = assert_close(&p, lens, 70 + i as u64);
             assert!(c.fused.o.is_finite(), "{p:?}");
         }
+    }
+}
+
+#[test]
+fn heads_fastest_and_query_blocks_fastest_orders_agree() {
+    // The workgroup order (FlashPlan::heads_inner) only permutes tiles: GQA,
+    // query and key lengths, causal masking (the strided order on CPU
+    // adapters), several query blocks per head and key splits, in both
+    // orders and with the plain stride, against the f64 reference.
+    let p = AttentionProblem::new(2, 4, 45, 141, 20)
+        .with_kv_heads(2)
+        .with_q_lens(true)
+        .with_kv_lens(true)
+        .with_causal();
+    let masks = Masks {
+        q_lens: Some(&[45, 30]),
+        kv_lens: Some(&[141, 50]),
+        ..Default::default()
+    };
+    let (q, k, v) = inputs(&p, 21);
+    let reference = xattn::reference::attention_masked(&p, &q, &k, &v, &masks).unwrap();
+    let default = FlashAttention::new(ctx(), &p).unwrap();
+    let cpu = ctx().caps().is_cpu() && default.plan().variant == FlashVariant::Simd;
+    assert_eq!(
+        default.plan().heads_inner,
+        cpu,
+        "the simd plan runs heads fastest for small K/V, no other plan does: {}",
+        default.plan().why
+    );
+    for (heads_inner, grid_stride, splits) in [
+        (true, None, None),
+        (false, None, None),
+        (true, Some(1), None),
+        (true, None, Some(2)),
+        (false, Some(1), Some(2)),
+    ] {
+        let force = TileOverride {
+            heads_inner: Some(heads_inner),
+            grid_stride,
+            splits,
+            ..Default::default()
+        };
+        let f = FlashAttention::with_tiles(ctx(), &p, force).unwrap();
+        assert_eq!(f.plan().heads_inner, heads_inner);
+        let out = f.run_with(&q, &k, &v, &masks).unwrap();
+        let what = format!("heads_inner {heads_inner}, stride {grid_stride:?}, splits {splits:?}");
+        let e = max_err(&out.o, &reference.o);
+        assert!(e < 1e-4, "{what}: O error {e:.3e}");
+        assert!(max_err(&out.lse, &reference.lse) < 1e-4, "{what}: LSE");
     }
 }

@@ -409,7 +409,7 @@ fn flash_params_match_the_wgsl_struct() {
         grid_stride,
         grid_rows,
         one,
-        _pad1,
+        heads_inner,
         _pad2
     );
     assert_eq!(members, host);

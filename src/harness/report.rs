@@ -86,7 +86,8 @@ impl ReportRow {
                 "variant": r.plan.variant.label(),
                 "br": r.plan.br, "bc": r.plan.bc, "tr": r.plan.tr, "wg": r.plan.wg,
                 "splits": r.plan.splits, "split_keys": r.plan.split_keys,
-                "chunk_keys": r.plan.chunk_keys, "why": r.plan.why,
+                "chunk_keys": r.plan.chunk_keys, "heads_inner": r.plan.heads_inner,
+                "why": r.plan.why,
             },
             "fused": {
                 "ms": r.fused_ms, "spread": r.fused_spread, "gflops": gflops,

@@ -354,3 +354,31 @@ fn simd_is_the_cpu_default_and_needs_a_fixed_subgroup() {
         Err(Error::Unplannable { .. })
     ));
 }
+
+#[test]
+fn simd_plans_run_heads_fastest_while_all_kv_heads_fit_the_cache() {
+    let cpu = DeviceCaps::lavapipe(2);
+    // SD 64² (8 heads × 77 keys × d 40: 197 KiB of K/V), SDXL 4096×77 (394 KiB).
+    let sd = AttentionProblem::new(2, 8, 4096, 77, 40);
+    let sdxl = AttentionProblem::new(2, 10, 4096, 77, 64);
+    for p in [&sd, &sdxl] {
+        let plan = go(p, &cpu);
+        assert!(plan.heads_inner, "{}", plan.why);
+        assert!(plan.why.contains("heads fastest"), "{}", plan.why);
+    }
+    // Past HEADS_INNER_KV_BYTES (T5-base: 3 MiB), in BHSD (each head's rows
+    // already contiguous), with one head, and on GPUs: the plain order.
+    let t5 = AttentionProblem::new(1, 12, 512, 512, 64);
+    const { assert!(12 * 512 * 128 * 4 > HEADS_INNER_KV_BYTES) };
+    let bhsd = sd.with_layout(crate::layout::Layout::Bhsd);
+    let one_head = AttentionProblem::new(2, 1, 4096, 77, 40);
+    for p in [&t5, &bhsd, &one_head] {
+        assert!(!go(p, &cpu).heads_inner, "{p:?}");
+    }
+    assert!(!go(&sd, &DeviceCaps::discrete_gpu(32)).heads_inner);
+    // f16 halves the bytes: 8 kv heads of 256 keys at d 64 are 1 MiB in f32,
+    // 512 KiB in f16.
+    let half = AttentionProblem::new(1, 8, 1024, 256, 64);
+    assert!(!go(&half, &cpu).heads_inner);
+    assert!(go(&half.with_dtype(Dtype::F16), &cpu).heads_inner);
+}

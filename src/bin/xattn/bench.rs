@@ -54,6 +54,11 @@ pub struct BenchArgs {
     /// uses 16 on CPU adapters for masked or padded problems).
     #[arg(long)]
     grid_stride: Option<u32>,
+    /// Force the workgroup order's heads fastest (true) or query blocks
+    /// fastest (false); the planner runs heads fastest for the simd kernel
+    /// on BSHD problems whose K/V fit in 512 KiB.
+    #[arg(long)]
+    heads_inner: Option<bool>,
     /// The simd kernel reads K/V from the storage buffers instead of their
     /// texture mirrors (to measure what the mirrors save).
     #[arg(long)]
@@ -135,6 +140,7 @@ pub fn bench(a: &BenchArgs) -> Result<ExitCode, Error> {
             variant: a.variant.map(VariantArg::variant),
             splits: a.splits,
             grid_stride: a.grid_stride,
+            heads_inner: a.heads_inner,
             kv_texture: a.kv_storage.then_some(false),
             subgroups: a.no_subgroups.then_some(false),
             ..TileOverride::default()
