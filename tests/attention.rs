@@ -397,6 +397,17 @@ fn thousands_of_keys_stay_correct_on_every_adapter() {
     // this shape gave O errors of ~10.
     assert_close(&AttentionProblem::new(1, 2, 64, 4096, 64), None, 16);
     assert_close(&AttentionProblem::new(1, 1, 8, 16_000, 160), None, 17);
+    // On CPU adapters the simd plans cut both into launches that carry the
+    // softmax state (2 MiB and 20 MB of one head's K/V, past CHUNK_KV_BYTES).
+    for p in [
+        AttentionProblem::new(1, 2, 64, 4096, 64),
+        AttentionProblem::new(1, 1, 8, 16_000, 160),
+    ] {
+        let plan = FlashAttention::new(ctx(), &p).unwrap().plan().clone();
+        if plan.variant == FlashVariant::Simd {
+            assert!(plan.launches() > 1, "{}", plan.why);
+        }
+    }
 }
 
 #[test]

@@ -458,9 +458,25 @@ pub fn plan(
         ));
     }
     if (chunk_keys as usize) < problem.n_kv.min(split_keys as usize) {
-        tiles.plan.why.push_str(&format!(
-            "; {chunk_keys} keys per launch (driver loop limit)"
-        ));
+        let cache = split::cache_chunk_keys(
+            problem,
+            caps,
+            variant,
+            split_keys as usize,
+            tiles.align as usize,
+        );
+        let reason = if cache == Some(chunk_keys as usize) && force.chunk_keys.is_none() {
+            format!(
+                "each launch streams at most {} KiB of a head's K/V, which stays in cache",
+                split::CHUNK_KV_BYTES / 1024
+            )
+        } else {
+            "driver loop limit".to_string()
+        };
+        tiles
+            .plan
+            .why
+            .push_str(&format!("; {chunk_keys} keys per launch ({reason})"));
     }
     Ok(tiles.plan)
 }

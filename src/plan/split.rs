@@ -1,7 +1,7 @@
 //! The split-KV heuristic: how many parts the key range is cut into, and
 //! how many keys each launch covers.
 
-use super::{unplannable, TileOverride, Tiles};
+use super::{unplannable, FlashVariant, TileOverride, Tiles};
 use crate::caps::DeviceCaps;
 use crate::error::Result;
 use crate::problem::AttentionProblem;
@@ -13,6 +13,46 @@ pub const MAX_SPLITS: u32 = 256;
 /// streaming multiprocessor / compute unit of the largest current parts
 /// (132 on an H100), which wgpu does not report.
 const GPU_TARGET_WORKGROUPS: usize = 512;
+
+/// Most bytes of one kv head's K and V that a launch of the simd kernel
+/// streams on a CPU adapter: past it the key range is cut into launches of
+/// about this much (see [`cache_chunk_keys`]).
+pub const CHUNK_KV_BYTES: u64 = 1 << 20;
+
+/// Keys per launch that keep each kv head's K/V chunk within
+/// [`CHUNK_KV_BYTES`], for the simd kernel on CPU adapters where one head's
+/// K/V of a split (`split_keys` keys) is larger; `None` elsewhere.
+///
+/// A CPU driver runs a launch's workgroups in order, a head's query blocks
+/// one after another, and each streams the head's whole key range: past the
+/// core's caches every query block reads it from memory again. Cut into
+/// launches that carry the softmax state, every query block streams the
+/// same chunk, which stays in cache. Measured on lavapipe (2026-12-02, one
+/// process, alternated, median of 6 pairs, chunked / one launch time, keys
+/// per launch): Perceiver IO (25.7 MB of K/V, one head) 0.73 at 2 048 and
+/// 4 096 keys, 0.80 at 1 024, 0.95 at 16 384; Flamingo (2 MiB per head)
+/// 0.85–0.89 at 1 024–2 048; 1×8×1024×4096 d 64 (2 MiB) 0.86 at 2 048, 0.91
+/// at 1 024. At 1 MiB per head or less it lost: square 2k 1.08 at 512 and
+/// 1 024, Whisper teacher-forced (768 KiB) 1.07–1.09, since each launch
+/// writes and reads back every row's state. The rule as planned against one
+/// launch, 8–10 pairs: Perceiver IO (25 launches of 2 008 keys) 0.76 and
+/// 0.82, Flamingo (2 of 2 048) 0.91 and 0.96.
+pub(crate) fn cache_chunk_keys(
+    problem: &AttentionProblem,
+    caps: &DeviceCaps,
+    variant: FlashVariant,
+    split_keys: usize,
+    align: usize,
+) -> Option<usize> {
+    let per_key = ((problem.head_dim + problem.head_dim_v) * problem.dtype.bytes()) as u64;
+    let head_bytes = split_keys as u64 * per_key;
+    if !caps.cpu_plans() || variant != FlashVariant::Simd || head_bytes <= CHUNK_KV_BYTES {
+        return None;
+    }
+    let launches = head_bytes.div_ceil(CHUNK_KV_BYTES) as usize;
+    let align = align.max(1);
+    Some(split_keys.div_ceil(launches).div_ceil(align) * align)
+}
 
 /// Bytes of one query row's softmax state: a vec4 (m, l, 0, 0) and ⌈d_v/4⌉
 /// vec4s of unnormalised O (`STATE_VEC4S` in softmax_state.wgsl).
@@ -39,6 +79,9 @@ pub(crate) fn state_row_bytes(p: &AttentionProblem) -> u64 {
 /// - Memory: the partial states, splits × B·H·n_q × (4 + 4·⌈d_v/4⌉) floats,
 ///   must fit one storage binding; past that the splits are capped and the
 ///   remaining length is cut into carried launches.
+/// - Cache: the simd kernel on CPU adapters streams at most
+///   [`CHUNK_KV_BYTES`] of one kv head's K/V per launch
+///   ([`cache_chunk_keys`]).
 /// - At most [`MAX_SPLITS`]. `force.splits` overrides the heuristic (clamped
 ///   to n_kv keys); `force.chunk_keys` the launch length.
 pub(super) fn choose(
@@ -94,10 +137,15 @@ pub(super) fn choose(
     let align = tiles.align.max(1) as usize;
     let split_keys = n_kv.div_ceil(splits).div_ceil(align) * align;
     let splits = n_kv.div_ceil(split_keys);
+    let by_cache = cache_chunk_keys(problem, caps, tiles.plan.variant, split_keys, align);
     let chunk_keys = match force.chunk_keys {
         Some(c) => c.max(1) as usize,
         None if loop_keys >= split_keys => split_keys,
         None => (loop_keys / align * align).max(align).min(loop_keys),
+    };
+    let chunk_keys = match (force.chunk_keys, by_cache) {
+        (None, Some(c)) => chunk_keys.min(c),
+        _ => chunk_keys,
     };
     let launches = split_keys.div_ceil(chunk_keys);
     if (splits > 1 || launches > 1) && per_split_bytes * splits as u64 > state_limit {

@@ -382,3 +382,40 @@ fn simd_plans_run_heads_fastest_while_all_kv_heads_fit_the_cache() {
     assert!(!go(&half, &cpu).heads_inner);
     assert!(go(&half.with_dtype(Dtype::F16), &cpu).heads_inner);
 }
+
+#[test]
+fn simd_plans_cut_kv_past_a_megabyte_per_head_into_launches() {
+    let cpu = DeviceCaps::lavapipe(2);
+    // Perceiver IO: 50 176 keys × 128 floats × 4 B = 24.5 MiB of one head's
+    // K/V, in 25 launches of at most 1 MiB (whole key blocks).
+    let perceiver = go(&AttentionProblem::new(1, 1, 512, 50_176, 64), &cpu);
+    assert_eq!(perceiver.splits, 1, "{}", perceiver.why);
+    assert_eq!(perceiver.launches(), 25, "{}", perceiver.why);
+    assert!(perceiver.chunk_keys as u64 * 512 <= split::CHUNK_KV_BYTES);
+    assert_eq!(perceiver.chunk_keys % perceiver.bc, 0);
+    assert!(
+        perceiver.why.contains("stays in cache"),
+        "{}",
+        perceiver.why
+    );
+    // Flamingo's 2 MiB per head: two launches of 2 048 keys.
+    let flamingo = go(&AttentionProblem::new(1, 8, 64, 4096, 64), &cpu);
+    assert_eq!(flamingo.chunk_keys, 2048, "{}", flamingo.why);
+    // Up to 1 MiB per head (square 2k), other kernels, and GPUs: one launch.
+    let square = AttentionProblem::new(1, 8, 2048, 2048, 64);
+    assert_eq!(go(&square, &cpu).launches(), 1);
+    let gpu = go(
+        &AttentionProblem::new(1, 1, 512, 50_176, 64),
+        &DeviceCaps::discrete_gpu(32),
+    );
+    assert_eq!(gpu.launches(), 1, "{}", gpu.why);
+    let tiled = TileOverride {
+        variant: Some(FlashVariant::Tiled),
+        ..Default::default()
+    };
+    let flamingo_tiled = plan(&AttentionProblem::new(1, 8, 64, 4096, 64), &cpu, tiled).unwrap();
+    assert_eq!(flamingo_tiled.launches(), 1, "{}", flamingo_tiled.why);
+    // f16 halves the bytes: Flamingo fits one launch.
+    let half = AttentionProblem::new(1, 8, 64, 4096, 64).with_dtype(Dtype::F16);
+    assert_eq!(go(&half, &cpu).launches(), 1);
+}
