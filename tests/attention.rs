@@ -403,7 +403,7 @@ fn thousands_of_keys_stay_correct_on_every_adapter() {
         AttentionProblem::new(1, 2, 64, 4096, 64),
         AttentionProblem::new(1, 1, 8, 16_000, 160),
     ] {
-        let plan = FlashAttention::new(ctx(), &p).unwrap().plan().clone();
+        let plan = xattn::plan(&p, ctx().caps(), TileOverride::default()).unwrap();
         if plan.variant == FlashVariant::Simd {
             assert!(plan.launches() > 1, "{}", plan.why);
         }
@@ -471,13 +471,12 @@ fn heads_fastest_and_query_blocks_fastest_orders_agree() {
     };
     let (q, k, v) = inputs(&p, 21);
     let reference = xattn::reference::attention_masked(&p, &q, &k, &v, &masks).unwrap();
-    let default = FlashAttention::new(ctx(), &p).unwrap();
-    let cpu = ctx().caps().is_cpu() && default.plan().variant == FlashVariant::Simd;
+    let default = xattn::plan(&p, ctx().caps(), TileOverride::default()).unwrap();
+    let cpu = ctx().caps().is_cpu() && default.variant == FlashVariant::Simd;
     assert_eq!(
-        default.plan().heads_inner,
-        cpu,
+        default.heads_inner, cpu,
         "the simd plan runs heads fastest for small K/V, no other plan does: {}",
-        default.plan().why
+        default.why
     );
     for (heads_inner, grid_stride, splits) in [
         (true, None, None),

@@ -59,14 +59,16 @@ pub const HEADS_INNER_KV_BYTES: usize = 512 * 1024;
 /// 8×4096×256 d 64 (1 MiB) 1.05, T5-base (3 MiB) 1.34, Whisper
 /// teacher-forced 1.36, square 2k 1.41.
 pub fn heads_inner(problem: &AttentionProblem, variant: FlashVariant) -> bool {
-    let kv_bytes = problem.kv_heads
-        * problem.n_kv
-        * (problem.head_dim + problem.head_dim_v)
-        * problem.dtype.bytes();
+    let kv_bytes = problem.kv_heads * problem.n_kv * kv_key_bytes(problem);
     variant == FlashVariant::Simd
         && problem.layout == Layout::Bshd
         && problem.heads > 1
         && kv_bytes <= HEADS_INNER_KV_BYTES
+}
+
+/// Bytes of one key's K and V rows in one kv head, as stored (and mirrored).
+pub(crate) fn kv_key_bytes(problem: &AttentionProblem) -> usize {
+    (problem.head_dim + problem.head_dim_v) * problem.dtype.bytes()
 }
 
 /// Tile sizes and grid of one fused-kernel launch, with the reason for each
@@ -391,7 +393,12 @@ pub fn plan(
         FlashVariant::Decode => decode::plan(problem, caps, force)?,
         FlashVariant::Lanes => lanes::plan(problem, caps, force)?,
     };
-    let (splits, split_keys, chunk_keys) = split::choose(problem, caps, &tiles, force)?;
+    let split::KeySplits {
+        splits,
+        split_keys,
+        chunk_keys,
+        chunk_for_cache,
+    } = split::choose(problem, caps, &tiles, force)?;
     tiles.plan.splits = splits;
     tiles.plan.split_keys = split_keys;
     tiles.plan.io = TensorIo::choose(problem.dtype, caps, force.packed_f16);
@@ -458,14 +465,7 @@ pub fn plan(
         ));
     }
     if (chunk_keys as usize) < problem.n_kv.min(split_keys as usize) {
-        let cache = split::cache_chunk_keys(
-            problem,
-            caps,
-            variant,
-            split_keys as usize,
-            tiles.align as usize,
-        );
-        let reason = if cache == Some(chunk_keys as usize) && force.chunk_keys.is_none() {
+        let reason = if chunk_for_cache {
             format!(
                 "each launch streams at most {} KiB of a head's K/V, which stays in cache",
                 split::CHUNK_KV_BYTES / 1024

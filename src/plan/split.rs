@@ -1,7 +1,7 @@
 //! The split-KV heuristic: how many parts the key range is cut into, and
 //! how many keys each launch covers.
 
-use super::{unplannable, FlashVariant, TileOverride, Tiles};
+use super::{kv_key_bytes, unplannable, FlashVariant, TileOverride, Tiles};
 use crate::caps::DeviceCaps;
 use crate::error::Result;
 use crate::problem::AttentionProblem;
@@ -44,8 +44,7 @@ pub(crate) fn cache_chunk_keys(
     split_keys: usize,
     align: usize,
 ) -> Option<usize> {
-    let per_key = ((problem.head_dim + problem.head_dim_v) * problem.dtype.bytes()) as u64;
-    let head_bytes = split_keys as u64 * per_key;
+    let head_bytes = (split_keys * kv_key_bytes(problem)) as u64;
     if !caps.cpu_plans() || variant != FlashVariant::Simd || head_bytes <= CHUNK_KV_BYTES {
         return None;
     }
@@ -60,8 +59,20 @@ pub(crate) fn state_row_bytes(p: &AttentionProblem) -> u64 {
     16 * (1 + p.head_dim_v.div_ceil(4)) as u64
 }
 
-/// Chooses split-KV for a variant's tiles: returns (splits, keys per split,
-/// keys per launch).
+/// How a key range is cut: [`choose`]'s answer.
+pub(super) struct KeySplits {
+    pub splits: u32,
+    /// Keys per split.
+    pub split_keys: u32,
+    /// Keys per launch within a split.
+    pub chunk_keys: u32,
+    /// Whether the launch length is [`cache_chunk_keys`]'s rather than the
+    /// whole split or the driver's loop budget.
+    pub chunk_for_cache: bool,
+}
+
+/// Chooses split-KV for a variant's tiles: the splits, keys per split and
+/// keys per launch.
 ///
 /// - Parallelism: a problem whose workgroups (B·H·⌈n_q/Br⌉, or B·H_kv·⌈G·n_q/Br⌉
 ///   for the decode and lanes kernels) would leave the device idle — fewer
@@ -89,7 +100,7 @@ pub(super) fn choose(
     caps: &DeviceCaps,
     tiles: &Tiles,
     force: TileOverride,
-) -> Result<(u32, u32, u32)> {
+) -> Result<KeySplits> {
     let kernel = tiles.plan.variant.name();
     let n_kv = problem.n_kv.max(1);
     let row_bytes = state_row_bytes(problem);
@@ -137,15 +148,19 @@ pub(super) fn choose(
     let align = tiles.align.max(1) as usize;
     let split_keys = n_kv.div_ceil(splits).div_ceil(align) * align;
     let splits = n_kv.div_ceil(split_keys);
-    let by_cache = cache_chunk_keys(problem, caps, tiles.plan.variant, split_keys, align);
-    let chunk_keys = match force.chunk_keys {
-        Some(c) => c.max(1) as usize,
-        None if loop_keys >= split_keys => split_keys,
-        None => (loop_keys / align * align).max(align).min(loop_keys),
-    };
-    let chunk_keys = match (force.chunk_keys, by_cache) {
-        (None, Some(c)) => chunk_keys.min(c),
-        _ => chunk_keys,
+    let (chunk_keys, chunk_for_cache) = match force.chunk_keys {
+        Some(c) => (c.max(1) as usize, false),
+        None => {
+            let by_loops = if loop_keys >= split_keys {
+                split_keys
+            } else {
+                (loop_keys / align * align).max(align).min(loop_keys)
+            };
+            match cache_chunk_keys(problem, caps, tiles.plan.variant, split_keys, align) {
+                Some(c) if c <= by_loops => (c, true),
+                _ => (by_loops, false),
+            }
+        }
     };
     let launches = split_keys.div_ceil(chunk_keys);
     if (splits > 1 || launches > 1) && per_split_bytes * splits as u64 > state_limit {
@@ -159,5 +174,10 @@ pub(super) fn choose(
             ),
         ));
     }
-    Ok((splits as u32, split_keys as u32, chunk_keys as u32))
+    Ok(KeySplits {
+        splits: splits as u32,
+        split_keys: split_keys as u32,
+        chunk_keys: chunk_keys as u32,
+        chunk_for_cache,
+    })
 }
