@@ -8,7 +8,7 @@ use crate::context::{Binding, Context, Kernel, PipelineKey};
 use crate::error::{Error, Result};
 use crate::mask::Masks;
 use crate::params::FlashParams;
-use crate::plan::{fold_grid, plan, split_state_row_bytes, FlashPlan, TileOverride};
+use crate::plan::{fold_grid, mirror_rows, plan, split_state_row_bytes, FlashPlan, TileOverride};
 use crate::problem::AttentionProblem;
 use crate::source::{FlashSpec, KernelTiles, KvAccess, TensorIo};
 use crate::tensor::{AttentionBuffers, AttentionOutput, AttentionTensors};
@@ -387,7 +387,7 @@ impl KvMirror {
             label: Some("xattn kv mirror"),
             size: wgpu::Extent3d {
                 width,
-                height: texels.div_ceil(width).max(1),
+                height: mirror_rows(texels as usize, width_log2) as u32,
                 depth_or_array_layers: 1,
             },
             mip_level_count: 1,

@@ -514,7 +514,20 @@ pub(crate) fn mirror_width_log2(caps: &DeviceCaps) -> Option<u32> {
 /// Whether `elements` f32-sized values (4 per texel) fill few enough rows of
 /// a mirror `2^width_log2` texels wide for the adapter's textures.
 pub(crate) fn mirror_fits(caps: &DeviceCaps, width_log2: u32, elements: usize) -> bool {
-    (elements / 4).div_ceil(1 << width_log2) <= caps.max_texture_dim as usize
+    mirror_rows(elements / 4, width_log2) <= caps.max_texture_dim as usize
+}
+
+/// The rows of a texture mirror of `texels` texels, `2^width_log2` per row:
+/// as many as they fill, rounded up to the next height that is not a power
+/// of two (so at least 3). llvmpipe keys each compiled shader variant on
+/// whether every bound image's sides are powers of two, so mirror heights
+/// that flip between the two made a new sequence length recompile the whole
+/// kernel at its first dispatch (1.2–1.5 s for a d 64 simd kernel on this
+/// project's machine); with every height on one side, one variant serves
+/// every shape. At most one row (or, below 3, two) of waste.
+pub(crate) fn mirror_rows(texels: usize, width_log2: u32) -> usize {
+    let rows = texels.div_ceil(1 << width_log2).max(3);
+    rows + usize::from(rows.is_power_of_two())
 }
 
 /// The register budget of a GPU plan, in f32 values per invocation: NVIDIA

@@ -419,3 +419,24 @@ fn simd_plans_cut_kv_past_a_megabyte_per_head_into_launches() {
     let half = AttentionProblem::new(1, 8, 64, 4096, 64).with_dtype(Dtype::F16);
     assert_eq!(go(&half, &cpu).launches(), 1);
 }
+
+#[test]
+fn mirror_heights_are_never_powers_of_two() {
+    // 16 384 texels per row: a fraction of a row, exact powers of two and
+    // the rows around them all land on one side of llvmpipe's variant key.
+    let cases = [
+        (1, 3),
+        (16_384, 3),
+        (32_768, 3),
+        (40_000, 3),
+        (65_536, 5),
+        (65_537, 5),
+    ];
+    for (texels, rows) in cases {
+        assert_eq!(super::mirror_rows(texels, 14), rows, "{texels} texels");
+    }
+    for texels in (1..5_000_000).step_by(9_973) {
+        let rows = super::mirror_rows(texels, 14);
+        assert!(!rows.is_power_of_two() && rows * 16_384 >= texels && rows <= texels / 16_384 + 3);
+    }
+}
