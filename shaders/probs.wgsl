@@ -1,8 +1,10 @@
 // Attention probabilities, the second pass after the fused kernel: for each
-// written element, P = exp2(S − LSE·log2 e) with S the row's score in log2
-// units (Q scaled by scale·log2 e, as in the fused kernels), the bias and
-// boolean mask applied (mask_score), and the key length, query length and
-// window deciding which keys a row sees. Masked keys, padded query rows and
+// written element, P = exp2(S − m) / l with S the row's score in log2 units
+// (Q scaled by scale·log2 e, as in the fused kernels), the bias and boolean
+// mask applied (mask_score), m and l the row's max and sum of exp2(S − m)
+// from a first pass over the same scores, and the key length, query length
+// and window deciding which keys a row sees (the fused kernel's LSE says
+// which rows see none). Masked keys, padded query rows and
 // rows with no visible key (LSE = −∞) are 0, so each row sums to 1 or 0.
 // The fused output stays O(n); only this pass writes n_q × n_kv values, and
 // only for the heads asked for.
@@ -22,6 +24,16 @@
 // keys.
 var<private> qr: array<vec4<f32>, D4>;
 
+// The score of key j for the row in `qr`, in log2 units, with the bias and
+// boolean mask applied (MASKED where the mask hides the key).
+fn row_score(kb: u32, at_mask: vec2<u32>, j: u32) -> f32 {
+    var acc = vec4<f32>(0.0);
+    for (var c = 0u; c < D4; c++) {
+        acc = fma(qr[c], k_row4(kb, c, D), acc);
+    }
+    return mask_score(hsum4(acc), at_mask, j);
+}
+
 // Writes (`first`) or adds w·P of query row i of head h in batch entry b to
 // the n_kv values of `probs` from `at` (0 where the row does not see a key).
 fn add_row(b: u32, h: u32, i: u32, sq: Seq, at: u32, w: f32, first: bool) {
@@ -33,17 +45,31 @@ fn add_row(b: u32, h: u32, i: u32, sq: Seq, at: u32, w: f32, first: bool) {
         qr[c] = q_scaled4(b, sq.q0 + i, h, c, live);
     }
     let at_mask = mask_row(b, h, i);
-    let m = lse_r * LOG2E;
+    let hk = h / params.group;
+    // The row's own max m and sum l over the keys it sees, from the very
+    // scores the second loop turns into P = exp2(s − m) / l: the largest
+    // key's s − m is exactly 0. P taken from the fused kernel's LSE instead
+    // carried the difference of two dot products summed in different orders
+    // (and the LSE's own roundings): at logits near 30, errors of 1.2e-5
+    // where softmax in f32 had 8e-7.
+    var m = MASKED;
+    var l = 0.0;
+    if (live) {
+        for (var j = keys.x; j < keys.y; j++) {
+            let s = row_score(k_base(b, sq.k0 + j, hk), at_mask, j);
+            if (s > MASKED) {
+                let mn = max(m, s);
+                l = l * exp2(m - mn) + exp2(s - mn);
+                m = mn;
+            }
+        }
+    }
+    let inv = select(0.0, 1.0 / l, l > 0.0);
     for (var j = 0u; j < params.n_kv; j++) {
         var p = 0.0;
         if (live && j >= keys.x && j < keys.y) {
-            let kb = k_base(b, sq.k0 + j, h / params.group);
-            var acc = vec4<f32>(0.0);
-            for (var c = 0u; c < D4; c++) {
-                acc = fma(qr[c], k_row4(kb, c, D), acc);
-            }
-            let s = mask_score(hsum4(acc), at_mask, j);
-            p = select(exp2(s - m), 0.0, s <= MASKED);
+            let s = row_score(k_base(b, sq.k0 + j, hk), at_mask, j);
+            p = select(exp2(s - m) * inv, 0.0, s <= MASKED);
         }
         probs[at + j] = select(probs[at + j], 0.0, first) + w * p;
     }
