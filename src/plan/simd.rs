@@ -2,6 +2,7 @@
 //! subgroup per workgroup, TR query rows per lane, K/V shared by subgroup
 //! broadcast, the block unrolled by the source generator.
 
+use super::split::cache_chunk_keys;
 use super::{
     budget_keys, kv_texture, mirror_fits, row_vec4s, unplannable, FlashPlan, FlashVariant,
     TileOverride, Tiles,
@@ -43,8 +44,21 @@ const ROW_VEC4S: u32 = 128;
 /// compile; at d 128, 3–8 % for a first call of 2.0–2.1 s, past the 2 s
 /// bar. Fewer keys per block (Bc 4, 2) did not shorten the compile (d 160:
 /// 9.6, 10.8 s) and ran 2.2 and 3.7× slower.
-fn texture_rows(p: &AttentionProblem, sg: u32) -> u32 {
-    let tr = if (21..=40).contains(&row_vec4s(p)) {
+///
+/// Since the block sums scores as scalars (2026-12-02, fourth session; both
+/// plans in one process, alternated, median of 8–10 pairs, TR 1 / TR 2
+/// time, and cold first calls on a host whose FMA probe read 80–100
+/// GFLOP/s), TR 2 keeps its lead only at d 64 and below: d 64 SDXL 4096×77
+/// 1.095, square 2k 1.034 (first call 0.81–1.15 against 1.95–1.97 s); d 80
+/// SD 32² 1.03 and 1.05, 2×8×4096×77 1.05, 1×8×1024² 1.01 (1.02–1.08
+/// against 2.12–2.57 s). And where launches carry the softmax state (one
+/// kv head's K/V past `split::CHUNK_KV_BYTES`), TR 2's
+/// bigger kernel compiled in 2.05–2.18 s, over the 2 s bar: Flamingo 0.985,
+/// Perceiver IO 1.056 (0.97–1.03 against 2.05–2.18 s). So TR 2 where a row
+/// is 21 to 32 vec4s (d = d_v 44 … 64) and one launch covers the keys.
+fn texture_rows(p: &AttentionProblem, caps: &DeviceCaps, sg: u32) -> u32 {
+    let carried = cache_chunk_keys(p, caps, FlashVariant::Simd, p.n_kv, 1).is_some();
+    let tr = if (21..=32).contains(&row_vec4s(p)) && !carried {
         2
     } else {
         1
@@ -79,7 +93,7 @@ pub(super) fn plan(
     let texture = kv_texture(problem, caps, force);
     let tr = match (force.tr, texture) {
         (Some(tr), _) => tr,
-        (None, Some(_)) => texture_rows(problem, sg),
+        (None, Some(_)) => texture_rows(problem, caps, sg),
         (None, None) => default_rows(problem, sg),
     }
     .clamp(1, 16);

@@ -276,23 +276,31 @@ fn simd_is_the_cpu_default_and_needs_a_fixed_subgroup() {
         (cpu.variant, cpu.wg, cpu.bc, cpu.tr),
         (FlashVariant::Simd, 8, 8, 2)
     );
-    // Two rows per lane with texture K/V only where a row is 21 to 40
-    // vec4s (d 64, 80), and only as many as the queries fill.
+    // Two rows per lane with texture K/V only where a row is 21 to 32
+    // vec4s (d 48, 64), one launch covers the keys (no carried state: one
+    // head's K/V within 1 MiB), and as many as the queries fill.
     let lavapipe = DeviceCaps::lavapipe(2);
-    for (d, n_q, tr) in [
-        (40, 256, 1),
-        (80, 256, 2),
-        (128, 256, 1),
-        (64, 8, 1),
-        (64, 9, 2),
+    for (d, n_q, n_kv, tr) in [
+        (40, 256, 256, 1),
+        (48, 256, 256, 2),
+        (64, 256, 256, 2),
+        (80, 256, 256, 1),
+        (128, 256, 256, 1),
+        (64, 8, 256, 1),
+        (64, 9, 256, 2),
+        (64, 64, 2048, 2),
+        (64, 64, 4096, 1),
     ] {
-        let got = go(&AttentionProblem::new(1, 8, n_q, 256, d), &lavapipe);
+        let got = go(&AttentionProblem::new(1, 8, n_q, n_kv, d), &lavapipe);
         assert_eq!(
             (got.variant, got.tr),
             (FlashVariant::Simd, tr),
-            "d {d}, n_q {n_q}"
+            "d {d}, n_q {n_q}, n_kv {n_kv}"
         );
     }
+    // f16 halves the bytes: Flamingo's 4 096 keys fit one launch again.
+    let half = AttentionProblem::new(1, 8, 64, 4096, 64).with_dtype(Dtype::F16);
+    assert_eq!(go(&half, &lavapipe).tr, 2);
     // K/V through texture mirrors 16 384 texels wide where the head dims
     // are multiples of 4; the storage buffers (and more rows per lane)
     // for odd head dims, for a forced storage plan and for a tensor too
