@@ -58,13 +58,14 @@ fn add_row(b: u32, h: u32, i: u32, sq: Seq, at: u32, w: f32, first: bool) {
         for (var j = keys.x; j < keys.y; j++) {
             let s = row_score(k_base(b, sq.k0 + j, hk), at_mask, j);
             if (s > MASKED) {
+                // Merges the one-key state (s, 1) into (m, l).
                 let mn = max(m, s);
-                l = l * exp2(m - mn) + exp2(s - mn);
+                l = l * merge_weight(m, mn) + merge_weight(s, mn);
                 m = mn;
             }
         }
     }
-    let inv = select(0.0, 1.0 / l, l > 0.0);
+    let inv = inv_l(l);
     for (var j = 0u; j < params.n_kv; j++) {
         var p = 0.0;
         if (live && j >= keys.x && j < keys.y) {

@@ -2,8 +2,9 @@
 //! bias) with every mask, length and window applied, written by a second
 //! pass after the fused kernel (whose LSE says which rows see no key), for
 //! the heads asked for or averaged over heads. Each row takes its own max
-//! and sum over the scores it writes, so the largest P is exactly 1/l. The attention output itself stays fused and O(n);
-//! only this pass writes n_q × n_kv values per head.
+//! and sum over the scores it writes, so the largest P is exactly 1/l. The
+//! attention output itself stays fused and O(n); only this pass writes
+//! n_q × n_kv values per head.
 
 use std::sync::Arc;
 
