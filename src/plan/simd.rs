@@ -55,7 +55,9 @@ const ROW_VEC4S: u32 = 128;
 /// kv head's K/V past `split::CHUNK_KV_BYTES`), TR 2's
 /// bigger kernel compiled in 2.05–2.18 s, over the 2 s bar: Flamingo 0.985,
 /// Perceiver IO 1.056 (0.97–1.03 against 2.05–2.18 s). So TR 2 where a row
-/// is 21 to 32 vec4s (d = d_v 44 … 64) and one launch covers the keys.
+/// is 21 to 32 vec4s (d = d_v 44 … 64) and the cache rule
+/// (`split::cache_chunk_keys`) leaves the keys in one launch; forced splits
+/// or launch lengths, and the driver's loop limit, do not change TR.
 fn texture_rows(p: &AttentionProblem, caps: &DeviceCaps, sg: u32) -> u32 {
     let carried = cache_chunk_keys(p, caps, FlashVariant::Simd, p.n_kv, 1).is_some();
     let tr = if (21..=32).contains(&row_vec4s(p)) && !carried {
