@@ -71,6 +71,34 @@ fn every_head_dim_from_1_to_9_and_odd_large_ones() {
 }
 
 #[test]
+fn head_dims_past_128_whose_score_loop_ends_in_a_partial_chunk() {
+    // Past 64 vec4s of K and V per row the simd kernel (lavapipe) loops over
+    // chunks of the head dim for Q·Kᵀ, reading Q from its mirror: d/4 = 37
+    // (5 chunks of 8, the last 3 slots past the row) and 50 (7 of 8, 6
+    // past it, with d_v 68), padded query blocks and key lengths.
+    let cases = [
+        AttentionProblem::new(1, 2, 37, 41, 148),
+        AttentionProblem::new(1, 3, 19, 45, 200).with_head_dim_v(68),
+        AttentionProblem::new(2, 2, 11, 70, 148).with_kv_lens(true),
+    ];
+    for (i, p) in cases.iter().enumerate() {
+        let lens = p.kv_lens.then_some(&[70u32, 23][..]);
+        let plan = xattn::plan(p, ctx().caps(), TileOverride::default()).unwrap();
+        if plan.variant == FlashVariant::Simd {
+            assert!(plan.kv.q_mirror(), "{p:?}: the loop needs Q's mirror");
+        }
+        let r = assert_close(p, lens, 40 + i as u64);
+        println!(
+            "{p:?}: {} ({:?}) O {:.2e} LSE {:.2e}",
+            plan.variant.label(),
+            plan.kv,
+            r.fused.o,
+            r.fused.lse
+        );
+    }
+}
+
+#[test]
 fn value_head_dim_differs_from_key_head_dim() {
     assert_close(
         &AttentionProblem::new(2, 4, 65, 130, 64).with_head_dim_v(24),

@@ -542,6 +542,7 @@ impl FlashSpec {
                     bc,
                     d4: self.d.div_ceil(4),
                     dv4: self.dv.div_ceil(4),
+                    q_mirror: self.kv.q_mirror(),
                 },
             )),
             KernelTiles::Lanes { subgroups, .. } => {

@@ -23,6 +23,23 @@ pub(super) struct Unroll {
     pub bc: u32,
     pub d4: u32,
     pub dv4: u32,
+    /// Q is read from its texture mirror (`q_row4` a gather, not a storage
+    /// load), so the block may read it again inside a loop.
+    pub q_mirror: bool,
+}
+
+impl Unroll {
+    /// Whether the lane's K and V rows are loaded vec4 by vec4 just before
+    /// their use (past [`LAZY_VEC4S`]) instead of at the block's top.
+    fn lazy(self) -> bool {
+        self.d4 + self.dv4 > LAZY_VEC4S
+    }
+
+    /// Whether the block's Q·Kᵀ half is a loop over chunks of the head dim
+    /// that reads Q from its mirror (see `block`).
+    fn rolled(self) -> bool {
+        self.lazy() && self.q_mirror
+    }
 }
 
 /// The kernel body: `flash_simd.wgsl` with its `$ROWS` and `$BLOCK` lines
@@ -55,6 +72,13 @@ fn rows(u: Unroll) -> String {
             s,
             "{i}let at{t} = select(vec2<u32>(0u), mask_row(b, h, min(qi{t}, sq.nq - 1u)), MASK != 0u);"
         );
+        if u.rolled() {
+            line!(
+                s,
+                "{i}let qb{t} = q_base(b, sq.q0 + min(qi{t}, sq.nq - 1u), h);"
+            );
+            line!(s, "{i}let ql{t} = qi{t} < i_end;");
+        }
     }
     s
 }
@@ -144,9 +168,12 @@ fn prologue(u: Unroll) -> String {
     let mut s = String::new();
     let (i, ii) = ("    ", "        ");
     for t in 0..u.tr {
-        load_chunks(&mut s, i, "qa", t * u.d4, u.d4, |n| {
-            format!("q_scaled4(b, sq.q0 + qi{t}, h, c{n}, qi{t} < i_end && c{n} < D4)")
-        });
+        // A rolled block reads Q from its mirror (`block`), not from `qa`.
+        if !u.rolled() {
+            load_chunks(&mut s, i, "qa", t * u.d4, u.d4, |n| {
+                format!("q_scaled4(b, sq.q0 + qi{t}, h, c{n}, qi{t} < i_end && c{n} < D4)")
+            });
+        }
         line!(s, "{i}ml[{t}] = vec2<f32>(NEG_BIG, 0.0);");
         for c in 0..u.dv4 {
             line!(s, "{i}oa[{}] = vec4<f32>(0.0);", t * u.dv4 + c);
@@ -244,7 +271,7 @@ fn block(u: Unroll) -> String {
     // lane, which the driver's register allocator spent seconds on (SD 16²,
     // d 160, on lavapipe: first call 6.3–7.4 s eager, 4.3–5.3 s lazy, and
     // 13 ms against 14–20 ms per call).
-    let lazy = u.d4 + u.dv4 > LAZY_VEC4S;
+    let lazy = u.lazy();
     if !lazy {
         for c in 0..u.d4 {
             line!(s, "{i}let k{c} = k_row4(kr, {c}u, D);");
@@ -266,7 +293,14 @@ fn block(u: Unroll) -> String {
     // at d 40 to 128. Where K is loaded lazily (past LAZY_VEC4S) the vec4 sums
     // stay: at d 160 the scalar ones ran 0.88× but took the first call from
     // 4.3 to 7.5–8.0 s on the same machine.
-    for c in 0..u.d4 {
+    // Past LAZY_VEC4S with a Q mirror the half is a loop (`rolled_scores`).
+    let unrolled_d4 = if u.rolled() {
+        rolled_scores(&mut s, i, u);
+        0
+    } else {
+        u.d4
+    };
+    for c in 0..unrolled_d4 {
         if lazy {
             line!(s, "{i}let k{c} = k_row4(kr, {c}u, D);");
         }
@@ -339,6 +373,61 @@ fn block(u: Unroll) -> String {
     s
 }
 
+/// The Q·Kᵀ half of a lazy block (`Unroll::rolled`) as a loop over chunks
+/// of the head dim (`open_chunks`): per chunk slot, this lane's K vec4, each
+/// row's Q vec4 from its mirror (scaled, zero for padded rows) and the Bc
+/// broadcasts, added into vec4 partial sums `a{t}_{n}` in the unrolled
+/// block's order, so the scores are bit-identical. Slots past ⌈d/4⌉ (a
+/// last chunk that is not full) read a clamped vec4 and leave the sums as
+/// they are. Only this half rolls: O's vec4s live in `oa`, which a loop
+/// would index dynamically (a per-lane gather and scatter on a CPU driver;
+/// reading Q as `qa[t·D4 + c]` here took SD 16²'s first call to 5.0 s).
+///
+/// On lavapipe, both versions in one process, alternated, empty shader
+/// cache (2026-12-02): SD 16² (d 160) first call 0.59–0.89 s against
+/// 1.71–1.95 s, 1.14–1.17× the time; SD 8² 0.87 against 1.88 s, 1.16×;
+/// d 256 (1×8×1024²) 1.88 against 4.10 s, 1.32×. The time is the Q
+/// gathers; the unrolled d 160 block had reached 2.13 s on a slow host.
+fn rolled_scores(s: &mut String, i: &str, u: Unroll) {
+    for n in 0..u.bc {
+        for t in 0..u.tr {
+            line!(s, "{i}var a{t}_{n} = vec4<f32>(0.0);");
+        }
+    }
+    open_chunks(s, i, u.d4);
+    let ii = format!("{i}    ");
+    let full = |slot: u32| (chunks(u.d4) - 1) * width(u.d4) + slot < u.d4;
+    for slot in 0..width(u.d4) {
+        let c = if full(slot) {
+            format!("c{slot}")
+        } else {
+            format!("min(c{slot}, D4 - 1u)")
+        };
+        line!(s, "{ii}let k{slot} = k_row4(kr, {c}, D);");
+        for t in 0..u.tr {
+            line!(
+                s,
+                "{ii}let q{t}_{slot} = select(vec4<f32>(0.0), q_row4(qb{t}, {c}, D) * params.scale_log2, ql{t});"
+            );
+        }
+        for n in 0..u.bc {
+            line!(
+                s,
+                "{ii}let ks{n}_{slot} = subgroupBroadcast(k{slot}, {n}u);"
+            );
+            for t in 0..u.tr {
+                let f = format!("fma(q{t}_{slot}, ks{n}_{slot}, a{t}_{n})");
+                if full(slot) {
+                    line!(s, "{ii}a{t}_{n} = {f};");
+                } else {
+                    line!(s, "{ii}a{t}_{n} = select(a{t}_{n}, {f}, c{slot} < D4);");
+                }
+            }
+        }
+    }
+    line!(s, "{i}}}");
+}
+
 /// `op` (max or add) over `xs` as a balanced tree: log₂ n dependent steps.
 fn tree(op: &str, xs: &[String]) -> String {
     match xs.len() {
@@ -369,6 +458,7 @@ mod tests {
             bc: 4,
             d4: 3,
             dv4: 2,
+            q_mirror: false,
         };
         let src = body(template, u);
         assert!(!src.contains('$'), "a marker is left");
@@ -408,6 +498,31 @@ mod tests {
             },
         );
         assert!(wide.contains("a1_3 = fma(q1_2, ks3_2, a1_3);"));
+        // With a Q mirror the wide block's Q·Kᵀ half is a loop over chunks
+        // that reads Q from the mirror; P·V stays unrolled, and Q is not
+        // loaded into `qa`. d/4 = 37: 5 chunks of 8 slots, the last 3 slots
+        // of the last chunk past the row (clamped, sums kept).
+        let rolled = body(
+            template,
+            Unroll {
+                d4: 37,
+                dv4: 40,
+                q_mirror: true,
+                ..u
+            },
+        );
+        assert!(rolled.contains("for (var ch = 0u; ch < 5u * params.one; ch++) {"));
+        assert!(rolled.contains("let k4 = k_row4(kr, c4, D);"));
+        assert!(rolled.contains("let k5 = k_row4(kr, min(c5, D4 - 1u), D);"));
+        assert!(rolled.contains(
+            "let q1_2 = select(vec4<f32>(0.0), q_row4(qb1, c2, D) * params.scale_log2, ql1);"
+        ));
+        assert!(rolled.contains("a1_3 = fma(q1_2, ks3_2, a1_3);"));
+        assert!(rolled.contains("a1_3 = select(a1_3, fma(q1_7, ks3_7, a1_3), c7 < D4);"));
+        assert!(rolled.contains("let s1_3 = keep(hsum4(a1_3), kv0 + 3u, end, win1, at1);"));
+        assert!(rolled.contains("o1_39 = fma(vec4<f32>(p1_3), vs3_39, o1_39);"));
+        assert!(!rolled.contains("qa["), "Q read from its mirror only");
+        assert!(!wide.contains("q_row4(qb"), "no mirror: Q from qa");
         assert!(wide.contains("let s1_3 = keep(hsum4(a1_3), kv0 + 3u, end, win1, at1);"));
         assert!(src.contains("let mn1 = max(m1, max(max(s1_0, s1_1), max(s1_2, s1_3)));"));
         assert!(
