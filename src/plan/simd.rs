@@ -54,17 +54,22 @@ const ROW_VEC4S: u32 = 128;
 /// against 2.12–2.57 s). And where launches carry the softmax state (one
 /// kv head's K/V past `split::CHUNK_KV_BYTES`), TR 2's
 /// bigger kernel compiled in 2.05–2.18 s, over the 2 s bar: Flamingo 0.985,
-/// Perceiver IO 1.056 (0.97–1.03 against 2.05–2.18 s). So TR 2 where a row
-/// is 21 to 32 vec4s (d = d_v 44 … 64) and the cache rule
-/// (`split::cache_chunk_keys`) leaves the keys in one launch; forced splits
-/// or launch lengths, and the driver's loop limit, do not change TR.
+/// Perceiver IO 1.056 (0.97–1.03 against 2.05–2.18 s).
+///
+/// Below d 44 the scalar sums made TR 2 pay too (2026-12-02, fifth
+/// session, TR 2 / TR 1 time, 10 pairs): SD 64² (d 40) 0.91, 0.935 and
+/// 0.97 in three runs, first call 0.66–0.99 against 0.34–0.51 s; 1×8×1024²
+/// d 40 0.976; d 32 0.907 (0.57 against 0.39 s). TR 4 ran faster still
+/// (SD 64² 0.88× TR 2, d 32 0.86×) but compiled in 1.28 s and 1.77 s: a
+/// block as large as d 64's at TR 2, the largest kernel already and near
+/// the 2 s bar on a slow host, so not taken.
+///
+/// So TR 2 where a row is at most 32 vec4s (d = d_v ≤ 64) and the cache
+/// rule (`split::cache_chunk_keys`) leaves the keys in one launch; forced
+/// splits or launch lengths, and the driver's loop limit, do not change TR.
 fn texture_rows(p: &AttentionProblem, caps: &DeviceCaps, sg: u32) -> u32 {
     let carried = cache_chunk_keys(p, caps, FlashVariant::Simd, p.n_kv, 1).is_some();
-    let tr = if (21..=32).contains(&row_vec4s(p)) && !carried {
-        2
-    } else {
-        1
-    };
+    let tr = if row_vec4s(p) <= 32 && !carried { 2 } else { 1 };
     tr.min(p.n_q.div_ceil(sg as usize).max(1) as u32)
 }
 

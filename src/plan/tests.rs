@@ -276,12 +276,14 @@ fn simd_is_the_cpu_default_and_needs_a_fixed_subgroup() {
         (cpu.variant, cpu.wg, cpu.bc, cpu.tr),
         (FlashVariant::Simd, 8, 8, 2)
     );
-    // Two rows per lane with texture K/V only where a row is 21 to 32
-    // vec4s (d 48, 64), one launch covers the keys (no carried state: one
+    // Two rows per lane with texture K/V only where a row is at most 32
+    // vec4s (d ≤ 64), one launch covers the keys (no carried state: one
     // head's K/V within 1 MiB), and as many as the queries fill.
     let lavapipe = DeviceCaps::lavapipe(2);
     for (d, n_q, n_kv, tr) in [
-        (40, 256, 256, 1),
+        (8, 256, 256, 2),
+        (40, 256, 256, 2),
+        (40, 64, 8192, 1),
         (48, 256, 256, 2),
         (64, 256, 256, 2),
         (80, 256, 256, 1),
