@@ -18,9 +18,9 @@
 //   attribute (src/source/simd.rs). Q, O, m and l live in private arrays
 //   that the block indexes by constants only. Past 64 vec4s of K and V per
 //   row (d = d_v ≥ 132) Q·Kᵀ is instead a loop over chunks of the head dim
-//   that reads Q from its mirror, which halves the compile (`rolled_scores`). The key loop runs once per SG
-//   keys, so a launch may cover about SG·65 000 keys under the CPU drivers'
-//   loop limit.
+//   that reads Q from its mirror, which halves the compile
+//   (`rolled_scores`). The key loop runs once per SG keys, so a launch may
+//   cover about SG·65 000 keys under the CPU drivers' loop limit.
 // - Keys past the launch's range (the last block) are loaded clamped to the
 //   last key in range, a real row, and their scores masked: no branch in
 //   the block.

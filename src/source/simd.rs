@@ -293,7 +293,7 @@ fn block(u: Unroll) -> String {
     // at d 40 to 128. Where K is loaded lazily (past LAZY_VEC4S) the vec4 sums
     // stay: at d 160 the scalar ones ran 0.88× but took the first call from
     // 4.3 to 7.5–8.0 s on the same machine.
-    // Past LAZY_VEC4S with a Q mirror the half is a loop (`rolled_scores`).
+    // Past LAZY_VEC4S with a Q mirror this half is a loop instead.
     let unrolled_d4 = if u.rolled() {
         rolled_scores(&mut s, i, u);
         0
