@@ -10,7 +10,7 @@ use super::{
 use crate::caps::DeviceCaps;
 use crate::error::Result;
 use crate::problem::AttentionProblem;
-use crate::source::KvAccess;
+use crate::source::{rolls_scores, KvAccess};
 
 /// Whether the adapter runs the simd kernel: subgroups of one fixed size (the
 /// kernel's workgroup is exactly one subgroup, and it broadcasts from literal
@@ -64,12 +64,32 @@ const ROW_VEC4S: u32 = 128;
 /// block as large as d 64's at TR 2, the largest kernel already and near
 /// the 2 s bar on a slow host, so not taken.
 ///
-/// So TR 2 where a row is at most 32 vec4s (d = d_v ≤ 64) and the cache
-/// rule (`split::cache_chunk_keys`) leaves the keys in one launch; forced
-/// splits or launch lengths, and the driver's loop limit, do not change TR.
-fn texture_rows(p: &AttentionProblem, caps: &DeviceCaps, sg: u32) -> u32 {
+/// Where the block's Q·Kᵀ half is a loop (`source::rolls_scores`: past 64
+/// vec4s of K and V per row, Q from its mirror) only P·V is unrolled, so
+/// TR 2 compiles in about d 64's time at TR 2 up to d_v 160 and each
+/// broadcast K and V value feeds two rows (2026-12-02, fifth session, TR 2
+/// / TR 1 time, 10 pairs): SD 16² (d 160) 0.761 and 0.828, first call
+/// 1.11–1.29 against 0.55–0.63 s; SD 8² 0.779 (1.01 against 0.57 s);
+/// 1×8×1024² d 160 (launches carrying the state) 0.792 (1.35 against 0.82
+/// s; such launches keep TR 1 all the same, as at d 64). At d 256 TR 1
+/// alone compiles in 1.9 s.
+///
+/// So TR 2 where a row is at most 32 vec4s (d = d_v ≤ 64), or the scores
+/// loop and d_v ≤ 160, and the cache rule (`split::cache_chunk_keys`)
+/// leaves the keys in one launch; forced splits or launch lengths, and the
+/// driver's loop limit, do not change TR.
+fn texture_rows(p: &AttentionProblem, caps: &DeviceCaps, sg: u32, q_mirror: bool) -> u32 {
     let carried = cache_chunk_keys(p, caps, FlashVariant::Simd, p.n_kv, 1).is_some();
-    let tr = if row_vec4s(p) <= 32 && !carried { 2 } else { 1 };
+    let (d4, dv4) = (
+        p.head_dim.div_ceil(4) as u32,
+        p.head_dim_v.div_ceil(4) as u32,
+    );
+    let rolled = rolls_scores(d4, dv4, q_mirror) && dv4 <= 40;
+    let tr = if (row_vec4s(p) <= 32 || rolled) && !carried {
+        2
+    } else {
+        1
+    };
     tr.min(p.n_q.div_ceil(sg as usize).max(1) as u32)
 }
 
@@ -98,9 +118,11 @@ pub(super) fn plan(
     }
     let sg = caps.subgroup_min_size;
     let texture = kv_texture(problem, caps, force);
+    // Q gets a mirror too where it fits the adapter's textures.
+    let q_mirror = texture.is_some_and(|w| mirror_fits(caps, w, problem.q_len()));
     let tr = match (force.tr, texture) {
         (Some(tr), _) => tr,
-        (None, Some(_)) => texture_rows(problem, caps, sg),
+        (None, Some(_)) => texture_rows(problem, caps, sg, q_mirror),
         (None, None) => default_rows(problem, sg),
     }
     .clamp(1, 16);
@@ -116,7 +138,7 @@ pub(super) fn plan(
     let loop_keys = budget_keys(fixed, per_block, bc as u64);
     let (kv, why) = match texture {
         Some(width_log2) => {
-            let q = mirror_fits(caps, width_log2, problem.q_len());
+            let q = q_mirror;
             (
                 KvAccess::Texture { width_log2, q },
                 format!(

@@ -277,8 +277,9 @@ fn simd_is_the_cpu_default_and_needs_a_fixed_subgroup() {
         (FlashVariant::Simd, 8, 8, 2)
     );
     // Two rows per lane with texture K/V only where a row is at most 32
-    // vec4s (d ≤ 64), one launch covers the keys (no carried state: one
-    // head's K/V within 1 MiB), and as many as the queries fill.
+    // vec4s (d ≤ 64) or the scores loop (below), one launch covers the
+    // keys (no carried state: one head's K/V within 1 MiB), and as many as
+    // the queries fill.
     let lavapipe = DeviceCaps::lavapipe(2);
     for (d, n_q, n_kv, tr) in [
         (8, 256, 256, 2),
@@ -288,6 +289,11 @@ fn simd_is_the_cpu_default_and_needs_a_fixed_subgroup() {
         (64, 256, 256, 2),
         (80, 256, 256, 1),
         (128, 256, 256, 1),
+        // Past 64 vec4s per row the scores loop: TR 2 up to d_v 160, not
+        // for carried state (1 024 keys at d 160 pass 1 MiB).
+        (160, 256, 77, 2),
+        (160, 256, 1024, 1),
+        (256, 256, 77, 1),
         (64, 8, 256, 1),
         (64, 9, 256, 2),
         (64, 64, 2048, 2),

@@ -18,6 +18,7 @@ use crate::caps::DeviceCaps;
 use crate::dtype::Dtype;
 
 mod simd;
+pub(crate) use simd::rolls_scores;
 
 /// One WGSL file of the crate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -36,10 +36,18 @@ impl Unroll {
     }
 
     /// Whether the block's Q·Kᵀ half is a loop over chunks of the head dim
-    /// that reads Q from its mirror (see `block`).
+    /// that reads Q from its mirror ([`rolls_scores`]).
     fn rolled(self) -> bool {
-        self.lazy() && self.q_mirror
+        rolls_scores(self.d4, self.dv4, self.q_mirror)
     }
+}
+
+/// Whether the simd kernel's block computes Q·Kᵀ in a loop over chunks of
+/// the head dim (`rolled_scores`) for rows of `d4` and `dv4` vec4s: past
+/// [`LAZY_VEC4S`], where Q has a texture mirror. The planner reads it too:
+/// such a block compiles small enough for two query rows per lane.
+pub(crate) fn rolls_scores(d4: u32, dv4: u32, q_mirror: bool) -> bool {
+    d4 + dv4 > LAZY_VEC4S && q_mirror
 }
 
 /// The kernel body: `flash_simd.wgsl` with its `$ROWS` and `$BLOCK` lines
