@@ -310,13 +310,19 @@ fn hsum4(a: vec4<f32>) -> f32 {
     return (a.x + a.y) + (a.z + a.w);
 }
 
-// Chunk c of query position t of head h, pre-scaled by scale·log2(e) so the
-// softmax can use exp2; zeros for a row that is not used (`live` false).
+// Chunk c of the query row starting at `base`, pre-scaled by scale·log2(e)
+// so the softmax can use exp2.
+fn q_row_scaled4(base: u32, c: u32) -> vec4<f32> {
+    return q_row4(base, c, D) * params.scale_log2;
+}
+
+// Chunk c of query position t of head h, scaled (q_row_scaled4); zeros for
+// a row that is not used (`live` false).
 fn q_scaled4(b: u32, t: u32, h: u32, c: u32, live: bool) -> vec4<f32> {
     if (!live) {
         return vec4<f32>(0.0);
     }
-    return q_row4(q_base(b, t, h), c, D) * params.scale_log2;
+    return q_row_scaled4(q_base(b, t, h), c);
 }
 
 // The keys [x, y) this launch of `split` covers: the launch's chunk of the

@@ -137,20 +137,20 @@ pub(super) fn plan(
     let fixed = tr as u64 * (problem.head_dim_v.div_ceil(4) as u64 * 4 + 8) + 100;
     let loop_keys = budget_keys(fixed, per_block, bc as u64);
     let (kv, why) = match texture {
-        Some(width_log2) => {
-            let q = q_mirror;
-            (
-                KvAccess::Texture { width_log2, q },
-                format!(
-                    "TR = {tr} query rows per lane, Bc = {bc} keys per block shared by subgroup \
+        Some(width_log2) => (
+            KvAccess::Texture {
+                width_log2,
+                q: q_mirror,
+            },
+            format!(
+                "TR = {tr} query rows per lane, Bc = {bc} keys per block shared by subgroup \
                  broadcast, K/V{} read from texture mirrors {} texels wide, bound as read-only \
                  storage textures (an image load is a straight-line gather on a CPU driver, a \
                  storage load a per-lane loop)",
-                    if q { " and Q" } else { "" },
-                    1u32 << width_log2
-                ),
-            )
-        }
+                if q_mirror { " and Q" } else { "" },
+                1u32 << width_log2
+            ),
+        ),
         None => (
             KvAccess::Storage,
             format!(

@@ -383,7 +383,8 @@ fn block(u: Unroll) -> String {
 
 /// The Q·Kᵀ half of a lazy block (`Unroll::rolled`) as a loop over chunks
 /// of the head dim (`open_chunks`): per chunk slot, this lane's K vec4, each
-/// row's Q vec4 from its mirror (scaled, zero for padded rows) and the Bc
+/// row's Q vec4 from its mirror (`q_row_scaled4`, as `q_scaled4` reads it;
+/// zero for padded rows) and the Bc
 /// broadcasts, added into vec4 partial sums `a{t}_{n}` in the unrolled
 /// block's order, so the scores are bit-identical. Slots past ⌈d/4⌉ (a
 /// last chunk that is not full) read a clamped vec4 and leave the sums as
@@ -415,7 +416,7 @@ fn rolled_scores(s: &mut String, i: &str, u: Unroll) {
         for t in 0..u.tr {
             line!(
                 s,
-                "{ii}let q{t}_{slot} = select(vec4<f32>(0.0), q_row4(qb{t}, {c}, D) * params.scale_log2, ql{t});"
+                "{ii}let q{t}_{slot} = select(vec4<f32>(0.0), q_row_scaled4(qb{t}, {c}), ql{t});"
             );
         }
         for n in 0..u.bc {
@@ -522,9 +523,7 @@ mod tests {
         assert!(rolled.contains("for (var ch = 0u; ch < 5u * params.one; ch++) {"));
         assert!(rolled.contains("let k4 = k_row4(kr, c4, D);"));
         assert!(rolled.contains("let k5 = k_row4(kr, min(c5, D4 - 1u), D);"));
-        assert!(rolled.contains(
-            "let q1_2 = select(vec4<f32>(0.0), q_row4(qb1, c2, D) * params.scale_log2, ql1);"
-        ));
+        assert!(rolled.contains("let q1_2 = select(vec4<f32>(0.0), q_row_scaled4(qb1, c2), ql1);"));
         assert!(rolled.contains("a1_3 = fma(q1_2, ks3_2, a1_3);"));
         assert!(rolled.contains("a1_3 = select(a1_3, fma(q1_7, ks3_7, a1_3), c7 < D4);"));
         assert!(rolled.contains("let s1_3 = keep(hsum4(a1_3), kv0 + 3u, end, win1, at1);"));
