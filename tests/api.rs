@@ -276,7 +276,7 @@ fn a_cold_compile_does_not_block_another_threads_cache_hit() {
     // The pipeline cache is locked per key while compiling: a cached kernel
     // is served while another thread compiles a new one (seconds on a CPU
     // driver with an empty shader cache). A device of its own: the other
-    // tests of this binary run on the shared one at the same time, and
+    // tests of this binary run on the shared ones at the same time, and
     // wgpu's own device locks (a poll waiting on their kernels) are not
     // what this measures.
     let own = xattn::Context::new().unwrap();

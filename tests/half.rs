@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{ctx, gpu_plan_ctx};
+use common::{ctx, ctx_at, each_on_devices, gpu_plan_ctx_at};
 use xattn::check::{check_with, inputs, max_err, max_rel_err};
 use xattn::{AttentionProblem, Context, Dtype, FlashAttention, TensorIo, TileOverride};
 
@@ -49,18 +49,26 @@ fn problems() -> Vec<(AttentionProblem, Option<Vec<u32>>)> {
 
 #[test]
 fn half_storage_matches_the_reference_on_every_path() {
-    half_storage_on(ctx());
+    half_storage_on(ctx_at);
 }
 
 #[test]
 fn half_storage_matches_the_reference_under_gpu_plans() {
     // XATTN_PLAN=gpu: the lanes kernel reading every storage form.
-    half_storage_on(gpu_plan_ctx());
+    half_storage_on(gpu_plan_ctx_at);
 }
 
-fn half_storage_on(ctx: &Context) {
-    for (dtype, packed, io) in paths() {
-        for (i, (p, lens)) in problems().into_iter().enumerate() {
+/// Every storage path on every problem, the cases spread over the test
+/// devices (`device`: [`ctx_at`] or [`gpu_plan_ctx_at`]).
+fn half_storage_on(device: fn(usize) -> &'static Context) {
+    let cases: Vec<_> = paths()
+        .into_iter()
+        .flat_map(|path| problems().into_iter().enumerate().map(move |c| (path, c)))
+        .collect();
+    each_on_devices(
+        &cases,
+        device,
+        |ctx, &((dtype, packed, io), (i, (p, ref lens)))| {
             let p = p.with_dtype(dtype);
             let force = TileOverride {
                 packed_f16: packed,
@@ -82,8 +90,8 @@ fn half_storage_on(ctx: &Context) {
                 r.lse_bound()
             );
             assert!(r.passed(), "{io:?} {p:?}: {r:?}");
-        }
-    }
+        },
+    );
 }
 
 #[test]
